@@ -1,0 +1,1 @@
+"""Bundled model bundles (data, not code). See each folder's MODEL_CARD.md."""

@@ -1,0 +1,47 @@
+"""Fill the trunk-feature cache for every image of a manifest (resumable).
+
+    python tools/cache_features.py ../shared/data/pbc --cache .cache/features --size 160 [--masked]
+"""
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+from hiercell.backbone import build_trunk, build_vgg16, resolve_weights, weights_id
+from hiercell.features import FeatureCache, TrunkConfig, extract_trunk_features
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("data")
+    ap.add_argument("--cache", required=True)
+    ap.add_argument("--size", type=int, default=160)
+    ap.add_argument("--masked", action="store_true")
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--split-csv", default=None)
+    args = ap.parse_args()
+    root = Path(args.data)
+    manifest = Path(args.split_csv) if args.split_csv else root / "splits.csv"
+    with open(manifest, newline="") as fh:
+        paths = [root / row["path"] for row in csv.DictReader(fh)]
+    weights = resolve_weights(args.weights)
+    config = TrunkConfig(args.size, args.masked, weights_id(weights))
+    trunk = build_trunk(build_vgg16(args.size, weights))
+    cache = FeatureCache(args.cache, config)
+    done = [0]
+    t0 = time.time()
+
+    def progress(k):
+        done[0] += k
+        if done[0] % 512 < k or done[0] == len(paths):
+            rate = done[0] / max(time.time() - t0, 1e-9)
+            print(f"{done[0]}/{len(paths)} ({rate:.1f} img/s)", file=sys.stderr, flush=True)
+
+    res = extract_trunk_features(paths, trunk, config, cache, progress=progress)
+    print(f"done: {res.ok.sum()} ok, {len(res.errors)} errors in {time.time() - t0:.0f}s -> {cache.dir}")
+
+
+if __name__ == "__main__":
+    main()
