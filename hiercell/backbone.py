@@ -24,6 +24,7 @@ KERAS_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 TRUNK_OUTPUT = "block4_pool"
 BLOCK5_LAYERS = ("block5_conv1", "block5_conv2", "block5_conv3")
 EMBEDDING_LAYER = "embedding"  # the Dense(1024) layer the SVM reads
+DENSE_LAYERS = (EMBEDDING_LAYER, "dropout_1024", "dense_512", "dropout_512", "softmax")
 
 
 class BackboneWeightsError(RuntimeError):

@@ -11,5 +11,14 @@ def main():
     """Classify peripheral blood cell images with a two-stage VGG16 + SVM model."""
 
 
+from .commands.ablate import ablate  # noqa: E402
+from .commands.classify import classify  # noqa: E402
+from .commands.train import evaluate, train  # noqa: E402
+
+main.add_command(classify)
+main.add_command(train)
+main.add_command(evaluate)
+main.add_command(ablate)
+
 if __name__ == "__main__":
     main()

@@ -1,11 +1,43 @@
-"""Image loading: any supported file -> RGB uint8 array (placeholder, extended by the data layer)."""
+"""Image loading: any supported file -> RGB ``uint8`` array of shape ``(H, W, 3)``.
+
+Decoding is done by OpenCV (``cv2.imdecode`` on the file's bytes, so non-ASCII
+paths work everywhere). Before decoding, the file header is read to identify
+the format, reject images with too many pixels (decompression bombs) and
+detect truncated JPEG/PNG/BMP/WebP files, which some decoders would otherwise
+return half grey. Conversions:
+
+* grayscale and palette images -> three identical/looked-up channels;
+* 16-bit images -> 8-bit by rounding ``v * 255 / 65535`` (full range kept,
+  not truncated); floating-point images are taken as ``[0, 1]`` and clipped;
+* an alpha channel is composited onto a **white** background (a transparent
+  pixel becomes white, like the bright background of a blood smear) and then
+  dropped;
+* the orientation tag is applied, so the array is upright as an image viewer
+  shows it. For JPEG (EXIF) and PNG (``eXIf`` chunk) this is done here, from
+  the header, because OpenCV skips it when decoding with ``IMREAD_UNCHANGED``
+  (which is needed to keep the alpha channel and the 16-bit depth); for TIFF
+  OpenCV's decoder applies the tag itself (checked for all eight values, 8 and
+  16 bit, with OpenCV 5.0). WebP/AVIF orientation metadata is ignored.
+
+Every failure raises :class:`ImageLoadError` with the path and a reason.
+"""
 
 from __future__ import annotations
 
 import os
+import stat
+import struct
+from pathlib import Path
 
 import cv2
 import numpy as np
+
+#: File name extensions treated as images by :func:`list_images` (lower case).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib",
+                    ".tif", ".tiff", ".webp")
+
+#: Default limit on ``width * height`` (50 megapixels, ~150 MB as RGB uint8).
+DEFAULT_MAX_PIXELS = 50_000_000
 
 
 class ImageLoadError(ValueError):
@@ -17,15 +49,327 @@ class ImageLoadError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
-def load_image(path) -> np.ndarray:
-    """Read ``path`` as an RGB ``uint8`` array of shape ``(H, W, 3)``."""
+def load_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read ``path`` as an RGB ``uint8`` array of shape ``(H, W, 3)``.
+
+    Supports JPEG, PNG, BMP, TIFF and WebP (and whatever else the installed
+    OpenCV decodes). Images with more than ``max_pixels`` pixels are refused
+    (``None`` disables the check). Raises :class:`ImageLoadError` on any failure.
+    """
     try:
-        data = np.fromfile(os.fspath(path), dtype=np.uint8)
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ImageLoadError(path, "no such file") from None
     except OSError as exc:
-        raise ImageLoadError(path, f"cannot read file ({exc.strerror})") from exc
-    if data.size == 0:
-        raise ImageLoadError(path, "empty file")
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ImageLoadError(path, "not a decodable image")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        raise ImageLoadError(path, f"cannot access file ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageLoadError(path, "is a directory, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageLoadError(path, "not a regular file")
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise ImageLoadError(path, f"cannot read file ({exc.strerror})") from None
+    return decode_image(data, path, max_pixels=max_pixels)
+
+
+def decode_image(data: bytes, path="<bytes>", *,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode the bytes of an image file to RGB ``uint8`` ``(H, W, 3)``.
+
+    ``path`` is only used in error messages. See :func:`load_image`.
+    """
+    if not isinstance(data, (bytes, bytearray)):
+        data = bytes(data)
+    if len(data) == 0:
+        raise ImageLoadError(path, "empty file (0 bytes)")
+    info = _probe(data, path)
+    fmt = info.fmt or "image"
+    if info.size is not None:
+        _check_pixels(path, *info.size, max_pixels)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise ImageLoadError(path, f"cannot decode {fmt} data ({_cv_message(exc)})") from None
+    if img is None:
+        if info.fmt is None:
+            raise ImageLoadError(path, "not an image: unrecognised file format"
+                                       f" (starts with {bytes(data[:8])!r})")
+        raise ImageLoadError(path, f"corrupt or unsupported {fmt} data (decoder failed)")
+    if info.size is None:
+        _check_pixels(path, img.shape[1], img.shape[0], max_pixels)
+    rgb = _to_rgb8(img, path)
+    return _apply_orientation(rgb, info.orientation)
+
+
+def list_images(paths, recursive: bool = False) -> list[Path]:
+    """Image files named by ``paths`` (a path or an iterable of files and folders).
+
+    Files given explicitly are kept whatever their extension (the loader will
+    say if they are not images); folders contribute their files whose extension
+    is in :data:`IMAGE_EXTENSIONS` (any case), descending into sub-folders if
+    ``recursive``. Hidden files and folders (name starting with ``.``, e.g.
+    ``.DS_Store``) are skipped. Returns a sorted list without duplicates.
+    Raises ``FileNotFoundError`` for a path that does not exist.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    found = set()
+    for p in map(Path, paths):
+        if p.is_dir():
+            found.update(_scan_dir(p, recursive))
+        elif p.exists():
+            found.add(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or directory")
+    return sorted(found)
+
+
+def _scan_dir(root: Path, recursive: bool):
+    with os.scandir(root) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        path = root / entry.name
+        if entry.is_dir():
+            if recursive:
+                yield from _scan_dir(path, recursive)
+        elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+            yield path
+
+
+# --------------------------------------------------------------------------- #
+# Pixel conversion
+
+def _to_rgb8(img: np.ndarray, path) -> np.ndarray:
+    """OpenCV's BGR/BGRA/gray array of any depth -> RGB uint8 (H, W, 3)."""
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.ndim != 3 or img.shape[2] not in (1, 2, 3, 4):
+        raise ImageLoadError(path, f"unsupported channel layout {img.shape}")
+    n = img.shape[2]
+    if img.dtype == np.uint8:
+        scale = 255.0
+    elif img.dtype == np.uint16:
+        scale = 65535.0
+    elif img.dtype in (np.float32, np.float64):
+        scale = 1.0
+    else:
+        raise ImageLoadError(path, f"unsupported pixel type {img.dtype}")
+
+    has_alpha = n in (2, 4)
+    color = img[:, :, : n - 1] if has_alpha else img
+    if has_alpha:
+        # Composite onto white in [0, 1] floats: c * a + 1 * (1 - a).
+        a = img[:, :, n - 1:].astype(np.float32) / np.float32(scale)
+        c = color.astype(np.float32) / np.float32(scale)
+        out = np.clip(c * a + (1.0 - a), 0.0, 1.0) * 255.0
+        color = np.rint(out).astype(np.uint8)
+    elif img.dtype == np.uint16:
+        # round(v * 255 / 65535) == round(v / 257), exactly, in integers.
+        color = ((color.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        color = np.rint(np.clip(np.nan_to_num(color), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+    if color.shape[2] == 1:
+        return cv2.cvtColor(color, cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(color, cv2.COLOR_BGR2RGB)
+
+
+def _apply_orientation(rgb: np.ndarray, orientation: int | None) -> np.ndarray:
+    """Turn an image stored with EXIF ``orientation`` (1..8) upright."""
+    if orientation is None or orientation == 1 or not 2 <= orientation <= 8:
+        return rgb
+    ops = {
+        2: lambda a: a[:, ::-1],                    # mirror horizontal
+        3: lambda a: a[::-1, ::-1],                 # rotate 180
+        4: lambda a: a[::-1, :],                    # mirror vertical
+        5: lambda a: a.transpose(1, 0, 2),          # transpose
+        6: lambda a: np.rot90(a, -1),               # rotate 90 clockwise
+        7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],  # transverse
+        8: lambda a: np.rot90(a, 1),                # rotate 90 counter-clockwise
+    }
+    return np.ascontiguousarray(ops[orientation](rgb))
+
+
+def _check_pixels(path, width: int, height: int, max_pixels: int | None) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageLoadError(path, f"invalid image size {width}x{height}")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageLoadError(
+            path, f"image too large: {width}x{height} = {width * height:,} pixels"
+                  f" (limit {max_pixels:,})")
+
+
+def _cv_message(exc: cv2.error) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1].strip() if text else "OpenCV error"
+
+
+# --------------------------------------------------------------------------- #
+# Header probing: format, size and orientation without decoding the pixels
+
+class _Info:
+    __slots__ = ("fmt", "size", "orientation")
+
+    def __init__(self, fmt=None, size=None, orientation=None):
+        self.fmt = fmt                  # "JPEG", "PNG", ... or None if unknown
+        self.size = size                # (width, height) or None if unknown
+        self.orientation = orientation  # EXIF orientation 1..8 or None
+
+
+def _probe(data: bytes, path) -> _Info:
+    head = bytes(data[:16])
+    try:
+        if head.startswith(b"\xff\xd8"):
+            return _probe_jpeg(data, path)
+        if head.startswith(b"\x89PNG\r\n\x1a\n"):
+            return _probe_png(data, path)
+        if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+            size, _ = _read_tiff(data, 0, want_size=True)
+            return _Info("TIFF", size)  # OpenCV's TIFF decoder applies orientation
+        if head.startswith(b"BM"):
+            return _probe_bmp(data, path)
+        if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+            return _probe_webp(data, path)
+        if head[:6] in (b"GIF87a", b"GIF89a"):
+            if len(data) < 10:
+                raise ImageLoadError(path, "truncated GIF file (incomplete header)")
+            return _Info("GIF", struct.unpack_from("<HH", data, 6))
+    except (struct.error, IndexError):
+        raise ImageLoadError(path, "truncated or corrupt image header") from None
+    return _Info()
+
+
+def _probe_jpeg(data: bytes, path) -> _Info:
+    n = len(data)
+    pos, size, orientation = 2, None, None
+    while True:
+        # Markers are 0xFF (possibly repeated as fill) then a code.
+        while pos < n and data[pos] != 0xFF:
+            pos += 1  # tolerate stray bytes between segments
+        while pos < n and data[pos] == 0xFF:
+            pos += 1
+        if pos >= n:
+            raise ImageLoadError(path, "truncated JPEG file (no image data)")
+        code = data[pos]
+        pos += 1
+        if code == 0xD8 or 0xD0 <= code <= 0xD7 or code == 0x01:
+            continue  # stand-alone markers
+        if code == 0xD9:
+            raise ImageLoadError(path, "corrupt JPEG file (no image data before end marker)")
+        if pos + 2 > n:
+            raise ImageLoadError(path, "truncated JPEG file (incomplete header)")
+        (length,) = struct.unpack_from(">H", data, pos)
+        if length < 2 or pos + length > n:
+            raise ImageLoadError(path, "truncated JPEG file (incomplete header)")
+        seg = pos + 2
+        if code == 0xE1 and orientation is None and data[seg:seg + 6] == b"Exif\x00\x00":
+            try:
+                _, orientation = _read_tiff(data[seg + 6:pos + length], 0, want_size=False)
+            except (struct.error, IndexError, ValueError):
+                orientation = None  # a broken EXIF block does not break the image
+        elif code in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7,
+                      0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF) and size is None:
+            height, width = struct.unpack_from(">HH", data, seg + 1)
+            size = (width, height) if height else None  # 0 = defined later (DNL)
+        elif code == 0xDA:  # start of scan: entropy-coded data follows
+            if data.find(b"\xff\xd9", pos + length) < 0:
+                raise ImageLoadError(path, "truncated JPEG file (no end-of-image marker)")
+            return _Info("JPEG", size, orientation)
+        pos += length
+
+
+def _probe_png(data: bytes, path) -> _Info:
+    n, pos = len(data), 8
+    size = orientation = None
+    while True:
+        if pos + 8 > n:
+            raise ImageLoadError(path, "truncated PNG file (no IEND chunk)")
+        length, ctype = struct.unpack_from(">I4s", data, pos)
+        if size is None and ctype != b"IHDR":
+            raise ImageLoadError(path, "corrupt PNG file (IHDR chunk missing)")
+        if ctype == b"IHDR":
+            if pos + 16 > n:
+                raise ImageLoadError(path, "truncated PNG file (incomplete header)")
+            size = struct.unpack_from(">II", data, pos + 8)
+        elif ctype == b"eXIf" and pos + 8 + length <= n:
+            try:
+                _, orientation = _read_tiff(data[pos + 8:pos + 8 + length], 0, want_size=False)
+            except (struct.error, IndexError, ValueError):
+                orientation = None
+        elif ctype == b"IEND":
+            return _Info("PNG", size, orientation)
+        pos += 12 + length
+
+
+def _probe_bmp(data: bytes, path) -> _Info:
+    if len(data) < 26:
+        raise ImageLoadError(path, "truncated BMP file (incomplete header)")
+    (offset,) = struct.unpack_from("<I", data, 10)
+    (hsize,) = struct.unpack_from("<I", data, 14)
+    if hsize == 12:  # OS/2 BITMAPCOREHEADER
+        width, height, _, bpp = struct.unpack_from("<HHHH", data, 18)
+        compression = 0
+    else:
+        if len(data) < 34:
+            raise ImageLoadError(path, "truncated BMP file (incomplete header)")
+        width, height, _, bpp, compression = struct.unpack_from("<iiHHI", data, 18)
+    width, height = abs(width), abs(height)
+    if compression in (0, 3, 6):  # uncompressed / bit fields: size is known
+        row = ((bpp * width + 31) // 32) * 4
+        if offset + row * height > len(data):
+            raise ImageLoadError(path, "truncated BMP file (pixel data incomplete)")
+    return _Info("BMP", (width, height))
+
+
+def _probe_webp(data: bytes, path) -> _Info:
+    (riff_size,) = struct.unpack_from("<I", data, 4)
+    if riff_size + 8 > len(data):
+        raise ImageLoadError(path, "truncated WebP file")
+    chunk = bytes(data[12:16])
+    size = None
+    if chunk == b"VP8X":
+        w = int.from_bytes(data[24:27], "little") + 1
+        h = int.from_bytes(data[27:30], "little") + 1
+        size = (w, h)
+    elif chunk == b"VP8L":
+        (bits,) = struct.unpack_from("<I", data, 21)
+        size = ((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
+    elif chunk == b"VP8 ":
+        w, h = struct.unpack_from("<HH", data, 26)
+        size = (w & 0x3FFF, h & 0x3FFF)
+    return _Info("WebP", size)
+
+
+_TIFF_TYPES = {3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}  # SHORT, LONG, LONG8
+
+
+def _read_tiff(data: bytes, base: int, want_size: bool):
+    """((width, height) or None, orientation or None) from a TIFF's first IFD."""
+    order = {b"II": "<", b"MM": ">"}.get(bytes(data[base:base + 2]))
+    if order is None:
+        raise ValueError("not a TIFF structure")
+    (magic,) = struct.unpack_from(order + "H", data, base + 2)
+    if magic == 42:
+        (ifd,) = struct.unpack_from(order + "I", data, base + 4)
+        count_fmt, entry_size, value_size = "H", 12, 4
+    elif magic == 43:  # BigTIFF
+        (ifd,) = struct.unpack_from(order + "Q", data, base + 8)
+        count_fmt, entry_size, value_size = "Q", 20, 8
+    else:
+        raise ValueError("bad TIFF magic number")
+    (count,) = struct.unpack_from(order + count_fmt, data, base + ifd)
+    first = base + ifd + struct.calcsize(count_fmt)
+    tags = {}
+    for i in range(min(count, 4096)):
+        entry = first + i * entry_size
+        tag, typ = struct.unpack_from(order + "HH", data, entry)
+        if tag in (256, 257, 274) and typ in _TIFF_TYPES:
+            fmt = _TIFF_TYPES[typ][0]
+            value_at = entry + 4 + value_size  # after tag, type and count
+            (tags[tag],) = struct.unpack_from(order + fmt, data, value_at)
+    size = (tags[256], tags[257]) if want_size and 256 in tags and 257 in tags else None
+    return size, tags.get(274)

@@ -1,0 +1,195 @@
+"""Model bundles: a folder holding a trained :class:`HierarchicalClassifier`.
+
+Layout::
+
+    bundle.json           classes, input size, masking, backbone, training data,
+                          metrics, package and format version
+    trunk.npz             VGG16 blocks 1-4 weights (float16)
+    stage1/head.npz       block5 + dense head weights (float16)
+    stage1/svm.joblib     the fitted StandardScaler + SVC pipeline and stage metadata
+    stage2/...            the same for stage 2 (optional)
+    SHA256SUMS            digest of every file above
+
+``load_bundle`` checks every digest in ``SHA256SUMS`` (and that no file is
+missing) *before* anything is unpickled, and refuses a bundle whose format
+version it does not know.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+
+FORMAT_VERSION = 1
+MANIFEST = "SHA256SUMS"
+DEFAULT_MODEL = "pbc-vgg16-svm"
+
+
+class BundleError(RuntimeError):
+    """A model bundle is missing, tampered with, or from an incompatible version."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _save_weights(model, path: Path) -> None:
+    arrays = {f"w{i:03d}": w.astype(np.float16) for i, w in enumerate(model.get_weights())}
+    np.savez_compressed(path, **arrays)
+
+
+def _load_weights(model, path: Path) -> None:
+    with np.load(path, allow_pickle=False) as data:
+        weights = [data[k].astype(np.float32) for k in sorted(data.files)]
+    model.set_weights(weights)
+
+
+def save_bundle(model, path, metadata: dict | None = None) -> Path:
+    """Write ``model`` (a fitted HierarchicalClassifier) as a bundle folder at ``path``.
+
+    The folder is assembled next to ``path`` and moved into place at the end.
+    """
+    import joblib
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=path.parent))
+    try:
+        _save_weights(model.trunk, tmp / "trunk.npz")
+        stages = {}
+        for name, stage in (("stage1", model.stage1), ("stage2", model.stage2)):
+            if stage is None:
+                continue
+            (tmp / name).mkdir()
+            _save_weights(stage.head_, tmp / name / "head.npz")
+            joblib.dump(stage, tmp / name / "svm.joblib")
+            stages[name] = {
+                "classes": [str(c) for c in stage.classes_],
+                "feature_shape": list(stage.feature_shape_),
+                "svm_best_params": {k: _jsonable(v) for k, v in stage.svm_best_params_.items()},
+                "svm_cv_balanced_accuracy": stage.svm_cv_score_,
+                "params": {k: _jsonable(v) for k, v in stage.get_params().items()
+                           if k != "block5_weights"},
+            }
+        info = {
+            "format_version": FORMAT_VERSION,
+            "hiercell_version": __version__,
+            "input_size": model.input_size,
+            "masked": model.masked,
+            "stages": stages,
+            **model.info,
+            **(metadata or {}),
+        }
+        (tmp / "bundle.json").write_text(json.dumps(info, indent=2, default=_jsonable))
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        lines = [f"{_sha256(p)}  {p.relative_to(tmp).as_posix()}" for p in files]
+        (tmp / MANIFEST).write_text("\n".join(lines) + "\n")
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def verify_bundle(path) -> dict:
+    """Check ``SHA256SUMS`` and the format version; return the parsed ``bundle.json``."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"{path}: not a model bundle folder")
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        raise BundleError(f"{path}: no {MANIFEST} manifest; refusing to load an unverified bundle")
+    listed = {}
+    for line in manifest.read_text().splitlines():
+        if line.strip():
+            digest, name = line.split(None, 1)
+            listed[name.strip()] = digest
+    for name, digest in listed.items():
+        f = path / name
+        if not f.is_file():
+            raise BundleError(f"{path}: {name} listed in {MANIFEST} is missing")
+        if _sha256(f) != digest:
+            raise BundleError(f"{path}: {name} does not match its SHA-256 in {MANIFEST} "
+                              "(modified or corrupted); refusing to load it")
+    for f in path.rglob("*"):
+        rel = f.relative_to(path).as_posix()
+        if f.is_file() and rel != MANIFEST and rel not in listed and f.suffix in (".joblib", ".npz", ".json"):
+            raise BundleError(f"{path}: {rel} is not listed in {MANIFEST}; refusing to load it")
+    if "bundle.json" not in listed:
+        raise BundleError(f"{path}: bundle.json is not listed in {MANIFEST}")
+    info = json.loads((path / "bundle.json").read_text())
+    version = info.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: bundle format {version} (written by hiercell {info.get('hiercell_version')}) "
+            f"is not supported by hiercell {__version__}, which reads format {FORMAT_VERSION}")
+    return info
+
+
+def load_bundle(path):
+    """Load a verified bundle as a :class:`~hiercell.hierarchy.HierarchicalClassifier`."""
+    import joblib
+
+    from .backbone import build_head, build_trunk, build_vgg16
+    from .hierarchy import HierarchicalClassifier
+
+    path = Path(path)
+    info = verify_bundle(path)
+    size = int(info["input_size"])
+    trunk = build_trunk(build_vgg16(size, weights=None))
+    _load_weights(trunk, path / "trunk.npz")
+    stages = {}
+    for name in ("stage1", "stage2"):
+        if name not in info["stages"]:
+            stages[name] = None
+            continue
+        stage = joblib.load(path / name / "svm.joblib")
+        head = build_head(len(stage.classes_), tuple(stage.feature_shape_), dropout=stage.dropout)
+        _load_weights(head, path / name / "head.npz")
+        stage.head_ = head
+        stages[name] = stage
+    extra = {k: v for k, v in info.items() if k not in ("input_size", "masked", "stages")}
+    extra["trunk_sha256"] = _sha256(path / "trunk.npz")
+    return HierarchicalClassifier(trunk, stages["stage1"], stages["stage2"], input_size=size,
+                                  masked=bool(info["masked"]), info=extra)
+
+
+def default_bundle_path() -> Path:
+    """Where the bundled default model lives (inside the installed package)."""
+    from importlib.resources import files
+
+    return Path(str(files("hiercell.models"))) / DEFAULT_MODEL
+
+
+def load(path=None):
+    """The hierarchical classifier of bundle ``path`` (default: the bundled model)."""
+    path = default_bundle_path() if path is None else Path(path)
+    if not path.exists():
+        raise BundleError(f"model bundle not found: {path}")
+    return load_bundle(path)
+
+
+def _jsonable(v):
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v

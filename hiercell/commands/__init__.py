@@ -1,0 +1,1 @@
+"""The ``hiercell`` sub-commands (one module per command)."""

@@ -1,0 +1,102 @@
+"""``hiercell classify``: classify image files and folders into a CSV/JSON table."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+DEFAULT_OUT_STEM = "hiercell_results"
+EXIT_SOME_FAILED = 3
+EXIT_INTERRUPTED = 130
+_MAX_LISTED_ERRORS = 10
+
+
+def _echo_err(msg=""):
+    click.echo(msg, err=True)
+
+
+@click.command("classify")
+@click.argument("paths", nargs=-1, required=True,
+                type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Results file. [default: hiercell_results.csv (hiercell_results.json with "
+                   "--format json) in the current directory]")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default=None,
+              help="Results format. [default: json if --out ends in .json, else csv]")
+@click.option("--model", "model_path", type=click.Path(exists=True, path_type=Path),
+              default=None, help="Model bundle to use. [default: the bundled model]")
+@click.option("--masked/--no-masked", default=None,
+              help="Segment the cell before classifying. [default: as the model was trained]")
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Number of most probable classes listed per image.")
+@click.option("--recursive", "-r", is_flag=True, help="Also search sub-folders.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Images per network batch.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Also write a self-contained HTML report here.")
+@click.option("--gradcam/--no-gradcam", default=True, show_default=True,
+              help="Grad-CAM overlays in the --report (one extra network pass per image).")
+@click.option("--summary", "summary_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Also write the differential count as JSON here.")
+@click.option("--resume", is_flag=True,
+              help="Keep the successful rows of an existing --out (or of the .partial file "
+                   "an interrupted run left) and classify only the other images.")
+def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, report_path,
+             gradcam, summary_path, resume):
+    """Classify the cell images in PATH... (image files and/or folders).
+
+    Writes one row per image (label, probability, main class, subclass,
+    top-k, uncertain flag, status/error) and prints the differential count.
+    An unreadable image gets status=error with the reason; the others are
+    still classified.
+
+    Exit status: 0 all images classified; 3 some images could not be read or
+    classified; 2 usage error (bad option, missing path, no images found);
+    1 other failure (e.g. the model cannot be loaded); 130 interrupted (the
+    finished rows are kept in OUT.partial for --resume).
+    """
+    from ..classify import (ModelLoadError, NoImagesError, ResumeError, classify_folder,
+                            format_summary, partial_path)
+
+    if fmt is None:
+        fmt = "json" if (out is not None and out.suffix.lower() == ".json") else "csv"
+    if out is None:
+        out = Path(f"{DEFAULT_OUT_STEM}.{fmt}")
+
+    try:
+        result = classify_folder(
+            list(paths), model=model_path, out=out, fmt=fmt, masked=masked, top_k=top_k,
+            recursive=recursive, batch_size=batch_size, resume=resume,
+            summary_path=summary_path, report_path=report_path, progress=True,
+            report_gradcam=gradcam)
+    except (NoImagesError, ResumeError) as exc:
+        raise click.UsageError(str(exc)) from None
+    except ModelLoadError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename or ''}: {exc.strerror or exc}") from None
+    except KeyboardInterrupt:
+        part = partial_path(out)
+        _echo_err("\nInterrupted." + (f" Finished rows kept in {part}; run again with --resume "
+                                       "to continue." if part.exists() else ""))
+        sys.exit(EXIT_INTERRUPTED)
+
+    click.echo(format_summary(result.summary))
+    done = f"{result.n_ok} classified, {result.n_error} errors"
+    if result.n_resumed:
+        done += f" ({result.n_resumed} kept from the earlier run)"
+    _echo_err(f"Wrote {len(result.records)} rows to {out}: {done}.")
+    if summary_path is not None:
+        _echo_err(f"Summary: {summary_path}")
+    if report_path is not None:
+        _echo_err(f"Report: {report_path}")
+    if result.n_error:
+        _echo_err(f"{result.n_error} image(s) could not be classified:")
+        for rec in result.errors[:_MAX_LISTED_ERRORS]:
+            _echo_err(f"  {rec.path}: {rec.error}")
+        if result.n_error > _MAX_LISTED_ERRORS:
+            _echo_err(f"  ... and {result.n_error - _MAX_LISTED_ERRORS} more "
+                      f"(rows with status=error in {out})")
+        sys.exit(EXIT_SOME_FAILED)

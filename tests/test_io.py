@@ -1,0 +1,334 @@
+"""The loader on every supported format and on broken files (all made here)."""
+
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from hiercell.io import IMAGE_EXTENSIONS, ImageLoadError, decode_image, list_images, load_image
+
+DATA = Path(__file__).parent / "data" / "pbc"
+
+
+def rgb_pattern(h=24, w=40):
+    """An asymmetric RGB uint8 image (orientation mistakes change it)."""
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x * 255 // (w - 1), y * 255 // (h - 1), (x + 2 * y) % 256], -1).astype(np.uint8)
+
+
+def write(path, ext, img, params=()):
+    ok, buf = cv2.imencode(ext, img, list(params))
+    assert ok
+    Path(path).write_bytes(buf.tobytes())
+    return Path(path)
+
+
+def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """Insert an APP1 Exif segment holding only the orientation tag after SOI."""
+    payload = b"Exif\x00\x00" + exif_orientation_tiff(orientation)
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+
+def gray_pattern(h=24, w=40, dtype=np.uint8):
+    """A grayscale image that every flip/rotation changes."""
+    return (np.arange(h * w).reshape(h, w) * 7 % 251 * (257 if dtype == np.uint16 else 1)).astype(dtype)
+
+
+def gray_tiff(img: np.ndarray, orientation: int) -> bytes:
+    """A minimal uncompressed grayscale (8 or 16 bit) little-endian TIFF with an orientation tag."""
+    h, w = img.shape
+    entries = [(256, 4, w), (257, 4, h), (258, 3, img.itemsize * 8), (259, 3, 1), (262, 3, 1),
+               (273, 4, 0), (274, 3, orientation), (277, 3, 1), (278, 4, h), (279, 4, img.nbytes)]
+    ifd_size = 2 + 12 * len(entries) + 4
+    data_at = 8 + ifd_size
+    out = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(entries))
+    for tag, typ, val in entries:
+        val = data_at if tag == 273 else val
+        packed = struct.pack("<HH", val, 0) if typ == 3 else struct.pack("<I", val)
+        out += struct.pack("<HHI", tag, typ, 1) + packed
+    return out + struct.pack("<I", 0) + img.astype(img.dtype.newbyteorder("<")).tobytes()
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def exif_orientation_tiff(orientation: int) -> bytes:
+    """A big-endian TIFF structure (as in EXIF) holding only the orientation tag."""
+    return (b"MM\x00\x2a" + struct.pack(">IH", 8, 1)
+            + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0))
+
+
+def palette_png(indices: np.ndarray, palette: np.ndarray, alpha=None) -> bytes:
+    """A colour-type-3 (palette) PNG written by hand."""
+    chunk = png_chunk
+    h, w = indices.shape
+    raw = b"".join(b"\x00" + indices[r].astype(np.uint8).tobytes() for r in range(h))
+    out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 3, 0, 0, 0))
+    out += chunk(b"PLTE", palette.astype(np.uint8).tobytes())
+    if alpha is not None:
+        out += chunk(b"tRNS", bytes(alpha))
+    return out + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+ORIENT = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1],
+          4: lambda a: a[::-1], 5: lambda a: a.swapaxes(0, 1),
+          6: lambda a: np.rot90(a, -1), 7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+          8: lambda a: np.rot90(a, 1)}
+
+
+# --------------------------------------------------------------------------- #
+# Formats
+
+def test_real_pbc_jpeg_matches_opencv():
+    path = next(DATA.glob("basophil/*.jpg"))
+    img = load_image(path)
+    assert img.shape == (256, 256, 3) and img.dtype == np.uint8 and img.flags.c_contiguous
+    np.testing.assert_array_equal(img, cv2.imread(str(path))[:, :, ::-1])
+
+
+@pytest.mark.parametrize("ext, params", [
+    (".png", ()), (".bmp", ()), (".tif", ()), (".tiff", ()),
+    (".webp", (cv2.IMWRITE_WEBP_QUALITY, 101)),  # > 100 = lossless
+])
+def test_lossless_rgb_formats_roundtrip(tmp_path, ext, params):
+    rgb = rgb_pattern()
+    path = write(tmp_path / f"cell{ext}", ext, rgb[:, :, ::-1], params)
+    out = load_image(path)
+    assert out.dtype == np.uint8 and out.shape == rgb.shape
+    np.testing.assert_array_equal(out, rgb)
+
+
+def test_jpeg_is_rgb_not_bgr(tmp_path):
+    red = np.zeros((16, 16, 3), np.uint8)
+    red[..., 0] = 255
+    out = load_image(write(tmp_path / "red.jpg", ".jpg", red[:, :, ::-1]))
+    assert out[..., 0].min() > 240 and out[..., 2].max() < 15
+
+
+def test_non_ascii_path(tmp_path):
+    rgb = rgb_pattern()
+    path = write(tmp_path / "célula_血液.png", ".png", rgb[:, :, ::-1])
+    np.testing.assert_array_equal(load_image(path), rgb)
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".bmp", ".tif"])
+def test_grayscale_becomes_three_channels(tmp_path, ext):
+    gray = rgb_pattern()[:, :, 0]
+    out = load_image(write(tmp_path / f"g{ext}", ext, gray))
+    assert out.shape == gray.shape + (3,) and out.dtype == np.uint8
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    if ext != ".jpg":
+        np.testing.assert_array_equal(out[..., 0], gray)
+
+
+def test_rgba_is_composited_on_white(tmp_path):
+    rgba = np.zeros((2, 3, 4), np.uint8)
+    rgba[..., :3] = (200, 50, 10)                     # RGB
+    rgba[0, :, 3] = (0, 255, 128)                     # transparent, opaque, half
+    rgba[1, :, 3] = 255
+    out = load_image(write(tmp_path / "a.png", ".png", rgba[..., [2, 1, 0, 3]]))
+    assert out.shape == (2, 3, 3)
+    np.testing.assert_array_equal(out[0, 0], (255, 255, 255))
+    np.testing.assert_array_equal(out[0, 1], (200, 50, 10))
+    a = 128 / 255
+    expected = np.rint(np.array([200, 50, 10]) * a + 255 * (1 - a))
+    np.testing.assert_allclose(out[0, 2], expected, atol=1)
+    np.testing.assert_array_equal(out[1], np.tile([200, 50, 10], (3, 1)))
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+def test_16bit_is_scaled_not_truncated(tmp_path, ext):
+    values = np.array([0, 128, 129, 257, 256 * 100, 32768, 65278, 65535], np.uint16)
+    rgb16 = np.stack([values, values[::-1], np.full_like(values, 65535)], -1)[None]
+    out = load_image(write(tmp_path / f"deep{ext}", ext, rgb16[..., ::-1]))
+    assert out.dtype == np.uint8
+    expected = np.rint(rgb16.astype(float) * 255 / 65535).astype(np.uint8)
+    np.testing.assert_array_equal(out, expected)
+    assert out[0, -1, 0] == 255 and out[0, 0, 0] == 0
+
+
+def test_16bit_grayscale_and_rgba(tmp_path):
+    g = np.array([[0, 65535], [257 * 10, 257 * 200]], np.uint16)
+    out = load_image(write(tmp_path / "g16.png", ".png", g))
+    np.testing.assert_array_equal(out[..., 1], [[0, 255], [10, 200]])
+    rgba = np.zeros((1, 2, 4), np.uint16)
+    rgba[..., :3] = 257 * 40
+    rgba[0, :, 3] = (0, 65535)
+    out = load_image(write(tmp_path / "a16.png", ".png", rgba))
+    np.testing.assert_array_equal(out[0], [[255] * 3, [40] * 3])
+
+
+def test_float_tiff_is_clipped_to_unit_range(tmp_path):
+    f = np.array([[-0.5, 0.0, 0.5, 1.0, 2.0]], np.float32)
+    out = load_image(write(tmp_path / "f.tif", ".tif", f))
+    np.testing.assert_array_equal(out[0, :, 0], [0, 0, 128, 255, 255])
+
+
+def test_palette_png(tmp_path):
+    palette = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30]])
+    idx = np.array([[0, 1, 2, 3], [3, 2, 1, 0]])
+    path = tmp_path / "pal.png"
+    path.write_bytes(palette_png(idx, palette))
+    np.testing.assert_array_equal(load_image(path), palette[idx])
+    # With a tRNS chunk: index 0 fully transparent -> white.
+    path.write_bytes(palette_png(idx, palette, alpha=[0, 255, 255, 255]))
+    out = load_image(path)
+    np.testing.assert_array_equal(out[0, 0], (255, 255, 255))
+    np.testing.assert_array_equal(out[0, 1], (0, 255, 0))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpeg_exif_orientation(tmp_path, orientation):
+    rgb = rgb_pattern()
+    ok, buf = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 100])
+    plain = tmp_path / "plain.jpg"
+    plain.write_bytes(buf.tobytes())
+    tagged = tmp_path / "tagged.jpg"
+    tagged.write_bytes(with_exif_orientation(buf.tobytes(), orientation))
+    expected = ORIENT[orientation](load_image(plain))
+    out = load_image(tagged)
+    np.testing.assert_array_equal(out, expected)
+    # Same as OpenCV's own EXIF handling (IMREAD_COLOR applies the tag).
+    np.testing.assert_array_equal(out, cv2.imread(str(tagged), cv2.IMREAD_COLOR)[:, :, ::-1])
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_png_exif_orientation(tmp_path, orientation):
+    rgb = rgb_pattern()
+    png = write(tmp_path / "plain.png", ".png", rgb[:, :, ::-1]).read_bytes()
+    at = 8 + 25  # after the signature and the IHDR chunk
+    tagged = tmp_path / "tagged.png"
+    tagged.write_bytes(png[:at] + png_chunk(b"eXIf", exif_orientation_tiff(orientation)) + png[at:])
+    np.testing.assert_array_equal(load_image(tagged), ORIENT[orientation](rgb))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_tiff_orientation(tmp_path, orientation, dtype):
+    gray = gray_pattern(dtype=dtype)
+    path = tmp_path / "o.tif"
+    path.write_bytes(gray_tiff(gray, orientation))
+    out = load_image(path)
+    expected = gray if dtype == np.uint8 else (gray // 257).astype(np.uint8)
+    np.testing.assert_array_equal(out[..., 0], ORIENT[orientation](expected))
+
+
+def test_decode_image_from_bytes():
+    data = next(DATA.glob("platelet/*.jpg")).read_bytes()
+    assert decode_image(data).shape == (256, 256, 3)
+    assert decode_image(memoryview(data)).shape == (256, 256, 3)
+
+
+# --------------------------------------------------------------------------- #
+# Failures: one exception type, a clear reason
+
+def raises(path, match, **kw):
+    with pytest.raises(ImageLoadError, match=match) as info:
+        load_image(path, **kw)
+    assert info.value.path == str(path) and info.value.reason
+    assert str(path) in str(info.value)
+    assert isinstance(info.value, ValueError)
+    return info.value
+
+
+def test_missing_file(tmp_path):
+    raises(tmp_path / "nope.jpg", "no such file")
+
+
+def test_directory(tmp_path):
+    (tmp_path / "d.jpg").mkdir()
+    raises(tmp_path / "d.jpg", "directory")
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "e.jpg").write_bytes(b"")
+    raises(tmp_path / "e.jpg", "empty")
+
+
+def test_text_named_jpg(tmp_path):
+    (tmp_path / "t.jpg").write_text("this is not an image\n")
+    raises(tmp_path / "t.jpg", "not an image")
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9, 0.999])
+def test_truncated_jpeg(tmp_path, keep):
+    data = next(DATA.glob("monocyte/*.jpg")).read_bytes()
+    (tmp_path / "t.jpg").write_bytes(data[: int(len(data) * keep)])
+    raises(tmp_path / "t.jpg", "truncated JPEG")
+
+
+def test_truncated_jpeg_header(tmp_path):
+    data = next(DATA.glob("monocyte/*.jpg")).read_bytes()
+    (tmp_path / "t.jpg").write_bytes(data[:40])
+    raises(tmp_path / "t.jpg", "truncated JPEG")
+
+
+def test_truncated_png_and_bmp(tmp_path):
+    rgb = rgb_pattern(64, 64)
+    for ext in (".png", ".bmp"):
+        good = write(tmp_path / f"g{ext}", ext, rgb)
+        data = good.read_bytes()
+        (tmp_path / f"t{ext}").write_bytes(data[: len(data) // 2])
+        raises(tmp_path / f"t{ext}", f"truncated {ext[1:].upper()}")
+
+
+def test_corrupt_png_data(tmp_path):
+    data = bytearray(write(tmp_path / "g.png", ".png", rgb_pattern()).read_bytes())
+    at = data.index(b"IDAT") + 8
+    data[at:at + 20] = b"\x00" * 20                  # chunks intact, zlib stream broken
+    (tmp_path / "c.png").write_bytes(bytes(data))
+    raises(tmp_path / "c.png", "corrupt")
+
+
+def test_too_many_pixels(tmp_path):
+    path = write(tmp_path / "big.png", ".png", np.zeros((100, 100, 3), np.uint8))
+    raises(path, "too large.*100x100", max_pixels=9_999)
+    assert load_image(path, max_pixels=10_000).shape == (100, 100, 3)
+    assert load_image(path, max_pixels=None).shape == (100, 100, 3)
+
+
+def test_pixel_limit_checked_before_decoding(tmp_path):
+    # A header claiming 100000 x 100000 pixels and no real image data: refusing
+    # it as too large (not as undecodable) shows that the header was read first.
+    chunk = png_chunk
+    fake = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 10)) + chunk(b"IEND", b""))
+    (tmp_path / "bomb.png").write_bytes(fake)
+    raises(tmp_path / "bomb.png", "too large")
+    raises(next(DATA.glob("ig/*.jpg")), "too large.*256x256", max_pixels=256 * 255)
+
+
+# --------------------------------------------------------------------------- #
+# list_images
+
+def test_list_images(tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "deep").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    for name in ["z.JPG", "a.png", "notes.txt", ".DS_Store", "._a.png", "b/c.tif",
+                 "b/deep/d.jpeg", ".hidden/e.jpg"]:
+        (tmp_path / name).write_bytes(b"x")
+    explicit = tmp_path / "notes.txt"
+    flat = list_images(tmp_path)
+    assert [p.name for p in flat] == ["a.png", "z.JPG"]
+    deep = list_images(tmp_path, recursive=True)
+    assert [p.relative_to(tmp_path).as_posix() for p in deep] == [
+        "a.png", "b/c.tif", "b/deep/d.jpeg", "z.JPG"]
+    mixed = list_images([tmp_path / "b", explicit, tmp_path / "a.png", tmp_path / "a.png"])
+    assert mixed == sorted([tmp_path / "b" / "c.tif", explicit, tmp_path / "a.png"])
+    assert list_images(str(tmp_path / "b"), recursive=True) == [
+        tmp_path / "b" / "c.tif", tmp_path / "b" / "deep" / "d.jpeg"]
+    with pytest.raises(FileNotFoundError, match="missing"):
+        list_images([tmp_path / "missing"])
+    assert ".jpg" in IMAGE_EXTENSIONS and ".tiff" in IMAGE_EXTENSIONS
+
+
+def test_fixture_images_all_load():
+    paths = list_images(DATA, recursive=True)
+    assert len(paths) == 32
+    for p in paths:
+        assert load_image(p).shape == (256, 256, 3)
