@@ -14,11 +14,13 @@ def main():
 from .commands.ablate import ablate  # noqa: E402
 from .commands.classify import classify  # noqa: E402
 from .commands.train import evaluate, train  # noqa: E402
+from .commands.segment import segment  # noqa: E402
 
 main.add_command(classify)
 main.add_command(train)
 main.add_command(evaluate)
 main.add_command(ablate)
+main.add_command(segment)
 
 if __name__ == "__main__":
     main()
