@@ -119,7 +119,7 @@ def build_head(n_classes: int, feature_shape, vgg=None, dropout: float = 0.2, se
     x = layers.Dropout(dropout, name="dropout_1024")(x)
     x = layers.Dense(512, activation="relu", name="dense_512")(x)
     x = layers.Dropout(dropout, name="dropout_512")(x)
-    outputs = layers.Dense(n_classes, activation="softmax", name="softmax")(x)
+    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="softmax")(x)
     head = keras.Model(inputs, outputs, name="head")
     if vgg is not None:
         for name in BLOCK5_LAYERS:

@@ -11,8 +11,9 @@ array of trunk features, ``(n, h, w, 512)`` as produced by
    both phases keep the weights of the epoch with the best validation loss;
 3. an RBF SVM is fit on the Dense(1024) activations with ``GridSearchCV``
    (3-fold, class-balanced) over ``svm_C`` and ``svm_gamma``; the best setting
-   is refit with ``probability=True`` (Platt scaling, 5-fold internal
-   cross-validation in libsvm), which gives the calibrated ``predict_proba``.
+   is refit inside ``CalibratedClassifierCV(method="sigmoid", cv=5,
+   ensemble=False)``: Platt scaling fit on 5-fold out-of-fold decision values,
+   which gives the calibrated ``predict_proba`` (``predict`` is its argmax).
 
 Augmentation works on the cached feature maps: a random flip and 90-degree
 rotation of each sample's ``(h, w)`` grid (cells have no preferred
@@ -21,10 +22,12 @@ orientation).
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -57,6 +60,10 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         Initial block5 weights (from ImageNet VGG16); ``None`` = random.
     patience : int
         Early-stopping patience on the validation loss (when validation data is given).
+    precision : {"auto", "float32", "mixed_bfloat16", "mixed_float16"}
+        Compute precision while training (variables stay float32). ``"auto"``:
+        mixed_float16 on a GPU, mixed_bfloat16 on a CPU with native bf16
+        (AVX512-BF16 / AMX), float32 otherwise. Inference is always float32.
     random_state : int
     verbose : int
     """
@@ -64,7 +71,7 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, head_epochs=30, finetune_epochs=4, head_lr=1e-3, finetune_lr=1e-4,
                  batch_size=64, dropout=0.2, augment=True, svm_C=(0.3, 1.0, 3.0, 10.0),
                  svm_gamma=("scale",), svm_include_val=True, block5_weights=None, patience=3,
-                 random_state=0, verbose=1):
+                 precision="auto", random_state=0, verbose=1):
         self.head_epochs = head_epochs
         self.finetune_epochs = finetune_epochs
         self.head_lr = head_lr
@@ -77,6 +84,7 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         self.svm_include_val = svm_include_val
         self.block5_weights = block5_weights
         self.patience = patience
+        self.precision = precision
         self.random_state = random_state
         self.verbose = verbose
 
@@ -95,21 +103,26 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         weights = compute_class_weight("balanced", classes=np.arange(len(self.classes_)), y=y_idx)
         class_weight = dict(enumerate(weights))
 
-        head = build_head(len(self.classes_), X.shape[1:], dropout=self.dropout,
-                          seed=self.random_state)
-        if self.block5_weights is not None:
-            _set_block5(head, self.block5_weights)
+        self.precision_ = training_precision(self.precision)
         self.history_ = {}
         t0 = time.time()
-        if self.head_epochs > 0:
-            self._fit_frozen_phase(head, X, y_idx, val, class_weight)
-        if self.finetune_epochs > 0:
-            set_block5_trainable(head, True)
-            self.history_["finetune"] = _fit_keras(
-                head, self._dataset(X, y_idx, training=True),
-                self._dataset(*val, training=False) if val else None,
-                self.finetune_epochs, self.finetune_lr, class_weight, self.patience, self.verbose)
-        self.head_ = head
+        with precision_policy(self.precision_):
+            head = build_head(len(self.classes_), X.shape[1:], dropout=self.dropout,
+                              seed=self.random_state)
+            if self.block5_weights is not None:
+                _set_block5(head, self.block5_weights)
+            if self.head_epochs > 0:
+                self._fit_frozen_phase(head, X, y_idx, val, class_weight)
+            if self.finetune_epochs > 0:
+                set_block5_trainable(head, True)
+                self.history_["finetune"] = _fit_keras(
+                    head, self._dataset(X, y_idx, training=True),
+                    self._dataset(*val, training=False) if val else None,
+                    self.finetune_epochs, self.finetune_lr, class_weight, self.patience,
+                    self.verbose)
+        # inference (and the SVM's embeddings) always run in float32
+        self.head_ = build_head(len(self.classes_), X.shape[1:], dropout=self.dropout)
+        self.head_.set_weights([w.astype(np.float32) for w in head.get_weights()])
         self.train_seconds_ = {"network": time.time() - t0}
         if self.svm_include_val and val is not None:
             X_svm = np.concatenate([X, val[0]])
@@ -147,7 +160,7 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         """(Re)tune and fit the SVM on the embeddings of ``X`` (the head is kept).
 
         ``GridSearchCV`` (3-fold stratified, balanced accuracy) picks ``C`` and
-        ``gamma``; the winner is refit with ``probability=True``.
+        ``gamma``; the winner is refit with sigmoid (Platt) calibration.
         """
         t0 = time.time()
         y = np.asarray(y)
@@ -160,11 +173,11 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         search.fit(emb, y)
         self.svm_best_params_ = search.best_params_
         self.svm_cv_score_ = float(search.best_score_)
+        best = SVC(kernel="rbf", class_weight="balanced", C=search.best_params_["svc__C"],
+                   gamma=search.best_params_["svc__gamma"])
         self.svm_ = make_pipeline(
             StandardScaler(),
-            SVC(kernel="rbf", class_weight="balanced", probability=True,
-                random_state=self.random_state,
-                C=search.best_params_["svc__C"], gamma=search.best_params_["svc__gamma"]))
+            CalibratedClassifierCV(best, method="sigmoid", cv=5, ensemble=False, n_jobs=2))
         self.svm_.fit(emb, y)
         self.train_seconds_ = {**getattr(self, "train_seconds_", {}), "svm": time.time() - t0}
         return self
@@ -202,6 +215,35 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         state.pop("head_", None)
         state["block5_weights"] = None  # only the starting point; the trained weights are in head_
         return state
+
+
+def training_precision(precision="auto") -> str:
+    """The Keras dtype policy name that ``precision`` stands for on this machine."""
+    if precision != "auto":
+        return precision
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return "mixed_float16"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        flags = ""
+    return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
+
+
+@contextlib.contextmanager
+def precision_policy(name):
+    """Temporarily set Keras' global dtype policy."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def _tensor_dataset(X, y_idx, batch_size, shuffle_seed=None):
