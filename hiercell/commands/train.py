@@ -48,39 +48,77 @@ def extract(paths, settings, cache, label):
     return res
 
 
+def parse_stages(text, require_stage1=False):
+    """``"1,2"`` -> ``(1, 2)``; a click error for anything else."""
+    try:
+        stage_set = tuple(sorted({int(s) for s in text.split(",")}))
+    except ValueError:
+        stage_set = ()
+    if not stage_set or not set(stage_set) <= {1, 2} or (require_stage1 and 1 not in stage_set):
+        need = "1 or 1,2" if require_stage1 else "1, 2 or 1,2"
+        raise click.BadParameter(f"{text!r}: expected {need}", param_hint="--stages")
+    return stage_set
+
+
+def training_options(func):
+    """The options ``train`` and ``ablate`` share (data split, backbone, recipe, cache)."""
+    options = [
+        click.option("--split-csv", type=click.Path(exists=True, dir_okay=False),
+                     help="CSV with path,split columns (default: DATA/splits.csv if present, "
+                          "else a stratified 70/10/20 split with --seed)."),
+        click.option("--image-size", default=160, show_default=True, type=click.IntRange(32, 512),
+                     callback=_multiple_of_32,
+                     help="Side of the square image VGG16 sees (a multiple of 32)."),
+        click.option("--backbone-weights", default=None,
+                     help="VGG16 ImageNet weights: a path to Keras' *_notop.h5, 'imagenet' "
+                          "(download), or 'none' (random). Default: $HIERCELL_VGG16_WEIGHTS, "
+                          "the Keras cache, then 'imagenet'."),
+        click.option("--head-epochs", default=30, show_default=True, type=click.IntRange(0),
+                     help="Epochs of the dense head with block5 frozen (early stopping on val)."),
+        click.option("--finetune-epochs", default=4, show_default=True, type=click.IntRange(0),
+                     help="Epochs with block5 fine-tuned at lr 1e-4 (early stopping on val)."),
+        click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1)),
+        click.option("--others-per-class", default=150, show_default=True, type=click.IntRange(0),
+                     help="Stage-2 'Others' images per non-routed main class."),
+        click.option("--limit-per-class", default=None, type=click.IntRange(1),
+                     help="Use at most N images per label and split (quick runs)."),
+        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--cache", type=click.Path(file_okay=False), help=_CACHE_HELP),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _multiple_of_32(ctx, param, value):
+    if value % 32:
+        raise click.BadParameter("must be a multiple of 32")
+    return value
+
+
+def settings_from_options(masked=False, **opts):
+    """A :class:`~hiercell.training.TrainSettings` from the shared options."""
+    from ..training import TrainSettings
+
+    return TrainSettings(input_size=opts["image_size"], masked=masked,
+                         backbone_weights=opts["backbone_weights"], seed=opts["seed"],
+                         others_per_class=opts["others_per_class"],
+                         head_epochs=opts["head_epochs"], finetune_epochs=opts["finetune_epochs"],
+                         batch_size=opts["batch_size"], limit_per_class=opts["limit_per_class"])
+
+
 @click.command()
 @click.argument("data", type=click.Path(exists=True))
 @click.option("--out", "out", required=True, type=click.Path(), help="Bundle folder to write.")
-@click.option("--split-csv", type=click.Path(exists=True, dir_okay=False),
-              help="CSV with path,split columns (default: DATA/splits.csv if present, "
-                   "else a stratified 70/10/20 split with --seed).")
 @click.option("--masked/--no-masked", default=False, show_default=True,
               help="Train on images masked by the segmentation module.")
-@click.option("--image-size", default=160, show_default=True, type=click.IntRange(64, 512),
-              help="Side of the square image VGG16 sees (a multiple of 32).")
-@click.option("--backbone-weights", default=None,
-              help="VGG16 ImageNet weights: a path to Keras' *_notop.h5, 'imagenet' "
-                   "(download), or 'none' (random). Default: $HIERCELL_VGG16_WEIGHTS, the "
-                   "Keras cache, then 'imagenet'.")
-@click.option("--stages", default="1,2", show_default=True, help="Stages to train.")
-@click.option("--head-epochs", default=30, show_default=True, type=click.IntRange(0),
-              help="Epochs of the dense head with block5 frozen (early stopping on val).")
-@click.option("--finetune-epochs", default=4, show_default=True, type=click.IntRange(0),
-              help="Epochs with block5 fine-tuned at lr 1e-4 (early stopping on val).")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
-@click.option("--others-per-class", default=150, show_default=True, type=click.IntRange(0),
-              help="Stage-2 'Others' images per non-routed main class.")
-@click.option("--limit-per-class", default=None, type=click.IntRange(1),
-              help="Use at most N images per label and split (quick runs).")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--cache", type=click.Path(file_okay=False), help=_CACHE_HELP)
+@click.option("--stages", default="1,2", show_default=True, help="Stages to train: 1 or 1,2.")
 @click.option("--gpu-recipe", is_flag=True,
-              help="The study's recipe end to end on images (224 px, image augmentation); "
-                   "meant for a GPU.")
+              help="The study's recipe end to end on images (image augmentation; 224 px unless "
+                   "--image-size says otherwise); meant for a GPU.")
 @click.option("--quiet", is_flag=True, help="No per-epoch output.")
-def train(data, out, split_csv, masked, image_size, backbone_weights, stages, head_epochs,
-          finetune_epochs, batch_size, others_per_class, limit_per_class, seed, cache,
-          gpu_recipe, quiet):
+@training_options
+def train(data, out, masked, stages, gpu_recipe, quiet, **opts):
     """Train the two-stage model on DATA and write a bundle to --out.
 
     DATA is a PBC-style folder (labels from file-name prefixes), a
@@ -92,25 +130,15 @@ def train(data, out, split_csv, masked, image_size, backbone_weights, stages, he
     from ..backbone import BackboneWeightsError
     from ..bundle import save_bundle
     from ..data import summarize
-    from ..training import TrainSettings, evaluate_hierarchy, fit_hierarchy, headline, save_metrics
+    from ..training import evaluate_hierarchy, fit_hierarchy, headline, save_metrics
 
-    if image_size % 32:
-        raise click.BadParameter("must be a multiple of 32", param_hint="--image-size")
-    try:
-        stage_set = tuple(sorted({int(s) for s in stages.split(",")}))
-    except ValueError:
-        raise click.BadParameter(f"{stages!r}: expected e.g. 1,2", param_hint="--stages")
-    if not set(stage_set) <= {1, 2} or 1 not in stage_set:
-        raise click.BadParameter("stage 1 is required; stages are 1 and 2", param_hint="--stages")
-    if gpu_recipe:
-        from ..gpu_recipe import train_gpu_recipe
-        image_size = 224 if image_size == 160 else image_size
-    settings = TrainSettings(input_size=image_size, masked=masked, backbone_weights=backbone_weights,
-                             seed=seed, others_per_class=others_per_class, head_epochs=head_epochs,
-                             finetune_epochs=finetune_epochs, batch_size=batch_size,
-                             limit_per_class=limit_per_class)
-    cache = Path(cache) if cache else default_cache_dir()
-    samples = load_samples(data, split_csv, seed, limit_per_class)
+    stage_set = parse_stages(stages, require_stage1=True)
+    if gpu_recipe and click.get_current_context().get_parameter_source("image_size").name == "DEFAULT":
+        opts["image_size"] = 224
+    settings = settings_from_options(masked, **opts)
+    split_csv, seed, others_per_class = opts["split_csv"], opts["seed"], opts["others_per_class"]
+    cache = Path(opts["cache"]) if opts["cache"] else default_cache_dir()
+    samples = load_samples(data, split_csv, seed, settings.limit_per_class)
     t0 = time.time()
     try:
         if masked:
@@ -120,6 +148,8 @@ def train(data, out, split_csv, masked, image_size, backbone_weights, stages, he
         used = [s for s in samples if s.split in ("train", "val", "test")]
         click.echo(f"{len(used)} images: " + json.dumps(summarize(used)["split"]), err=True)
         if gpu_recipe:
+            from ..gpu_recipe import train_gpu_recipe
+
             model = train_gpu_recipe(used, settings, stages=stage_set)
             X = None
         else:
