@@ -9,11 +9,15 @@
 __version__ = "0.1.0"
 
 
-def load(path=None):
-    """The :class:`~hiercell.hierarchy.HierarchicalClassifier` of a bundle (default: bundled)."""
+def load(path=None, precision="float32"):
+    """The :class:`~hiercell.hierarchy.HierarchicalClassifier` of a bundle (default: bundled).
+
+    ``precision``: the VGG16 trunk's inference precision, ``"float32"``,
+    ``"bfloat16"`` or ``"auto"`` (see :func:`hiercell.bundle.load_bundle`).
+    """
     from .bundle import load as _load
 
-    return _load(path)
+    return _load(path, precision)
 
 
 def classify_folder(*args, **kwargs):

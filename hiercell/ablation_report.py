@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write_bytes
 from .metrics import (
-    atomic_write_bytes,
     bootstrap_ci,
     classification_summary,
     confusion_matrix_png,

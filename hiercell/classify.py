@@ -27,7 +27,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write_text, temp_file_next_to
 from .io import ImageLoadError, list_images, load_image
 from .records import RECORD_COLUMNS, Prediction
 from .taxonomy import MAIN_CLASSES, OTHERS, ROUTED_MAIN, SUBCLASSES
@@ -97,37 +97,6 @@ def _json_default(obj):
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def _temp_next_to(path: Path, mode: str = "w"):
-    """An open temporary file in ``path``'s folder (same file system, for ``os.replace``)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600; a results file is an ordinary file
-    return os.fdopen(fd, mode, encoding="utf-8", newline="" if "b" not in mode else None), Path(tmp)
-
-
-def atomic_write_text(path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and :func:`os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fh, tmp = _temp_next_to(path)
-    try:
-        with fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def ordered_map(fn, items, workers: int = 4, ahead: int = 64):
@@ -306,7 +275,7 @@ class _CsvSink:
 
     def __init__(self, out: Path):
         self.out = out
-        self.fh, self.tmp = _temp_next_to(out)
+        self.fh, self.tmp = temp_file_next_to(out)
         self.writer = csv.DictWriter(self.fh, fieldnames=RECORD_COLUMNS)
         self.writer.writeheader()
 
@@ -330,7 +299,7 @@ class _JsonSink:
     def __init__(self, out: Path):
         self.out = out
         # Fail now (not after an hour of work) if the folder is not writable.
-        fh, tmp = _temp_next_to(out)
+        fh, tmp = temp_file_next_to(out)
         fh.close()
         tmp.unlink()
 
@@ -383,7 +352,7 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
                     top_k: int = 3, recursive: bool = False, batch_size: int = 32,
                     resume: bool = False, summary_path=None, report_path=None,
                     progress=True, workers: int | None = None,
-                    report_gradcam: bool = True) -> ClassifyResult:
+                    report_gradcam: bool = True, precision: str = "float32") -> ClassifyResult:
     """Classify every image under ``paths`` (files and folders, mixed).
 
     Parameters
@@ -393,7 +362,8 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
     model : HierarchicalClassifier, path or None
         Anything with ``predict_images(images, paths=, top_k=, masked=)``, or
         the path of a model bundle for ``hiercell.load``; default the bundled
-        model. A bundle is loaded only once images were found.
+        model. A bundle is loaded only once images were found, with the
+        trunk precision ``precision`` ("float32", "bfloat16" or "auto").
     out : path, optional
         Results file (``fmt`` "csv" with :data:`RECORD_COLUMNS`, or "json"
         ``{"results": [...], "summary": {...}}``); written atomically.
@@ -454,7 +424,7 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
         import hiercell
 
         try:
-            model = hiercell.load(model)
+            model = hiercell.load(model, precision=precision)
         except Exception as exc:  # noqa: BLE001 - re-raised with the bundle named
             where = "the bundled model" if model is None else str(model)
             raise ModelLoadError(f"cannot load {where}: {type(exc).__name__}: {exc}") from exc

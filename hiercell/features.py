@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .atomic import atomic_open
 from .backbone import preprocess
 from .io import ImageLoadError, load_image
 
@@ -94,12 +93,8 @@ class FeatureCache:
 
     def put(self, digest: str, features: np.ndarray) -> None:
         """Store features atomically (write to a temporary file, then rename)."""
-        path = self._path(digest)
-        path.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_open(self._path(digest), "wb") as fh:
             np.save(fh, features.astype(np.float16))
-        os.replace(tmp, path)
 
 
 @dataclass

@@ -20,8 +20,6 @@ Conventions
 from __future__ import annotations
 
 import math
-import os
-import uuid
 import warnings
 from pathlib import Path
 
@@ -32,6 +30,8 @@ from sklearn.metrics import (
     confusion_matrix,
     precision_recall_fscore_support,
 )
+
+from .atomic import atomic_write_bytes
 
 METRICS = ("accuracy", "macro_f1")
 
@@ -81,21 +81,6 @@ def _encode(arr: np.ndarray, labels: list) -> np.ndarray:
 def _py(v):
     """numpy scalar -> plain Python scalar (labels may be numpy strings/ints)."""
     return v.item() if isinstance(v, np.generic) else v
-
-
-def atomic_write_bytes(path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file in the same folder + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as fh:  # normal permissions (umask), unlike mkstemp's 0600
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 # --------------------------------------------------------------------------- summary

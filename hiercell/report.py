@@ -23,7 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .classify import _progress_callback, _temp_next_to, ordered_map, summarize
+from .atomic import temp_file_next_to
+from .classify import _progress_callback, ordered_map, summarize
 from .io import ImageLoadError, load_image
 
 #: How many leading Grad-CAM failures (with no success) disable it for the report.
@@ -217,7 +218,7 @@ def write_report(records, summary: dict | None, path, model=None, thumbnails: bo
 
     show = need_image and progress
     update, close = _progress_callback(show, len(records), label="Writing report")
-    fh, tmp = _temp_next_to(path)
+    fh, tmp = temp_file_next_to(path)
     try:
         with fh:
             body = []

@@ -276,8 +276,8 @@ def _predict(model, X, batch_size):
     out = []
     fn = getattr(model, "_hiercell_forward", None)
     if fn is None:
-        fn = model._hiercell_forward = tf.function(lambda x: model(x, training=False),
-                                                  reduce_retracing=True)
+        fn = model._hiercell_forward = tf.function(
+            lambda x: tf.cast(model(x, training=False), tf.float32), reduce_retracing=True)
     for k in range(0, len(X), batch_size):
         out.append(fn(tf.constant(np.asarray(X[k:k + batch_size], dtype=np.float32))).numpy())
     if not out:

@@ -224,7 +224,8 @@ def _settings_json(settings):
 
 def save_metrics(metrics: dict, out_dir, prefix="") -> Path:
     """Write ``metrics.json`` and one confusion-matrix PNG per evaluation into ``out_dir``."""
-    from .metrics import atomic_write_bytes, confusion_matrix_png
+    from .atomic import atomic_write_bytes
+    from .metrics import confusion_matrix_png
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

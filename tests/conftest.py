@@ -3,3 +3,32 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pathlib import Path  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "data" / "pbc"
+
+#: ``hiercell train``/``ablate`` options for a tiny, fast, weight-free run (random VGG16, 32 px).
+TINY = ["--image-size", "32", "--backbone-weights", "none", "--head-epochs", "2",
+        "--finetune-epochs", "1", "--batch-size", "8", "--others-per-class", "3", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A PBC-style folder: 6 rotated/flipped copies of each fixture image (no generic labels)."""
+    root = tmp_path_factory.mktemp("pbc_tiny")
+    for src in sorted(FIXTURES.glob("*/*.jpg")):
+        if src.name.startswith(("NEUTROPHIL_", "IG_")):
+            continue
+        img = cv2.imread(str(src))
+        for k in range(6):
+            view = np.rot90(img, k % 4)
+            view = view[:, ::-1] if k >= 4 else view
+            cv2.imwrite(str(root / f"{src.stem}_{k}.jpg"), np.ascontiguousarray(view))
+    return root
+
+

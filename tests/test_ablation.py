@@ -7,10 +7,10 @@ from click.testing import CliRunner
 from hiercell.cli import main
 from hiercell.taxonomy import MAIN_CLASSES
 
-from test_model import TINY, tiny_data  # noqa: F401  (module fixture reused)
+from conftest import TINY
 
 
-def test_ablate_runs_both_arms_on_the_same_images(tiny_data, tmp_path):  # noqa: F811
+def test_ablate_runs_both_arms_on_the_same_images(tiny_data, tmp_path):
     out = tmp_path / "ablation"
     args = [a for a in TINY if a != "--quiet"]
     result = CliRunner().invoke(main, ["ablate", str(tiny_data), "--out", str(out), "--cache",

@@ -426,7 +426,7 @@ def cli(monkeypatch, tmp_path):
     """Run ``hiercell classify`` in tmp_path with ``hiercell.load`` returning a StandIn."""
     loaded = []
 
-    def fake_load(path=None):
+    def fake_load(path=None, precision="float32"):
         loaded.append(path)
         return StandIn()
 
@@ -478,7 +478,7 @@ def test_cli_resume(cli, good_dir, tmp_path):
 
 
 def test_cli_interrupt_exit_130(monkeypatch, good_dir, tmp_path):
-    monkeypatch.setattr(hiercell, "load", lambda path=None: StandIn(interrupt_on_call=2),
+    monkeypatch.setattr(hiercell, "load", lambda path=None, precision="float32": StandIn(interrupt_on_call=2),
                         raising=False)
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(main, ["classify", str(good_dir), "--batch-size", "2"])
@@ -499,7 +499,7 @@ def test_cli_usage_errors_exit_2(cli, tmp_path):
 
 
 def test_cli_model_load_failure(monkeypatch, good_dir, tmp_path):
-    def broken(path=None):
+    def broken(path=None, precision="float32"):
         raise OSError("bundle is damaged")
 
     monkeypatch.setattr(hiercell, "load", broken, raising=False)

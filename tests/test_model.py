@@ -7,7 +7,6 @@ fixture images: fast, and no ImageNet weights needed.
 
 import json
 import shutil
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -22,9 +21,7 @@ from hiercell.records import Prediction
 from hiercell.stage import StageClassifier
 from hiercell.taxonomy import FINE_CLASSES, MAIN_CLASSES, STAGE2_CLASSES
 
-FIXTURES = Path(__file__).parent / "data" / "pbc"
-TINY = ["--image-size", "32", "--backbone-weights", "none", "--head-epochs", "2",
-        "--finetune-epochs", "1", "--batch-size", "8", "--others-per-class", "3", "--quiet"]
+from conftest import TINY
 
 
 def _features(n, rng, classes):
@@ -104,21 +101,6 @@ def test_fine_probabilities_sum_to_one():
     np.testing.assert_allclose(fine.sum(1), 1, atol=1e-9)
     assert FINE_CLASSES[fine[0].argmax()] == "PMY"
     assert FINE_CLASSES[fine[1].argmax()] == "monocyte"
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """A PBC-style folder: 6 rotated/flipped copies of each fixture image (no generic labels)."""
-    root = tmp_path_factory.mktemp("pbc_tiny")
-    for src in sorted(FIXTURES.glob("*/*.jpg")):
-        if src.name.startswith(("NEUTROPHIL_", "IG_")):
-            continue
-        img = cv2.imread(str(src))
-        for k in range(6):
-            view = np.rot90(img, k % 4)
-            view = view[:, ::-1] if k >= 4 else view
-            cv2.imwrite(str(root / f"{src.stem}_{k}.jpg"), np.ascontiguousarray(view))
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -43,8 +43,12 @@ def _echo_err(msg=""):
 @click.option("--resume", is_flag=True,
               help="Keep the successful rows of an existing --out (or of the .partial file "
                    "an interrupted run left) and classify only the other images.")
+@click.option("--precision", type=click.Choice(["float32", "bfloat16", "auto"]),
+              default="float32", show_default=True,
+              help="VGG16 trunk precision: bfloat16 is about twice as fast on CPUs with native "
+                   "bf16 (auto picks it there).")
 def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, report_path,
-             gradcam, summary_path, resume):
+             gradcam, summary_path, resume, precision):
     """Classify the cell images in PATH... (image files and/or folders).
 
     Writes one row per image (label, probability, main class, subclass,
@@ -70,7 +74,7 @@ def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, 
             list(paths), model=model_path, out=out, fmt=fmt, masked=masked, top_k=top_k,
             recursive=recursive, batch_size=batch_size, resume=resume,
             summary_path=summary_path, report_path=report_path, progress=True,
-            report_gradcam=gradcam)
+            report_gradcam=gradcam, precision=precision)
     except (NoImagesError, ResumeError) as exc:
         raise click.UsageError(str(exc)) from None
     except ModelLoadError as exc:

@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
-import os
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 import click
 
+from ..atomic import atomic_open, atomic_write_bytes
+
 EXIT_SOME_UNREADABLE = 3
 CSV_NAME = "segmentation.csv"
 CSV_FIELDS = ("path", "ok", "reason", "cell_area", "nucleus_area", "centre_offset")
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _write_png(path: Path, img) -> None:
@@ -39,7 +26,7 @@ def _write_png(path: Path, img) -> None:
     ok, buf = cv2.imencode(".png", img)
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")
-    _atomic_write_bytes(path, buf.tobytes())
+    atomic_write_bytes(path, buf.tobytes())
 
 
 def _jobs(paths, recursive, out: Path):
@@ -134,18 +121,11 @@ def segment(paths, out, recursive, overlay):
             bar.update(1)
 
     csv_path = out / CSV_NAME
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{CSV_NAME}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh, lineterminator="\n")
-            w.writerow(CSV_FIELDS)
-            for path, ok, reason, ca, na, off in rows:
-                w.writerow((path, ok, reason, _fmt(ca), _fmt(na), _fmt(off)))
-        os.replace(tmp, csv_path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_open(csv_path, "w") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(CSV_FIELDS)
+        for path, ok, reason, ca, na, off in rows:
+            w.writerow((path, ok, reason, _fmt(ca), _fmt(na), _fmt(off)))
 
     n_ok = reasons.pop("ok", 0)
     flagged = ", ".join(f"{k} {v}" for k, v in reasons.most_common())

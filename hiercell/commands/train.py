@@ -212,14 +212,16 @@ def drop_mask_failures(samples):
 @click.option("--others-per-class", default=150, show_default=True, type=click.IntRange(0))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--cache", type=click.Path(file_okay=False), help=_CACHE_HELP)
-def evaluate(data, model_path, split_csv, subset, out, others_per_class, seed, cache):
+@click.option("--precision", type=click.Choice(["float32", "bfloat16", "auto"]), default="float32",
+              show_default=True, help="VGG16 trunk precision at inference.")
+def evaluate(data, model_path, split_csv, subset, out, others_per_class, seed, cache, precision):
     """Evaluate a bundle on DATA: stage 1, stage 2 and end to end."""
     from ..bundle import BundleError, load
     from ..features import FeatureCache, TrunkConfig, extract_trunk_features
     from ..training import evaluate_hierarchy, headline, save_metrics
 
     try:
-        model = load(model_path)
+        model = load(model_path, precision)
     except BundleError as exc:
         raise click.ClickException(str(exc)) from exc
     samples = load_samples(data, split_csv, seed)
@@ -227,7 +229,8 @@ def evaluate(data, model_path, split_csv, subset, out, others_per_class, seed, c
         samples = [s for s in samples if s.split == subset]
     if not samples:
         raise click.UsageError(f"no labelled images in subset {subset!r} of {data}")
-    config = TrunkConfig(model.input_size, model.masked, model.info.get("trunk_sha256", "bundle"))
+    config = TrunkConfig(model.input_size, model.masked,
+                         f"{model.info['trunk_sha256']}:{model.info['precision']}")
     fc = FeatureCache(Path(cache) if cache else default_cache_dir(), config)
     with progress_bar(len(samples), "VGG16 trunk features") as bar:
         res = extract_trunk_features([s.path for s in samples], model.trunk, config, fc,
