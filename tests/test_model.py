@@ -199,3 +199,15 @@ def test_missing_backbone_weights_file_is_a_clear_error(tiny_data, tmp_path):
                                        "--backbone-weights", str(tmp_path / "nope.h5")])
     assert result.exit_code != 0
     assert "nope.h5" in result.output and "HIERCELL_VGG16_WEIGHTS" in result.output
+
+
+def test_gpu_recipe_trains_on_images_and_writes_the_same_kind_of_bundle(tiny_data, tmp_path):
+    out = tmp_path / "gpu"
+    result = CliRunner().invoke(main, ["train", str(tiny_data), "--out", str(out), "--gpu-recipe",
+                                       "--cache", str(tmp_path / "cache"), "--limit-per-class", "4",
+                                       *TINY])
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "bundle.json").read_text())
+    assert info["input_size"] == 32 and info["training"]["recipe"].startswith("gpu")
+    model = load(out)
+    assert model.predict(sorted(tiny_data.glob("*.jpg"))[:2])[0].status == "ok"

@@ -1,0 +1,98 @@
+"""The bundled default model, end to end on the committed fixture images.
+
+These are the user's first steps: ``hiercell classify`` on a folder with the
+model that ships in ``models/``, including a folder with broken files.
+"""
+
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import hiercell
+from hiercell.bundle import default_bundle_path, verify_bundle
+from hiercell.cli import main
+from hiercell.records import RECORD_COLUMNS
+from hiercell.taxonomy import FINE_CLASSES, MAIN_CLASSES
+
+from conftest import FIXTURES
+
+GOOD = sorted(FIXTURES.glob("*/*.jpg"))[::4]  # one image per class folder
+
+
+@pytest.fixture(scope="module")
+def model():
+    return hiercell.load()
+
+
+def test_default_bundle_is_installed_and_verified():
+    info = verify_bundle(default_bundle_path())
+    assert info["stages"]["stage1"]["classes"] == sorted(MAIN_CLASSES)
+    assert info["metrics"]["split"] == "test"
+
+
+def test_bundled_model_predicts_records_for_paths_and_arrays(model):
+    records = model.predict([str(p) for p in GOOD])
+    assert [r.path for r in records] == [str(p) for p in GOOD]
+    for r in records:
+        assert r.status == "ok" and r.label in FINE_CLASSES + MAIN_CLASSES
+        assert 0 <= r.probability <= 1 and len(r.top) == 3
+    images = np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in GOOD])
+    proba = model.predict_proba(images)
+    assert proba.shape == (len(GOOD), len(FINE_CLASSES))
+    np.testing.assert_allclose(proba.sum(1), 1, atol=1e-6)
+    assert [r.label for r in model.predict(images)] == [r.label for r in records]
+
+
+def test_bundled_model_gets_most_fixture_cells_right(model):
+    paths = sorted(FIXTURES.glob("*/*.jpg"))
+    records = model.predict(paths)
+    folder_of = {str(p): p.parent.name for p in paths}
+    right = [r.main_class == folder_of[r.path] for r in records]
+    assert np.mean(right) >= 0.8, [(r.path, r.main_class) for r in records]
+
+
+def test_gradcam_is_a_heat_map_on_the_image_grid(model):
+    rgb = cv2.cvtColor(cv2.imread(str(GOOD[0])), cv2.COLOR_BGR2RGB)
+    heat = model.gradcam(rgb)
+    assert heat.shape == rgb.shape[:2] and heat.dtype == np.float32
+    assert 0 <= heat.min() and heat.max() <= 1
+
+
+def _write_bad_files(folder):
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.jpg").write_text("this is not an image")
+    data = (FIXTURES / "basophil").glob("*.jpg").__next__().read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    rgba = np.dstack([np.full((64, 64, 3), 200, np.uint8), np.full((64, 64), 255, np.uint8)])
+    cv2.imwrite(str(folder / "rgba.tif"), rgba)
+    cv2.imwrite(str(folder / "deep.png"), np.full((64, 64, 3), 40000, np.uint16))
+    cv2.imwrite(str(folder / "gray.png"), np.full((64, 64), 128, np.uint8))
+
+
+def test_classify_command_with_bad_files(tmp_path, monkeypatch):
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    for p in GOOD:
+        (folder / p.name).write_bytes(p.read_bytes())
+    _write_bad_files(folder)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["classify", str(folder), "--out", "r.csv",
+                                       "--summary", "s.json", "--report", "r.html"])
+    assert result.exit_code == 3, result.output
+    with open(tmp_path / "r.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert tuple(rows[0]) == RECORD_COLUMNS
+    by_name = {r["path"].rsplit("/", 1)[-1]: r for r in rows}
+    assert len(rows) == len(GOOD) + 6
+    for name in ("empty.jpg", "notes.jpg", "truncated.jpg"):
+        assert by_name[name]["status"] == "error" and by_name[name]["error"]
+    for name in ["rgba.tif", "deep.png", "gray.png"] + [p.name for p in GOOD]:
+        assert by_name[name]["status"] == "ok", by_name[name]
+    summary = json.loads((tmp_path / "s.json").read_text())
+    total = sum(v["percent"] for v in summary["main_classes"].values())
+    assert abs(total - 100) < 1e-6
+    assert "Grad-CAM" in (tmp_path / "r.html").read_text()
