@@ -164,6 +164,8 @@ def train(data, out, masked, stages, gpu_recipe, quiet, **opts):
     meta = {"training_data": {"source": str(data), "split_csv": str(split_csv) if split_csv else None,
                               "counts": summarize(used), "excluded_by_mask": excluded,
                               "seconds": round(train_seconds, 1)}}
+    # the model is saved first: a failure while evaluating must not lose hours of training
+    save_bundle(model, out, meta)
     test = [s for s in used if s.split == "test"]
     if test:
         if X is None:  # the image-space recipe keeps no features: compute the test ones
@@ -175,9 +177,9 @@ def train(data, out, masked, stages, gpu_recipe, quiet, **opts):
         out_dir = Path(out).parent / (Path(out).name + "-evaluation")
         save_metrics(metrics, out_dir)
         meta["metrics"] = {"split": "test", **headline(metrics)}
+        save_bundle(model, out, meta)
         click.echo(json.dumps(meta["metrics"], indent=2))
         click.echo(f"test-split metrics and confusion matrices: {out_dir}", err=True)
-    save_bundle(model, out, meta)
     click.echo(f"bundle written to {out} ({train_seconds / 60:.1f} min)", err=True)
 
 
