@@ -133,7 +133,12 @@ class HierarchicalClassifier:
         return np.array([_finest(d) for d in self.decide(p1, p2)], dtype=object)
 
     def records_from_features(self, X, paths=None, top_k=3):
-        """:class:`~hiercell.records.Prediction` per row of trunk features."""
+        """:class:`~hiercell.records.Prediction` per row of trunk features.
+
+        ``probability`` is the end-to-end probability of ``label`` when it is a
+        subclass, and stage 1's probability of the main class otherwise
+        (which is also its end-to-end probability).
+        """
         p1, p2 = self.stage_probas(X)
         fine = self.fine_proba(p1, p2)
         paths = list(paths) if paths is not None else [None] * len(X)
@@ -141,10 +146,10 @@ class HierarchicalClassifier:
         for i, d in enumerate(self.decide(p1, p2)):
             label = _finest(d)
             order = np.argsort(-fine[i])[:top_k]
-            prob = d["sub_p"] if label == d["sub"] else d["main_p"]
+            prob = fine[i, FINE_CLASSES.index(label)] if label == d["sub"] else d["main_p"]
             out.append(Prediction(
                 path=None if paths[i] is None else str(paths[i]), label=label,
-                probability=float(fine[i, FINE_CLASSES.index(label)]) if label == d["sub"] else prob,
+                probability=float(prob),
                 main_class=d["main"], main_probability=d["main_p"],
                 subclass=d["sub"], subclass_probability=d["sub_p"],
                 top=[(FINE_CLASSES[j], float(fine[i, j])) for j in order],
