@@ -2,7 +2,7 @@
 
 >>> import hiercell
 >>> model = hiercell.load()                 # the bundled default model
->>> records = model.predict_paths(["cell.jpg"])
+>>> records = model.predict(["cell.jpg"])
 >>> result = hiercell.classify_folder("folder/", out="results.csv")
 """
 

@@ -64,8 +64,11 @@ def save_bundle(model, path, metadata: dict | None = None) -> Path:
     import joblib
 
     path = Path(path)
+    if path.exists() and not (path / MANIFEST).is_file():
+        raise BundleError(f"{path} exists and is not a model bundle; refusing to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=path.parent))
+    os.chmod(tmp, 0o755)
     try:
         _save_weights(model.trunk, tmp / "trunk.npz")
         stages = {}
@@ -83,26 +86,46 @@ def save_bundle(model, path, metadata: dict | None = None) -> Path:
                 "params": {k: _jsonable(v) for k, v in stage.get_params().items()
                            if k != "block5_weights"},
             }
-        info = {
+        info = {k: v for k, v in model.info.items() if k not in ("trunk_sha256", "precision")}
+        info.update(metadata or {})
+        info.update({
             "format_version": FORMAT_VERSION,
             "hiercell_version": __version__,
+            "library_versions": library_versions(),
             "input_size": model.input_size,
             "masked": model.masked,
             "stages": stages,
-            **model.info,
-            **(metadata or {}),
-        }
+        })
         (tmp / "bundle.json").write_text(json.dumps(info, indent=2, default=_jsonable))
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         lines = [f"{_sha256(p)}  {p.relative_to(tmp).as_posix()}" for p in files]
         (tmp / MANIFEST).write_text("\n".join(lines) + "\n")
-        if path.exists():
-            shutil.rmtree(path)
+        old = None
+        if path.exists():  # an earlier bundle: move it aside, put the new one in, drop the old
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
         os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def library_versions() -> dict:
+    """Versions of the libraries whose objects a bundle pickles or whose weights it holds."""
+    import sklearn
+
+    out = {"numpy": np.__version__, "scikit-learn": sklearn.__version__}
+    try:
+        import keras
+        import tensorflow as tf
+
+        out.update({"tensorflow": tf.__version__, "keras": keras.__version__})
+    except ImportError:  # pragma: no cover - tensorflow is a dependency
+        pass
+    return out
 
 
 def verify_bundle(path) -> dict:
@@ -114,10 +137,12 @@ def verify_bundle(path) -> dict:
     if not manifest.is_file():
         raise BundleError(f"{path}: no {MANIFEST} manifest; refusing to load an unverified bundle")
     listed = {}
-    for line in manifest.read_text().splitlines():
+    for number, line in enumerate(manifest.read_text().splitlines(), 1):
         if line.strip():
-            digest, name = line.split(None, 1)
-            listed[name.strip()] = digest
+            parts = line.split(None, 1)
+            if len(parts) != 2 or len(parts[0]) != 64:
+                raise BundleError(f"{manifest}:{number}: not a 'SHA256  file' line")
+            listed[parts[1].strip()] = parts[0]
     for name, digest in listed.items():
         f = path / name
         if not f.is_file():
@@ -131,12 +156,18 @@ def verify_bundle(path) -> dict:
             raise BundleError(f"{path}: {rel} is not listed in {MANIFEST}; refusing to load it")
     if "bundle.json" not in listed:
         raise BundleError(f"{path}: bundle.json is not listed in {MANIFEST}")
-    info = json.loads((path / "bundle.json").read_text())
+    try:
+        info = json.loads((path / "bundle.json").read_text())
+    except ValueError as exc:
+        raise BundleError(f"{path / 'bundle.json'}: not valid JSON ({exc})") from exc
     version = info.get("format_version")
     if version != FORMAT_VERSION:
         raise BundleError(
             f"{path}: bundle format {version} (written by hiercell {info.get('hiercell_version')}) "
             f"is not supported by hiercell {__version__}, which reads format {FORMAT_VERSION}")
+    missing = [k for k in ("input_size", "masked", "stages") if k not in info]
+    if missing:
+        raise BundleError(f"{path / 'bundle.json'}: missing {', '.join(missing)}")
     return info
 
 
@@ -155,6 +186,7 @@ def load_bundle(path, precision: str = "float32"):
 
     path = Path(path)
     info = verify_bundle(path)
+    _warn_on_version_mismatch(path, info.get("library_versions", {}))
     size = int(info["input_size"])
     if precision == "auto":
         precision = "bfloat16" if training_precision("auto") == "mixed_bfloat16" else "float32"
@@ -178,6 +210,18 @@ def load_bundle(path, precision: str = "float32"):
     extra["precision"] = precision
     return HierarchicalClassifier(trunk, stages["stage1"], stages["stage2"], input_size=size,
                                   masked=bool(info["masked"]), info=extra)
+
+
+def _warn_on_version_mismatch(path, saved: dict) -> None:
+    """Warn when the pickled SVMs were written by another scikit-learn/numpy major.minor."""
+    import warnings
+
+    now = library_versions()
+    for lib in ("scikit-learn", "numpy"):
+        if lib in saved and saved[lib].split(".")[:2] != now[lib].split(".")[:2]:
+            warnings.warn(f"{path}: written with {lib} {saved[lib]}, running {lib} {now[lib]}; "
+                          "if loading or predictions fail, install the version it was written with",
+                          stacklevel=3)
 
 
 def default_bundle_path() -> Path:

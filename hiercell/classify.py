@@ -416,6 +416,8 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
 
     out = Path(out) if out is not None else None
     previous = _previous_ok(out, fmt) if (resume and out is not None) else []
+    wanted = {_key(p) for p in images}
+    previous = [r for r in previous if _key(r.path) in wanted]  # only images of this run
     done_keys = {_key(r.path) for r in previous}
     todo = [p for p in images if _key(p) not in done_keys]
 

@@ -107,10 +107,13 @@ class ExtractionResult:
 
 
 def _load_prepared(path, size, masked):
+    """``(image, None)`` or ``(None, reason)``: one bad file never stops a batch."""
     try:
         return prepare_image(load_image(path), size, masked), None
     except ImageLoadError as exc:
         return None, exc.reason
+    except Exception as exc:  # noqa: BLE001 - e.g. an image too small to segment
+        return None, f"cannot prepare image: {type(exc).__name__}: {exc}"
 
 
 def extract_trunk_features(paths, trunk, config: TrunkConfig, cache: FeatureCache | None = None,

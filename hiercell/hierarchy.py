@@ -59,8 +59,9 @@ class HierarchicalClassifier:
 
     @property
     def classes_(self):
-        """The end-to-end classes (6 main classes + 5 subclasses)."""
-        return np.array(FINE_CLASSES)
+        """The end-to-end classes: 6 main classes + 5 subclasses (the 8 main
+        classes for a model without stage 2)."""
+        return np.array(FINE_CLASSES if self.stage2 is not None else MAIN_CLASSES)
 
     # -- on trunk features ----------------------------------------------------
     def stage_probas(self, X):
@@ -81,6 +82,8 @@ class HierarchicalClassifier:
 
     def fine_proba(self, p1, p2):
         """Combine stage probabilities into end-to-end probabilities (see module doc)."""
+        if self.stage2 is None:
+            return p1
         out = np.zeros((len(p1), len(FINE_CLASSES)))
         main_idx = {c: i for i, c in enumerate(MAIN_CLASSES)}
         routed_mass = sum(p1[:, main_idx[c]] for c in ROUTED_MAIN)
@@ -141,18 +144,19 @@ class HierarchicalClassifier:
         """
         p1, p2 = self.stage_probas(X)
         fine = self.fine_proba(p1, p2)
+        classes = list(self.classes_)
         paths = list(paths) if paths is not None else [None] * len(X)
         out = []
         for i, d in enumerate(self.decide(p1, p2)):
             label = _finest(d)
             order = np.argsort(-fine[i])[:top_k]
-            prob = fine[i, FINE_CLASSES.index(label)] if label == d["sub"] else d["main_p"]
+            prob = fine[i, classes.index(label)] if label == d["sub"] else d["main_p"]
             out.append(Prediction(
                 path=None if paths[i] is None else str(paths[i]), label=label,
                 probability=float(prob),
                 main_class=d["main"], main_probability=d["main_p"],
                 subclass=d["sub"], subclass_probability=d["sub_p"],
-                top=[(FINE_CLASSES[j], float(fine[i, j])) for j in order],
+                top=[(classes[j], float(fine[i, j])) for j in order],
                 uncertain=d["uncertain"]))
         return out
 
@@ -181,14 +185,23 @@ class HierarchicalClassifier:
         items = _as_items(X)
         out = []
         for k in range(0, len(items), batch_size):
-            batch = items[k:k + batch_size]
-            loaded = [_load(item) for item in batch]
+            loaded = [_load(item) for item in items[k:k + batch_size]]
             good = [(img, name) for img, name, _ in loaded if img is not None]
-            records = iter(self.predict_images([g[0] for g in good], [g[1] for g in good],
-                                               top_k, masked) if good else [])
+            try:
+                records = self.predict_images([g[0] for g in good], [g[1] for g in good],
+                                              top_k, masked) if good else []
+            except Exception:  # noqa: BLE001 - find the image at fault, keep the others
+                records = [self._predict_one(img, name, top_k, masked) for img, name in good]
+            records = iter(records)
             for img, name, error in loaded:
                 out.append(next(records) if img is not None else Prediction.failed(name, error))
         return out
+
+    def _predict_one(self, img, name, top_k, masked):
+        try:
+            return self.predict_images([img], [name], top_k, masked)[0]
+        except Exception as exc:  # noqa: BLE001
+            return Prediction.failed(name, f"cannot classify: {type(exc).__name__}: {exc}")
 
     def predict_proba(self, X, masked=None):
         """End-to-end probabilities ``(n, 11)`` over :attr:`classes_` of images or paths
@@ -222,7 +235,7 @@ def _as_items(X):
 
 
 def _load(item):
-    """``(rgb, name, error)`` for a path or an array."""
+    """``(rgb, name, error)`` for a path or an array; a path that cannot be used gets an error."""
     from .io import ImageLoadError, load_image
 
     if isinstance(item, np.ndarray):

@@ -235,7 +235,7 @@ def write_report(records, summary: dict | None, path, model=None, thumbnails: bo
                             thumb = _b64_jpeg(small)
                         if cam_fn is not None:
                             try:
-                                cam = _b64_jpeg(overlay_heatmap(small, cam_fn(rgb)))
+                                cam = _b64_jpeg(overlay_heatmap(small, cam_fn(rgb, rec.main_class)))
                                 n_cam_ok += 1
                             except Exception as exc:  # noqa: BLE001 - report goes on without it
                                 n_cam_fail += 1

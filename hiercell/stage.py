@@ -164,6 +164,11 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         """
         t0 = time.time()
         y = np.asarray(y)
+        classes, counts = np.unique(y, return_counts=True)
+        if len(classes) < 2 or counts.min() < 3:
+            raise ValueError(
+                "the SVM needs at least 2 classes with 3 or more images each (3-fold search); "
+                f"got {dict(zip(classes.tolist(), counts.tolist()))}")
         emb = self.transform(X)
         search = GridSearchCV(
             make_pipeline(StandardScaler(), SVC(kernel="rbf", class_weight="balanced")),
@@ -177,7 +182,8 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
                    gamma=search.best_params_["svc__gamma"])
         self.svm_ = make_pipeline(
             StandardScaler(),
-            CalibratedClassifierCV(best, method="sigmoid", cv=5, ensemble=False, n_jobs=2))
+            CalibratedClassifierCV(best, method="sigmoid", cv=int(min(5, counts.min())),
+                                   ensemble=False, n_jobs=2))
         self.svm_.fit(emb, y)
         self.train_seconds_ = {**getattr(self, "train_seconds_", {}), "svm": time.time() - t0}
         return self

@@ -113,6 +113,8 @@ def segmentation_flags(paths, threads: int = 2):
             result = segment(load_image(path))
         except ImageLoadError as exc:
             return False, f"unreadable: {exc.reason}"
+        except ValueError as exc:  # e.g. smaller than the segmentation's minimum size
+            return False, f"cannot segment: {exc}"
         return bool(result.ok), result.reason
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -149,6 +151,11 @@ def fit_hierarchy(X, samples, settings: TrainSettings, stages=(1, 2), verbose=1,
             continue
         idx, y = stage_targets(samples, stage, settings.others_per_class, settings.seed)
         tr, va = split[idx] == "train", split[idx] == "val"
+        if stage == 2 and len(set(y[tr]) - {OTHERS}) < 2:
+            log("stage 2 skipped: the training split has fewer than two of the subclasses "
+                f"{', '.join(SUBCLASSES)} (a data set without them gets a stage-1-only model)")
+            fitted[stage] = None
+            continue
         if not tr.any():
             raise ValueError("no training samples (split 'train') for stage %d" % stage)
         log(f"stage {stage}: {tr.sum()} train / {va.sum()} val images, classes {sorted(set(y))}")
@@ -175,18 +182,23 @@ def evaluate_hierarchy(model, X, samples, others_per_class=150, seed=0) -> dict:
     from .metrics import classification_summary
 
     out = {}
+    if model.stage2 is not None:
+        idx2, y2 = stage_targets(samples, 2, others_per_class, seed)
+        if len(idx2):
+            y2_pred = list(model.stage2.predict(X[idx2]))
+            out["stage2"] = {**classification_summary(list(y2), y2_pred, list(STAGE2_CLASSES)),
+                             "y_true": list(y2), "y_pred": y2_pred, "paths": _paths(samples, idx2)}
     idx1 = np.array([i for i, s in enumerate(samples) if s.main is not None], dtype=int)
+    if model.stage1 is None or not len(idx1):
+        return out
     p1, p2 = model.stage_probas(X[idx1])
     y1_pred = np.asarray(MAIN_CLASSES)[p1.argmax(1)]
     y1_true = [samples[i].main for i in idx1]
-    out["stage1"] = {**classification_summary(y1_true, list(y1_pred), list(MAIN_CLASSES)),
-                     "y_true": y1_true, "y_pred": list(y1_pred), "paths": _paths(samples, idx1)}
-    if model.stage2 is not None:
-        idx2, y2 = stage_targets(samples, 2, others_per_class, seed)
-        y2_pred = list(model.stage2.predict(X[idx2])) if len(idx2) else []
-        out["stage2"] = {**classification_summary(list(y2), y2_pred, list(STAGE2_CLASSES)),
-                         "y_true": list(y2), "y_pred": y2_pred, "paths": _paths(samples, idx2)}
-        idx3 = np.array([i for i, s in enumerate(samples) if s.fine is not None], dtype=int)
+    out = {"stage1": {**classification_summary(y1_true, list(y1_pred), list(MAIN_CLASSES)),
+                      "y_true": y1_true, "y_pred": list(y1_pred), "paths": _paths(samples, idx1)},
+           **out}
+    idx3 = np.array([i for i, s in enumerate(samples) if s.fine is not None], dtype=int)
+    if model.stage2 is not None and len(idx3):
         pos = {i: k for k, i in enumerate(idx1)}
         rows = [pos[i] for i in idx3]
         decisions = model.decide(p1[rows], p2[rows])
@@ -199,8 +211,7 @@ def evaluate_hierarchy(model, X, samples, others_per_class=150, seed=0) -> dict:
               if summary["per_class"][c]["support"] > 0]
         summary["macro_f1"] = float(np.mean(f1)) if f1 else 0.0
         out["end_to_end"] = {**summary,
-                             "uncertain_share": float(np.mean([d["uncertain"] for d in decisions]))
-                             if decisions else 0.0,
+                             "uncertain_share": float(np.mean([d["uncertain"] for d in decisions])),
                              "y_true": y3_true, "y_pred": y3_pred, "paths": _paths(samples, idx3)}
     return out
 

@@ -211,3 +211,31 @@ def test_gpu_recipe_trains_on_images_and_writes_the_same_kind_of_bundle(tiny_dat
     assert info["input_size"] == 32 and info["training"]["recipe"].startswith("gpu")
     model = load(out)
     assert model.predict(sorted(tiny_data.glob("*.jpg"))[:2])[0].status == "ok"
+
+
+def test_model_without_stage2_gives_main_class_probabilities(tiny_bundle, tiny_data):
+    model = load(tiny_bundle)
+    model.stage2 = None
+    assert list(model.classes_) == list(MAIN_CLASSES)
+    images = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
+              for p in sorted(tiny_data.glob("*.jpg"))[:4]]
+    np.testing.assert_allclose(model.predict_proba(np.stack(images)).sum(1), 1, atol=1e-6)
+    for r in model.predict(images):
+        assert r.subclass is None and r.label in MAIN_CLASSES and r.top[0][0] == r.label
+
+
+def test_predict_keeps_going_past_bad_paths(tiny_bundle, tiny_data, tmp_path):
+    model = load(tiny_bundle)
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    good = sorted(tiny_data.glob("*.jpg"))[:2]
+    records = model.predict([good[0], bad, good[1]])
+    assert [r.status for r in records] == ["ok", "error", "ok"]
+    assert "not an image" in records[1].error and records[1].path == str(bad)
+
+
+def test_save_bundle_refuses_to_overwrite_a_non_bundle_folder(tiny_bundle, tmp_path):
+    (tmp_path / "keep.txt").write_text("precious")
+    with pytest.raises(BundleError, match="not a model bundle"):
+        save_bundle(load(tiny_bundle), tmp_path)
+    assert (tmp_path / "keep.txt").read_text() == "precious"

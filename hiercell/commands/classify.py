@@ -13,6 +13,21 @@ EXIT_INTERRUPTED = 130
 _MAX_LISTED_ERRORS = 10
 
 
+def _interrupt_on_sigterm():
+    """Treat SIGTERM/SIGHUP (timeout, batch schedulers) like Ctrl-C: keep the finished rows."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            try:
+                signal.signal(getattr(signal, name), handler)
+            except ValueError:  # not in the main thread (e.g. embedded use)
+                pass
+
+
 def _echo_err(msg=""):
     click.echo(msg, err=True)
 
@@ -69,6 +84,7 @@ def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, 
     if out is None:
         out = Path(f"{DEFAULT_OUT_STEM}.{fmt}")
 
+    _interrupt_on_sigterm()
     try:
         result = classify_folder(
             list(paths), model=model_path, out=out, fmt=fmt, masked=masked, top_k=top_k,

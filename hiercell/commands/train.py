@@ -158,7 +158,7 @@ def train(data, out, masked, stages, gpu_recipe, quiet, **opts):
             X = res.features
             model = fit_hierarchy(X, used, settings, stages=stage_set, verbose=0 if quiet else 2,
                                   log=lambda m: click.echo(m, err=True))
-    except BackboneWeightsError as exc:
+    except (BackboneWeightsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     train_seconds = time.time() - t0
     meta = {"training_data": {"source": str(data), "split_csv": str(split_csv) if split_csv else None,
@@ -218,14 +218,15 @@ def drop_mask_failures(samples):
               show_default=True, help="VGG16 trunk precision at inference.")
 def evaluate(data, model_path, split_csv, subset, out, others_per_class, seed, cache, precision):
     """Evaluate a bundle on DATA: stage 1, stage 2 and end to end."""
-    from ..bundle import BundleError, load
+    from ..bundle import load
     from ..features import FeatureCache, TrunkConfig, extract_trunk_features
     from ..training import evaluate_hierarchy, headline, save_metrics
 
     try:
         model = load(model_path, precision)
-    except BundleError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - a damaged or incompatible bundle
+        where = model_path or "the bundled model"
+        raise click.ClickException(f"cannot load {where}: {type(exc).__name__}: {exc}") from exc
     samples = load_samples(data, split_csv, seed)
     if subset != "all":
         samples = [s for s in samples if s.split == subset]
