@@ -311,6 +311,11 @@ def _apply_split_csv(samples, root: Path, split_csv: Path) -> list[Sample]:
             splits[key] = _parse_split(row.get(fields["split"]), f"{split_csv}:{reader.line_num}")
     out = [replace(s, split=splits.get(s.path.as_posix())) for s in samples]
     n_missing = sum(s.split is None for s in out)
+    if out and n_missing == len(out):
+        # nothing matched: the CSV's paths are probably relative to another folder;
+        # falling back to a random split could leak test images into training
+        raise ValueError(f"{split_csv}: none of its paths matches an image under {root} "
+                         f"(paths are read relative to {root})")
     if n_missing:
         log.warning("%s: %d of %d image(s) have no split", split_csv, n_missing, len(out))
     return out

@@ -220,3 +220,11 @@ def test_assign_splits_and_subset(tmp_path):
     assert train and test and all(s.split == "train" for s in train)
     assert len(subset(out, ("train", "val", "test"))) == 15
     assert subset(samples, None) == samples[1:]
+
+
+def test_split_csv_that_matches_no_image_is_an_error(tmp_path):
+    touch(tmp_path, "data/BA_1.jpg", "data/EO_2.jpg")
+    csv_path = tmp_path / "splits.csv"
+    csv_path.write_text("path,split\nelsewhere/BA_1.jpg,train\nelsewhere/EO_2.jpg,test\n")
+    with pytest.raises(ValueError, match="none of its paths"):
+        read_dataset(tmp_path / "data", split_csv=csv_path)
