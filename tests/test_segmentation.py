@@ -288,3 +288,14 @@ def test_segment_command(tmp_path):
     assert r.exit_code == 0, r.output
     assert (out2 / "a.cell.png").is_file() and not (out2 / "a.overlay.png").exists()
     assert not (out2 / "sub").exists()  # not recursive
+
+
+def test_segment_command_keeps_same_named_files_from_two_folders_apart(tmp_path):
+    for k, folder in enumerate(("d1", "d2")):
+        (tmp_path / folder).mkdir()
+        _write(tmp_path / folder / "a.png", scene(128, seed=k)[0])
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["segment", str(tmp_path / "d1"), str(tmp_path / "d2"),
+                                  "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert (out / "a.cell.png").is_file() and (out / "a-2.cell.png").is_file()

@@ -43,8 +43,15 @@ def _jobs(paths, recursive, out: Path):
             jobs.setdefault(f, f.relative_to(p) if p.is_dir() else Path(f.name))
     # a.jpg and a.png in one folder would share the stem "a": keep their full names
     stems = Counter(rel.with_suffix("") for rel in jobs.values())
-    return [(f, rel.with_suffix("") if stems[rel.with_suffix("")] == 1 else rel)
-            for f, rel in jobs.items()]
+    named = [(f, rel.with_suffix("") if stems[rel.with_suffix("")] == 1 else rel)
+             for f, rel in jobs.items()]
+    # the same relative name from two inputs (DIR1/a.jpg, DIR2/a.jpg): number the later ones
+    seen = Counter()
+    out_jobs = []
+    for f, rel in named:
+        seen[rel] += 1
+        out_jobs.append((f, rel if seen[rel] == 1 else rel.with_name(f"{rel.name}-{seen[rel]}")))
+    return out_jobs
 
 
 def _fmt(x: float) -> str:
