@@ -41,17 +41,16 @@ def _jobs(paths, recursive, out: Path):
             if f.resolve().is_relative_to(out):
                 continue
             jobs.setdefault(f, f.relative_to(p) if p.is_dir() else Path(f.name))
-    # a.jpg and a.png in one folder would share the stem "a": keep their full names
-    stems = Counter(rel.with_suffix("") for rel in jobs.values())
-    named = [(f, rel.with_suffix("") if stems[rel.with_suffix("")] == 1 else rel)
-             for f, rel in jobs.items()]
     # the same relative name from two inputs (DIR1/a.jpg, DIR2/a.jpg): number the later ones
     seen = Counter()
-    out_jobs = []
-    for f, rel in named:
+    numbered = []
+    for f, rel in jobs.items():
         seen[rel] += 1
-        out_jobs.append((f, rel if seen[rel] == 1 else rel.with_name(f"{rel.name}-{seen[rel]}")))
-    return out_jobs
+        numbered.append((f, rel if seen[rel] == 1 else rel.with_stem(f"{rel.stem}-{seen[rel]}")))
+    # a.jpg and a.png in one folder would share the stem "a": keep their full names
+    stems = Counter(rel.with_suffix("") for _, rel in numbered)
+    return [(f, rel.with_suffix("") if stems[rel.with_suffix("")] == 1 else rel)
+            for f, rel in numbered]
 
 
 def _fmt(x: float) -> str:
