@@ -59,7 +59,7 @@ def fit_stage_on_images(paths, y, val_paths, y_val, trunk, settings: TrainSettin
     import keras
 
     from .backbone import build_head, set_block5_trainable
-    from .stage import StageClassifier, _fit_keras, _set_block5
+    from .stage import StageClassifier, _fit_keras, _set_block5, balanced_class_weight
 
     stage = StageClassifier(**settings.stage_params(block5, verbose=2))
     stage.classes_ = np.unique(y)
@@ -74,8 +74,7 @@ def fit_stage_on_images(paths, y, val_paths, y_val, trunk, settings: TrainSettin
     full = keras.Model(inputs, head(trunk(_augmenter(settings.seed)(inputs), training=False)))
     train_ds = _image_dataset(paths, y_idx, settings, training=True)
     val_ds = _image_dataset(val_paths, yv_idx, settings, training=False) if len(val_paths) else None
-    weights = len(y_idx) / (len(stage.classes_) * np.bincount(y_idx, minlength=len(stage.classes_)))
-    class_weight = dict(enumerate(np.where(np.isfinite(weights), weights, 0.0)))
+    class_weight = balanced_class_weight(y_idx, len(stage.classes_))
     stage.history_ = {}
     for phase, epochs, lr, trainable in (("head", stage.head_epochs, stage.head_lr, False),
                                          ("finetune", stage.finetune_epochs, stage.finetune_lr, True)):

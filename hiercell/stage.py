@@ -100,8 +100,7 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
             y_val = np.asarray(y_val)
             known = np.isin(y_val, self.classes_)
             val = (X_val[known], np.searchsorted(self.classes_, y_val[known]))
-        weights = compute_class_weight("balanced", classes=np.arange(len(self.classes_)), y=y_idx)
-        class_weight = dict(enumerate(weights))
+        class_weight = balanced_class_weight(y_idx, len(self.classes_))
 
         self.precision_ = training_precision(self.precision)
         self.history_ = {}
@@ -221,6 +220,15 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         state.pop("head_", None)
         state["block5_weights"] = None  # only the starting point; the trained weights are in head_
         return state
+
+
+def balanced_class_weight(y_idx, n_classes) -> dict:
+    """Keras ``class_weight`` (index -> weight) making every class weigh the same in the loss."""
+    present = np.unique(y_idx)
+    weights = compute_class_weight("balanced", classes=present, y=y_idx)
+    out = dict.fromkeys(range(n_classes), 0.0)
+    out.update({int(c): float(w) for c, w in zip(present, weights)})
+    return out
 
 
 def training_precision(precision="auto") -> str:

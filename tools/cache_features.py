@@ -9,8 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from hiercell.backbone import build_trunk, build_vgg16, resolve_weights, weights_id
-from hiercell.features import FeatureCache, TrunkConfig, extract_trunk_features
+from hiercell.training import TrainSettings, trunk_features
 
 
 def main():
@@ -26,10 +25,8 @@ def main():
     manifest = Path(args.split_csv) if args.split_csv else root / "splits.csv"
     with open(manifest, newline="") as fh:
         paths = [root / row["path"] for row in csv.DictReader(fh)]
-    weights = resolve_weights(args.weights)
-    config = TrunkConfig(args.size, args.masked, weights_id(weights))
-    trunk = build_trunk(build_vgg16(args.size, weights))
-    cache = FeatureCache(args.cache, config)
+    settings = TrainSettings(input_size=args.size, masked=args.masked,
+                             backbone_weights=args.weights)
     done = [0]
     t0 = time.time()
 
@@ -39,8 +36,8 @@ def main():
             rate = done[0] / max(time.time() - t0, 1e-9)
             print(f"{done[0]}/{len(paths)} ({rate:.1f} img/s)", file=sys.stderr, flush=True)
 
-    res = extract_trunk_features(paths, trunk, config, cache, progress=progress)
-    print(f"done: {res.ok.sum()} ok, {len(res.errors)} errors in {time.time() - t0:.0f}s -> {cache.dir}")
+    res = trunk_features(paths, settings, args.cache, progress=progress)
+    print(f"done: {res.ok.sum()} ok, {len(res.errors)} errors in {time.time() - t0:.0f}s")
 
 
 if __name__ == "__main__":
