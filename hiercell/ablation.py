@@ -12,12 +12,11 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import replace
-from pathlib import Path
 
 from .ablation_report import ArmResult, compare_arms, write_ablation_report
 from .taxonomy import MAIN_CLASSES, STAGE2_CLASSES
-from .training import (TrainSettings, evaluate_hierarchy, fit_hierarchy, segmentation_flags,
-                       trunk_features)
+from .training import (TrainSettings, evaluate_hierarchy, exclude_mask_failures, fit_hierarchy,
+                       starting_backbone, trunk_features)
 
 ARMS = ("unmasked", "masked")
 
@@ -26,39 +25,32 @@ def run(samples, out_dir, settings: TrainSettings | None = None, stages=(1, 2), 
         n_boot: int = 2000, progress=None, log=print) -> dict:
     """Run the ablation on ``samples`` (with splits) and write the report to ``out_dir``.
 
-    ``settings`` gives everything but ``masked`` (set per arm). ``progress``
-    is a factory ``progress(total, label)`` returning a context manager with
-    ``update(n)`` (or ``None``). Returns ``{"setup": ..., "stages": ...}`` as
-    written to ``ablation.json``.
+    ``settings`` gives everything but ``masked`` (set per arm); ``cache_dir`` defaults
+    to :func:`~hiercell.features.default_cache_dir`; ``progress``: see
+    :mod:`hiercell.progress`. Returns ``{"setup": ..., "stages": ...}`` as written to
+    ``ablation.json``.
     """
     settings = settings or TrainSettings()
-    cache_dir = Path(cache_dir) if cache_dir else Path(out_dir) / "feature-cache"
     samples = [s for s in samples if s.main is not None and s.split in ("train", "val", "test")]
     log(f"checking masks of {len(samples)} images")
-    flags = segmentation_flags([s.path for s in samples])
-    excluded = Counter(s.raw_label for s, (ok, _) in zip(samples, flags) if not ok)
-    reasons = Counter(reason for ok, reason in flags if not ok)
-    samples = [s for s, (ok, _) in zip(samples, flags) if ok]
+    samples, excluded, reasons = exclude_mask_failures(samples, progress)
 
-    evaluations, seconds, unreadable = {}, {}, {}
+    evaluations, seconds = {}, {}
+    backbone = None
     for arm in ARMS:
         arm_settings = replace(settings, masked=(arm == "masked"))
         t0 = time.time()
-        label = f"{arm}: VGG16 trunk features"
-        if progress is not None:
-            with progress(len(samples), label) as bar:
-                res = trunk_features([s.path for s in samples], arm_settings, cache_dir, bar.update)
-        else:
-            res = trunk_features([s.path for s in samples], arm_settings, cache_dir)
-        unreadable.update(res.errors)
-        kept = [s for s, ok in zip(samples, res.ok) if ok]
-        if len(kept) != len(samples):
-            raise RuntimeError(f"{len(samples) - len(kept)} images could not be read: "
+        backbone = backbone or starting_backbone(arm_settings)  # masking does not change it
+        res = trunk_features([s.path for s in samples], arm_settings, cache_dir, progress,
+                             trunk=backbone[0], label=f"{arm}: VGG16 trunk features")
+        if not res.ok.all():
+            raise RuntimeError(f"{len(res.errors)} images could not be read: "
                                + "; ".join(f"{p}: {r}" for p, r in list(res.errors.items())[:5]))
         log(f"{arm}: training stages {stages}")
-        model = fit_hierarchy(res.features, kept, arm_settings, stages=stages, verbose=0, log=log)
-        test = [i for i, s in enumerate(kept) if s.split == "test"]
-        evaluations[arm] = evaluate_hierarchy(model, res.features[test], [kept[i] for i in test],
+        model = fit_hierarchy(res.features, samples, arm_settings, stages=stages, verbose=0,
+                              log=log, backbone=backbone)
+        test = [i for i, s in enumerate(samples) if s.split == "test"]
+        evaluations[arm] = evaluate_hierarchy(model, res.features[test], [samples[i] for i in test],
                                               settings.others_per_class, settings.seed)
         seconds[arm] = round(time.time() - t0, 1)
 
@@ -77,8 +69,8 @@ def run(samples, out_dir, settings: TrainSettings | None = None, stages=(1, 2), 
         "images_per_split": dict(Counter(s.split for s in samples)),
         "images_per_class_and_split": {lab: {sp: counts.get((lab, sp), 0) for sp in ("train", "val", "test")}
                                        for lab in sorted({s.raw_label for s in samples})},
-        "excluded_by_mask_per_class": dict(sorted(excluded.items())),
-        "excluded_by_mask_reasons": dict(sorted(reasons.items())),
+        "excluded_by_mask_per_class": excluded,
+        "excluded_by_mask_reasons": reasons,
         "seed": settings.seed,
         "image_size": settings.input_size,
         "limit_per_class": settings.limit_per_class,

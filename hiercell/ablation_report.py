@@ -15,13 +15,12 @@ positive means masking helped).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from .atomic import atomic_write_bytes
+from .fileutil import to_jsonable
 from .metrics import (
     bootstrap_ci,
     classification_summary,
@@ -143,23 +142,6 @@ def compare_arms(a: ArmResult, b: ArmResult, n_boot: int = 2000, seed: int = 0,
 
 
 # --------------------------------------------------------------------------- formatting
-def _jsonable(obj):
-    """Plain-JSON copy: numpy -> Python, tuples -> lists, NaN/inf -> None, keys -> str."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def _md(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -188,7 +170,7 @@ def _is_scalar(v) -> bool:
 
 def _setup_md(setup: dict) -> list[str]:
     """Render the caller's free-form setup dict: scalars as bullets, dicts as tables."""
-    setup = _jsonable(setup or {})
+    setup = to_jsonable(setup or {})
     lines, tables = [], []
     for key, val in setup.items():
         if _is_scalar(val):
@@ -336,7 +318,7 @@ def write_ablation_report(result: dict, out_dir) -> dict:
         else:
             md += [f"## Stage {key}", "", "Not evaluated (no result for this stage).", ""]
 
-    payload = _jsonable({**result, "stages": stages})
+    payload = to_jsonable({**result, "stages": stages})
     json_path = atomic_write_bytes(out_dir / "ablation.json",
                                    (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode())
     md_path = atomic_write_bytes(out_dir / "ablation.md", "\n".join(md).encode())

@@ -9,15 +9,22 @@ The network is split in two at ``block4_pool``:
   block5 frozen, then with block5 fine-tuned at a learning rate of 1e-4.
 
 The SVM of each stage is fit on the Dense(1024) activations of its head.
+
+It also holds the Keras toolbox the rest of the package uses (all public):
+:func:`predict_batches`, :func:`fit_keras`, :func:`tensor_dataset`,
+:func:`augment_feature_maps`, :func:`class_weights`, :func:`training_precision`,
+:func:`precision_policy` and :func:`vgg_input`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
+
+from .fileutil import file_digest
 
 WEIGHTS_ENV = "HIERCELL_VGG16_WEIGHTS"
 KERAS_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -70,11 +77,7 @@ def weights_id(weights: str | None) -> str:
         return "random"
     if weights == "imagenet":
         return "imagenet-keras"
-    digest = hashlib.sha256()
-    with open(weights, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()[:16]
+    return "sha256:" + file_digest(weights, "sha256")[:16]
 
 
 def build_vgg16(input_size: int, weights: str | None, seed: int = 0):
@@ -100,11 +103,13 @@ def build_trunk(vgg):
     return trunk
 
 
-def build_head(n_classes: int, feature_shape, vgg=None, dropout: float = 0.2, seed: int = 0):
+def build_head(n_classes: int, feature_shape, block5_weights=None, dropout: float = 0.2,
+               seed: int = 0):
     """block5 + GAP + Dense(1024) + Dropout + Dense(512) + Dropout + softmax.
 
-    ``feature_shape`` is the trunk's output shape ``(h, w, 512)``. When ``vgg``
-    is given, block5 starts from its (ImageNet) weights.
+    ``feature_shape`` is the trunk's output shape ``(h, w, 512)``. ``block5_weights``
+    (from :func:`block5_weights`, e.g. ImageNet's) is where block5 starts; ``None``
+    leaves it randomly initialised.
     """
     keras = _keras()
     layers = keras.layers
@@ -121,10 +126,15 @@ def build_head(n_classes: int, feature_shape, vgg=None, dropout: float = 0.2, se
     x = layers.Dropout(dropout, name="dropout_512")(x)
     outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="softmax")(x)
     head = keras.Model(inputs, outputs, name="head")
-    if vgg is not None:
-        for name in BLOCK5_LAYERS:
-            head.get_layer(name).set_weights(vgg.get_layer(name).get_weights())
+    if block5_weights is not None:
+        for name, w in zip(BLOCK5_LAYERS, block5_weights):
+            head.get_layer(name).set_weights(w)
     return head
+
+
+def block5_weights(vgg) -> list:
+    """The block5 convolution weights of a VGG16 (or of a head), to start a head from."""
+    return [vgg.get_layer(name).get_weights() for name in BLOCK5_LAYERS]
 
 
 def set_block5_trainable(head, trainable: bool) -> None:
@@ -139,8 +149,125 @@ def embedding_model(head):
     return keras.Model(head.input, head.get_layer(EMBEDDING_LAYER).output)
 
 
-def preprocess(images: np.ndarray) -> np.ndarray:
-    """RGB uint8 ``(n, S, S, 3)`` -> VGG16 input (BGR, ImageNet mean removed), float32."""
+def vgg_input(images: np.ndarray) -> np.ndarray:
+    """RGB uint8 ``(n, S, S, 3)`` (from :func:`hiercell.preprocess.prepare_batch`) -> VGG16
+    input (BGR, ImageNet mean removed), float32."""
     x = images[..., ::-1].astype(np.float32)
     x -= np.array([103.939, 116.779, 123.68], dtype=np.float32)
     return x
+
+
+def run_trunk(trunk, batch: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Trunk features ``(n, h, w, 512)`` float32 of a prepared uint8 batch."""
+    return predict_batches(trunk, vgg_input(batch), batch_size)
+
+
+# --------------------------------------------------------------------------- Keras toolbox
+
+
+def predict_batches(model, X, batch_size: int = 256) -> np.ndarray:
+    """``model(X)`` in float32, batch by batch, through one cached ``tf.function``."""
+    import tensorflow as tf
+
+    out = []
+    fn = getattr(model, "_hiercell_forward", None)
+    if fn is None:
+        fn = model._hiercell_forward = tf.function(
+            lambda x: tf.cast(model(x, training=False), tf.float32), reduce_retracing=True)
+    for k in range(0, len(X), batch_size):
+        out.append(fn(tf.constant(np.asarray(X[k:k + batch_size], dtype=np.float32))).numpy())
+    if not out:
+        return np.zeros((0,) + tuple(int(d) for d in model.output.shape[1:]), dtype=np.float32)
+    return np.concatenate(out)
+
+
+def fit_keras(model, train_ds, val_ds, epochs, lr, class_weight, patience, verbose) -> dict:
+    """Adam + cross-entropy; early stopping on val loss (best weights kept). Returns history."""
+    keras = _keras()
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    callbacks = []
+    if val_ds is not None:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=patience, restore_best_weights=True))
+    hist = model.fit(train_ds, epochs=epochs, validation_data=val_ds, class_weight=class_weight,
+                     callbacks=callbacks, verbose=verbose)
+    return {k: [float(v) for v in vs] for k, vs in hist.history.items()}
+
+
+def tensor_dataset(X, y_idx, batch_size, shuffle_seed=None):
+    """A batched ``tf.data`` set of ``(float32 X, int32 y)``; shuffled when a seed is given."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((X, y_idx.astype(np.int32)))
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(X), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).map(lambda x, t: (tf.cast(x, tf.float32), t)).prefetch(2)
+
+
+def augment_feature_maps(x, y):
+    """A random flip and 90-degree rotation per sample of (b, h, w, c) square maps."""
+    import tensorflow as tf
+
+    rotations = tf.stack([tf.image.rot90(x, k) for k in range(4)], axis=1)  # (b, 4, h, w, c)
+    k = tf.random.uniform((tf.shape(x)[0],), 0, 4, dtype=tf.int32)
+    x = tf.gather(rotations, k, batch_dims=1)
+    flip = tf.random.uniform((tf.shape(x)[0], 1, 1, 1)) < 0.5
+    return tf.where(flip, tf.reverse(x, axis=[2]), x), y
+
+
+def class_weights(y_idx, n_classes) -> dict:
+    """Keras ``class_weight`` (index -> weight) making every class weigh the same in the loss."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(y_idx)
+    weights = compute_class_weight("balanced", classes=present, y=y_idx)
+    out = dict.fromkeys(range(n_classes), 0.0)
+    out.update({int(c): float(w) for c, w in zip(present, weights)})
+    return out
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def training_precision(precision="auto") -> str:
+    """The Keras dtype policy name that ``precision`` stands for on this machine.
+
+    ``"auto"``: mixed_float16 on a GPU, mixed_bfloat16 on a CPU with native bf16,
+    float32 otherwise; any other value is returned as given.
+    """
+    if precision != "auto":
+        return precision
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return "mixed_float16"
+    return "mixed_bfloat16" if native_bf16() else "float32"
+
+
+def inference_precision(precision="float32") -> str:
+    """``"float32"``/``"bfloat16"``/``"auto"`` (bfloat16 where native) -> the trunk's precision."""
+    if precision == "auto":
+        precision = "bfloat16" if native_bf16() else "float32"
+    if precision not in ("float32", "bfloat16"):
+        raise ValueError(f"precision must be 'float32', 'bfloat16' or 'auto', not {precision!r}")
+    return precision
+
+
+@contextlib.contextmanager
+def precision_policy(name):
+    """Temporarily set Keras' global dtype policy (``"float32"``, ``"mixed_bfloat16"``, ...)."""
+    keras = _keras()
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)

@@ -1,14 +1,23 @@
-"""Model bundles: a folder holding a trained :class:`HierarchicalClassifier`.
+"""Model bundles: a folder holding a trained :class:`~hiercell.model.ImageClassifier`.
 
-Layout::
+Layout (format 2)::
 
     bundle.json           classes, input size, masking, backbone, training data,
-                          metrics, package and format version
+                          metrics, package and format version; per stage its
+                          parameters and fitted state; any further keys (e.g.
+                          "preprocess") pass through to ``model.info``
     trunk.npz             VGG16 blocks 1-4 weights (float16)
     stage1/head.npz       block5 + dense head weights (float16)
-    stage1/svm.joblib     the fitted StandardScaler + SVC pipeline and stage metadata
+    stage1/svm.joblib     the fitted scikit-learn pipeline (StandardScaler + calibrated SVC)
     stage2/...            the same for stage 2 (optional)
     SHA256SUMS            digest of every file above
+
+Only scikit-learn objects are pickled: the stage is rebuilt from
+``bundle.json`` (:meth:`StageClassifier.from_fitted_state`), so hiercell's
+classes can move without breaking bundles. Format 1 (the bundled
+``pbc-vgg16-svm``) pickled the whole ``hiercell.stage.StageClassifier`` in
+``svm.joblib``; :func:`_load_stage_v1` still reads it, which needs that class
+at that import path (``tests/test_bundled_model.py`` loads one).
 
 ``load_bundle`` checks every digest in ``SHA256SUMS`` (and that no file is
 missing) *before* anything is unpickled, and refuses a bundle whose format
@@ -17,7 +26,6 @@ version it does not know.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,11 +34,17 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
+from .fileutil import file_digest, json_text
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 MANIFEST = "SHA256SUMS"
 DEFAULT_MODEL = "pbc-vgg16-svm"
+#: bundle.json keys the loader interprets; every other key goes to ``model.info``.
+_STRUCTURE_KEYS = ("input_size", "masked", "stages", "preprocess")
+#: ``model.info`` keys that describe a loaded model, not the bundle (never saved).
+_RUNTIME_KEYS = ("trunk_sha256", "precision")
 
 
 class BundleError(RuntimeError):
@@ -38,11 +52,7 @@ class BundleError(RuntimeError):
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def _save_weights(model, path: Path) -> None:
@@ -50,14 +60,14 @@ def _save_weights(model, path: Path) -> None:
     np.savez_compressed(path, **arrays)
 
 
-def _load_weights(model, path: Path) -> None:
+def _read_weights(path: Path) -> list:
     with np.load(path, allow_pickle=False) as data:
-        weights = [data[k].astype(np.float32) for k in sorted(data.files)]
-    model.set_weights(weights)
+        return [data[k].astype(np.float32) for k in sorted(data.files)]
 
 
 def save_bundle(model, path, metadata: dict | None = None) -> Path:
-    """Write ``model`` (a fitted HierarchicalClassifier) as a bundle folder at ``path``.
+    """Write ``model`` (a fitted :class:`~hiercell.model.ImageClassifier`) as a bundle
+    folder at ``path``. ``metadata`` adds (or replaces) top-level ``bundle.json`` keys.
 
     The folder is assembled next to ``path`` and moved into place at the end.
     """
@@ -77,16 +87,9 @@ def save_bundle(model, path, metadata: dict | None = None) -> Path:
                 continue
             (tmp / name).mkdir()
             _save_weights(stage.head_, tmp / name / "head.npz")
-            joblib.dump(stage, tmp / name / "svm.joblib")
-            stages[name] = {
-                "classes": [str(c) for c in stage.classes_],
-                "feature_shape": list(stage.feature_shape_),
-                "svm_best_params": {k: _jsonable(v) for k, v in stage.svm_best_params_.items()},
-                "svm_cv_balanced_accuracy": stage.svm_cv_score_,
-                "params": {k: _jsonable(v) for k, v in stage.get_params().items()
-                           if k != "block5_weights"},
-            }
-        info = {k: v for k, v in model.info.items() if k not in ("trunk_sha256", "precision")}
+            joblib.dump(stage.svm_, tmp / name / "svm.joblib")  # scikit-learn objects only
+            stages[name] = stage.fitted_state()
+        info = {k: v for k, v in model.info.items() if k not in _RUNTIME_KEYS}
         info.update(metadata or {})
         info.update({
             "format_version": FORMAT_VERSION,
@@ -96,7 +99,9 @@ def save_bundle(model, path, metadata: dict | None = None) -> Path:
             "masked": model.masked,
             "stages": stages,
         })
-        (tmp / "bundle.json").write_text(json.dumps(info, indent=2, default=_jsonable))
+        if model.preprocess:
+            info["preprocess"] = model.preprocess
+        (tmp / "bundle.json").write_text(json_text(info, indent=2))
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         lines = [f"{_sha256(p)}  {p.relative_to(tmp).as_posix()}" for p in files]
         (tmp / MANIFEST).write_text("\n".join(lines) + "\n")
@@ -161,10 +166,11 @@ def verify_bundle(path) -> dict:
     except ValueError as exc:
         raise BundleError(f"{path / 'bundle.json'}: not valid JSON ({exc})") from exc
     version = info.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_FORMATS:
         raise BundleError(
             f"{path}: bundle format {version} (written by hiercell {info.get('hiercell_version')}) "
-            f"is not supported by hiercell {__version__}, which reads format {FORMAT_VERSION}")
+            f"is not supported by hiercell {__version__}, which reads formats "
+            f"{', '.join(map(str, READABLE_FORMATS))}")
     missing = [k for k in ("input_size", "masked", "stages") if k not in info]
     if missing:
         raise BundleError(f"{path / 'bundle.json'}: missing {', '.join(missing)}")
@@ -172,44 +178,63 @@ def verify_bundle(path) -> dict:
 
 
 def load_bundle(path, precision: str = "float32"):
-    """Load a verified bundle as a :class:`~hiercell.hierarchy.HierarchicalClassifier`.
+    """Load a verified bundle as a :class:`~hiercell.model.ImageClassifier`.
 
     ``precision`` is the VGG16 trunk's compute precision at inference:
     ``"float32"``, ``"bfloat16"`` (about twice as fast on CPUs with native
     bf16, e.g. AVX512-BF16 or AMX) or ``"auto"`` (bfloat16 where native).
     """
-    import joblib
-
-    from .backbone import build_head, build_trunk, build_vgg16
+    from .backbone import build_trunk, build_vgg16, inference_precision, precision_policy
     from .hierarchy import HierarchicalClassifier
-    from .stage import precision_policy, training_precision
+    from .model import ImageClassifier
 
     path = Path(path)
     info = verify_bundle(path)
     _warn_on_version_mismatch(path, info.get("library_versions", {}))
     size = int(info["input_size"])
-    if precision == "auto":
-        precision = "bfloat16" if training_precision("auto") == "mixed_bfloat16" else "float32"
-    if precision not in ("float32", "bfloat16"):
-        raise ValueError(f"precision must be 'float32', 'bfloat16' or 'auto', not {precision!r}")
+    precision = inference_precision(precision)
     with precision_policy("mixed_bfloat16" if precision == "bfloat16" else "float32"):
         trunk = build_trunk(build_vgg16(size, weights=None))
-    _load_weights(trunk, path / "trunk.npz")
-    stages = {}
-    for name in ("stage1", "stage2"):
-        if name not in info["stages"]:
-            stages[name] = None
-            continue
-        stage = joblib.load(path / name / "svm.joblib")
-        head = build_head(len(stage.classes_), tuple(stage.feature_shape_), dropout=stage.dropout)
-        _load_weights(head, path / name / "head.npz")
-        stage.head_ = head
-        stages[name] = stage
-    extra = {k: v for k, v in info.items() if k not in ("input_size", "masked", "stages")}
+    trunk.set_weights(_read_weights(path / "trunk.npz"))
+    load_stage = _load_stage_v1 if info["format_version"] == 1 else _load_stage_v2
+    stages = {name: load_stage(path / name, info["stages"][name]) if name in info["stages"] else None
+              for name in ("stage1", "stage2")}
+    extra = {k: v for k, v in info.items() if k not in _STRUCTURE_KEYS}
     extra["trunk_sha256"] = _sha256(path / "trunk.npz")
     extra["precision"] = precision
-    return HierarchicalClassifier(trunk, stages["stage1"], stages["stage2"], input_size=size,
-                                  masked=bool(info["masked"]), info=extra)
+    return ImageClassifier(trunk, HierarchicalClassifier(stages["stage1"], stages["stage2"]),
+                           input_size=size, masked=bool(info["masked"]),
+                           preprocess=info.get("preprocess") or None, info=extra)
+
+
+def _load_stage_v2(folder: Path, state: dict):
+    import joblib
+
+    from .stage import StageClassifier
+
+    return StageClassifier.from_fitted_state(state, joblib.load(folder / "svm.joblib"),
+                                             _read_weights(folder / "head.npz"))
+
+
+def _load_stage_v1(folder: Path, state: dict):
+    """Format 1: ``svm.joblib`` pickles a whole ``hiercell.stage.StageClassifier``.
+
+    Unpickling needs that class at that path; the stage is then rebuilt the
+    format-2 way from what the pickle holds.
+    """
+    import joblib
+
+    old = joblib.load(folder / "svm.joblib")
+    fitted = {k: getattr(old, k) for k in ("feature_shape_", "svm_best_params_", "svm_cv_score_",
+                                            "precision_", "history_", "train_seconds_")
+              if hasattr(old, k)}
+    params = {k: v for k, v in old.__dict__.items() if not k.endswith("_") and not k.startswith("_")}
+    params.pop("block5_weights", None)
+    from .stage import StageClassifier
+
+    return StageClassifier.from_fitted_state(
+        {"params": params, "classes": [str(c) for c in old.classes_], **fitted}, old.svm_,
+        _read_weights(folder / "head.npz"))
 
 
 def _warn_on_version_mismatch(path, saved: dict) -> None:
@@ -237,15 +262,3 @@ def load(path=None, precision: str = "float32"):
     if not path.exists():
         raise BundleError(f"model bundle not found: {path}")
     return load_bundle(path, precision)
-
-
-def _jsonable(v):
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating,)):
-        return float(v)
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    return v

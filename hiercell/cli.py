@@ -1,8 +1,14 @@
-"""The ``hiercell`` command line (click)."""
+"""The ``hiercell`` command line (click): the group; each command is a module of
+:mod:`hiercell.commands`."""
 
 import click
 
-from . import __version__
+from .version import __version__
+from .commands.ablate import ablate
+from .commands.classify import classify
+from .commands.evaluate import evaluate
+from .commands.segment import segment
+from .commands.train import train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -11,16 +17,8 @@ def main():
     """Classify peripheral blood cell images with a two-stage VGG16 + SVM model."""
 
 
-from .commands.ablate import ablate  # noqa: E402
-from .commands.classify import classify  # noqa: E402
-from .commands.train import evaluate, train  # noqa: E402
-from .commands.segment import segment  # noqa: E402
-
-main.add_command(classify)
-main.add_command(train)
-main.add_command(evaluate)
-main.add_command(ablate)
-main.add_command(segment)
+for _command in (classify, train, evaluate, ablate, segment):
+    main.add_command(_command)
 
 if __name__ == "__main__":
     main()

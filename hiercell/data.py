@@ -251,6 +251,29 @@ def subset(samples, split) -> list[Sample]:
     return [s for s in samples if s.split in wanted]
 
 
+def limit_per_class(samples, n, seed=0) -> list[Sample]:
+    """At most ``n`` samples per (raw label, split), chosen with ``seed`` (``n`` falsy: all)."""
+    if not n:
+        return list(samples)
+    rng = np.random.default_rng(seed)
+    groups: dict = {}
+    for i, s in enumerate(samples):
+        groups.setdefault((s.raw_label, s.split), []).append(i)
+    keep = sorted(i for idx in groups.values()
+                  for i in (rng.permutation(idx)[:n] if len(idx) > n else idx))
+    return [samples[i] for i in keep]
+
+
+def load_samples(data, split_csv=None, seed: int = 0, limit: int | None = None) -> list[Sample]:
+    """The mapped samples of dataset ``data``, each with a split (the CSV's, else a seeded
+    stratified 70/10/20 one), at most ``limit`` per label and split.
+
+    Raises ``FileNotFoundError`` / ``ValueError`` as :func:`read_dataset` does.
+    """
+    samples = [s for s in read_dataset(data, split_csv=split_csv) if s.main is not None]
+    return limit_per_class(assign_splits(samples, seed=seed), limit, seed)
+
+
 # --------------------------------------------------------------------------- #
 # Helpers
 

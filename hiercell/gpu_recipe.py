@@ -1,48 +1,52 @@
-"""The study's recipe end to end on images (``hiercell train --gpu-recipe``).
+"""The study's recipe on images (``hiercell train --gpu-recipe``): one stage's network.
 
-Where the default (CPU) path trains the head on cached trunk features with
-feature-map augmentation, this path streams images through the frozen trunk
-on every step, with the study's image augmentation (rotation, shifts, zoom,
-flips), at 224 px by default, in mixed precision when a GPU is present:
+Where the default recipe trains the head on cached trunk features with
+feature-map augmentation (:meth:`StageClassifier.fit`), this one streams images
+through the frozen trunk on every step, with the study's image augmentation
+(rotation, shifts, zoom, flips), at 224 px by default:
 
 1. block5 frozen: the dense head trains (``head_epochs``, Adam 1e-3);
 2. block5 unfrozen: fine-tuning at 1e-4 (``finetune_epochs``);
-3. the SVM is tuned and fit on the Dense(1024) embeddings (train + val).
+3. the SVM is tuned and fit on the Dense(1024) embeddings of the (cached)
+   trunk features, train + val.
 
-The result is the same kind of :class:`~hiercell.hierarchy.HierarchicalClassifier`
-and bundle as the CPU path. It runs on a CPU too, only slowly.
+:func:`hiercell.training.fit_hierarchy` runs the stages of both recipes in one
+loop (same data selection, unreadable-image policy, precision and "stage 2
+skipped" guard). It runs on a CPU too, only slowly.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .training import TrainSettings, block5_imagenet_weights, stage_targets
+from .backbone import (build_trunk, build_vgg16, fit_keras, precision_policy,
+                       set_block5_trainable, vgg_input)
+from .io import load_image
+from .preprocess import prepare_batch
 
 
-def _image_dataset(paths, labels, settings: TrainSettings, training: bool):
-    """tf.data pipeline: decode, (mask), square-resize, VGG preprocessing; batched."""
+def image_dataset(paths, labels, input_size, masked, batch_size, shuffle_seed=None,
+                  preprocess=None):
+    """tf.data pipeline: decode, prepare (:func:`~hiercell.preprocess.prepare_batch`),
+    VGG input; batched. Every path must be readable (the caller checked)."""
     import tensorflow as tf
 
-    from .backbone import preprocess
-    from .features import prepare_image
-    from .io import load_image
-
-    size = settings.input_size
-
     def load(path):
-        img = prepare_image(load_image(path.decode()), size, settings.masked)
-        return preprocess(img[None])[0]
+        batch = prepare_batch([load_image(path.decode())], input_size, masked, preprocess)
+        return vgg_input(batch)[0]
 
-    ds = tf.data.Dataset.from_tensor_slices((np.array([str(p) for p in paths]), labels.astype(np.int32)))
-    if training:
-        ds = ds.shuffle(len(paths), seed=settings.seed, reshuffle_each_iteration=True)
-    ds = ds.map(lambda p, y: (tf.ensure_shape(tf.numpy_function(load, [p], tf.float32), (size, size, 3)), y),
+    ds = tf.data.Dataset.from_tensor_slices(
+        (np.array([str(p) for p in paths]), np.asarray(labels).astype(np.int32)))
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
+    shape = (input_size, input_size, 3)
+    ds = ds.map(lambda p, y: (tf.ensure_shape(tf.numpy_function(load, [p], tf.float32), shape), y),
                 num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(settings.batch_size).prefetch(tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def _augmenter(seed):
+def augmenter(seed):
+    """The study's image augmentation: rotation, shifts, zoom, flips."""
     import keras
 
     layers = keras.layers
@@ -54,68 +58,29 @@ def _augmenter(seed):
     ], name="augment")
 
 
-def fit_stage_on_images(paths, y, val_paths, y_val, trunk, settings: TrainSettings, block5):
-    """A :class:`~hiercell.stage.StageClassifier` whose head trained on augmented images."""
+def fit_stage_on_images(stage, X, y, X_val, y_val, paths, val_paths, trunk, input_size,
+                        masked=False, preprocess=None):
+    """Fit ``stage`` (an unfitted :class:`~hiercell.stage.StageClassifier`) with its
+    network trained on augmented images ``paths``/``val_paths``; ``X``/``X_val`` are the
+    trunk features of the same images, for the SVM. Returns ``stage``."""
     import keras
 
-    from .backbone import build_head, set_block5_trainable
-    from .stage import StageClassifier, _fit_keras, _set_block5, balanced_class_weight
-
-    stage = StageClassifier(**settings.stage_params(block5, verbose=2))
-    stage.classes_ = np.unique(y)
-    y_idx = np.searchsorted(stage.classes_, y)
-    yv_idx = np.searchsorted(stage.classes_, y_val)
-    stage.feature_shape_ = tuple(int(d) for d in trunk.output.shape[1:])
-    head = build_head(len(stage.classes_), stage.feature_shape_, dropout=stage.dropout,
-                      seed=settings.seed)
-    if block5 is not None:
-        _set_block5(head, block5)
-    inputs = keras.Input(shape=(settings.input_size, settings.input_size, 3))
-    full = keras.Model(inputs, head(trunk(_augmenter(settings.seed)(inputs), training=False)))
-    train_ds = _image_dataset(paths, y_idx, settings, training=True)
-    val_ds = _image_dataset(val_paths, yv_idx, settings, training=False) if len(val_paths) else None
-    class_weight = balanced_class_weight(y_idx, len(stage.classes_))
-    stage.history_ = {}
-    for phase, epochs, lr, trainable in (("head", stage.head_epochs, stage.head_lr, False),
-                                         ("finetune", stage.finetune_epochs, stage.finetune_lr, True)):
-        if epochs > 0:
-            set_block5_trainable(head, trainable)
-            stage.history_[phase] = _fit_keras(full, train_ds, val_ds, epochs, lr, class_weight,
-                                               stage.patience, stage.verbose)
-    stage.head_ = head
-    return stage
-
-
-def train_gpu_recipe(samples, settings: TrainSettings, stages=(1, 2)):
-    """Both stages with the image-space recipe; returns a HierarchicalClassifier."""
-    import keras
-    import tensorflow as tf
-
-    from .hierarchy import HierarchicalClassifier
-
-    if tf.config.list_physical_devices("GPU"):
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    block5, trunk, wid = block5_imagenet_weights(settings)
-    split = np.array([s.split for s in samples])
-    paths = np.array([str(s.path) for s in samples])
-    fitted = {1: None, 2: None}
-    for stage in stages:
-        idx, y = stage_targets(samples, stage, settings.others_per_class, settings.seed)
-        tr, va = split[idx] == "train", split[idx] == "val"
-        clf = fit_stage_on_images(paths[idx[tr]], y[tr], paths[idx[va]], y[va], trunk, settings, block5)
-        keep = tr | va if settings.svm_on_train_and_val else tr
-        X = _trunk_forward(trunk, paths[idx[keep]], settings)
-        clf.fit_svm(X, y[keep])
-        fitted[stage] = clf
-    keras.mixed_precision.set_global_policy("float32")
-    info = {"backbone": {"name": "VGG16", "weights": wid, "trunk_layer": "block4_pool"},
-            "training": {"recipe": "gpu (images, image augmentation)"}}
-    return HierarchicalClassifier(trunk, fitted[1], fitted[2], input_size=settings.input_size,
-                                  masked=settings.masked, info=info)
-
-
-def _trunk_forward(trunk, paths, settings):
-    from .stage import _predict
-
-    ds = _image_dataset(paths, np.zeros(len(paths)), settings, training=False)
-    return np.concatenate([_predict(trunk, x.numpy(), settings.batch_size) for x, _ in ds])
+    y_idx, yv_idx, known, class_weight = stage.start(y, X.shape[1:], y_val)
+    seed = stage.random_state
+    train_ds = image_dataset(paths, y_idx, input_size, masked, stage.batch_size, seed, preprocess)
+    val_ds = (image_dataset(np.asarray(val_paths)[known], yv_idx, input_size, masked,
+                            stage.batch_size, None, preprocess) if yv_idx is not None else None)
+    with precision_policy(stage.precision_):
+        head = stage.new_head()
+        frozen = build_trunk(build_vgg16(input_size, weights=None))
+        frozen.set_weights(trunk.get_weights())
+        inputs = keras.Input(shape=(input_size, input_size, 3))
+        full = keras.Model(inputs, head(frozen(augmenter(seed)(inputs), training=False)))
+        for phase, epochs, lr, trainable in (("head", stage.head_epochs, stage.head_lr, False),
+                                             ("finetune", stage.finetune_epochs,
+                                              stage.finetune_lr, True)):
+            if epochs > 0:
+                set_block5_trainable(head, trainable)
+                stage.history_[phase] = fit_keras(full, train_ds, val_ds, epochs, lr,
+                                                  class_weight, stage.patience, stage.verbose)
+    return stage.finish(head, X, y, X_val, y_val)

@@ -74,6 +74,20 @@ def load_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarr
     return decode_image(data, path, max_pixels=max_pixels)
 
 
+def try_load_image(path, **kwargs):
+    """``(rgb, None)``, or ``(None, reason)`` when ``path`` cannot be read as an image.
+
+    The one "load an image or say why not" helper: a batch job records the
+    reason and goes on with the next file.
+    """
+    try:
+        return load_image(path, **kwargs), None
+    except ImageLoadError as exc:
+        return None, exc.reason
+    except Exception as exc:  # noqa: BLE001 - one bad file must not stop a batch
+        return None, f"cannot read image ({type(exc).__name__}: {exc})"
+
+
 def decode_image(data: bytes, path="<bytes>", *,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode the bytes of an image file to RGB ``uint8`` ``(H, W, 3)``.

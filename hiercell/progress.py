@@ -1,28 +1,39 @@
-"""A progress bar on stderr for long jobs (click's, with a ``update(n)`` method)."""
+"""The one progress convention of hiercell.
+
+Every long-running library function takes ``progress``:
+
+* ``None`` or ``False``: silent;
+* ``True``: a click progress bar on stderr (what the command line passes);
+* a callable ``progress(done, total)``: called after each step with the
+  number of items done so far and the total.
+
+Inside, :func:`tracker` turns that into a single ``update(n)`` function.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import sys
 
-import click
-
 
 @contextlib.contextmanager
-def progress_bar(total: int, label: str, enabled: bool = True):
-    """Context manager yielding an object with ``update(n)``; draws on stderr.
+def tracker(progress, total: int, label: str = ""):
+    """Context manager yielding ``update(n)`` (``n`` more items done) for ``progress``."""
+    total = max(int(total), 0)
+    if callable(progress):
+        done = [0]
 
-    Shows nothing when ``enabled`` is false; on a non-terminal stderr click
-    prints the label once and the final state, which keeps logs short.
-    """
-    if not enabled:
-        yield _Silent()
+        def update(n):
+            done[0] += n
+            progress(done[0], total)
+
+        yield update
         return
-    with click.progressbar(length=max(total, 0), label=label, file=sys.stderr,
-                           show_eta=True, show_pos=True) as bar:
-        yield bar
+    if not progress:
+        yield lambda n: None
+        return
+    import click
 
-
-class _Silent:
-    def update(self, n):  # noqa: D401 - same signature as click's bar
-        """Do nothing."""
+    with click.progressbar(length=total, label=label, file=sys.stderr, show_eta=True,
+                           show_pos=True) as bar:
+        yield bar.update

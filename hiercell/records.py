@@ -1,14 +1,20 @@
-"""The per-image result record shared by the Python API and ``hiercell classify``."""
+"""The per-image result record shared by the Python API and ``hiercell classify``.
+
+The fields of :class:`Prediction` *are* the columns of the results file, in
+order (:data:`RECORD_COLUMNS`); only ``top`` is written under the name
+``top_k``. Adding a column is adding a field here: the writers
+(:mod:`hiercell.results`) and the reader (:meth:`Prediction.from_row`) follow
+its type (``float``, ``int``, ``bool``, ``str``, each optionally ``None``).
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
-#: Column order of the CSV written by ``hiercell classify``.
-RECORD_COLUMNS = (
-    "path", "label", "probability", "main_class", "main_probability", "subclass",
-    "subclass_probability", "top3", "uncertain", "status", "error",
-)
+#: Field name -> column name, where they differ.
+_COLUMN_NAMES = {"top": "top_k"}
+#: Column names read back from older files: column -> earlier names.
+_OLD_COLUMN_NAMES = {"top_k": ("top3",)}
 
 
 @dataclass
@@ -18,8 +24,9 @@ class Prediction:
     ``label`` is the finest class decided: the stage-2 subclass (BNE, SNE, MY,
     MMY, PMY) when stage 2 ran and was confident enough, else the stage-1 main
     class. ``top`` holds the ``top_k`` most probable end-to-end classes with
-    their probabilities. ``uncertain`` is set when stage 2 answered "Others"
-    (the cell did not look like any subclass, so the main class stands).
+    their probabilities (column ``top_k``: ``CLASS:prob;CLASS:prob;...``).
+    ``uncertain`` is set when stage 2 answered "Others" (the cell did not look
+    like any subclass, so the main class stands).
     """
 
     path: str | None
@@ -41,18 +48,55 @@ class Prediction:
                    main_probability=None, status="error", error=reason)
 
     @property
-    def top3(self) -> str:
+    def top_k(self) -> str:
         """``top`` as ``CLASS:prob;CLASS:prob;...`` (the CSV column)."""
         return ";".join(f"{c}:{p:.4f}" for c, p in self.top)
 
     def to_row(self) -> dict:
         """A flat dict with :data:`RECORD_COLUMNS` as keys (CSV-ready)."""
-        d = asdict(self)
-        d["top3"] = self.top3
-        return {k: d[k] for k in RECORD_COLUMNS}
+        return {_COLUMN_NAMES.get(f.name, f.name): (self.top_k if f.name == "top"
+                                                    else getattr(self, f.name))
+                for f in fields(self)}
 
     def to_json(self) -> dict:
-        """A JSON-ready dict (``top`` kept as a list of ``[class, prob]`` pairs)."""
-        d = self.to_row()
-        d["top3"] = [[c, float(p)] for c, p in self.top]
-        return d
+        """A JSON-ready dict (``top_k`` kept as a list of ``[class, prob]`` pairs)."""
+        row = self.to_row()
+        row["top_k"] = [[c, float(p)] for c, p in self.top]
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict) -> "Prediction":
+        """Rebuild a record from a CSV row or a JSON ``results`` item (older column
+        names accepted). Raises ``ValueError``/``TypeError`` on unparsable values."""
+        values = {}
+        for f in fields(cls):
+            column = _COLUMN_NAMES.get(f.name, f.name)
+            value = row.get(column)
+            for old in _OLD_COLUMN_NAMES.get(column, ()):
+                if value is None:
+                    value = row.get(old)
+            values[f.name] = _parse(f.type, value)
+        values["status"] = values["status"] or "ok"
+        return cls(**values)
+
+
+def _parse(kind: str, value):
+    if kind == "list":
+        if not value:
+            return []
+        pairs = ([item.rsplit(":", 1) for item in value.split(";") if item]
+                 if isinstance(value, str) else value)
+        return [(str(c), float(p)) for c, p in pairs]
+    if kind == "bool":
+        if isinstance(value, str):
+            return value.strip().lower() in ("true", "1", "yes")
+        return bool(value)
+    if value is None or value == "":
+        return None
+    if kind.startswith("float"):
+        return float(value)
+    return int(value) if kind.startswith("int") else str(value)
+
+
+#: Column order of the results file written by ``hiercell classify``.
+RECORD_COLUMNS = tuple(_COLUMN_NAMES.get(f.name, f.name) for f in fields(Prediction))

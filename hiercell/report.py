@@ -3,29 +3,34 @@
 One page, no external files or scripts: the differential count as CSS bar
 charts, then one table row per image with an inline JPEG thumbnail, the
 Grad-CAM overlay of the top class (when the model provides ``gradcam``), the
-label, probability, top-3, uncertain flag and status/error. A few lines of
+label, probability, top-k, uncertain flag and status/error. A few lines of
 inline JavaScript sort the table by confidence, label or file. Thumbnails are
 small (``thumb_size`` px, JPEG quality 70, ~2-4 kB each), so a report of
 thousands of images stays in the tens of MB.
 
-Grad-CAM costs one forward + backward pass of the network per image; pass
-``gradcam=False`` for quick reports of large runs.
+:class:`ReportWriter` is fed by :func:`hiercell.classify.classify_folder` batch by
+batch with the images it decoded and the trunk features it classified, so
+nothing is decoded or run through the trunk twice, and each heat map explains
+the input the model classified (masked or not). Records without images (e.g.
+resumed from an earlier run) are re-read. Grad-CAM costs one backward pass of
+the head per image; pass ``gradcam=False`` for quick reports of large runs.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import os
 from contextlib import closing
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from .atomic import temp_file_next_to
-from .classify import _progress_callback, ordered_map, summarize
-from .io import ImageLoadError, load_image
+from .atomic import atomic_write_text
+from .differential import summarize
+from .io import try_load_image
+from .prefetch import ordered_map
+from .progress import tracker
 
 #: How many leading Grad-CAM failures (with no success) disable it for the report.
 _GRADCAM_GIVE_UP = 3
@@ -121,7 +126,7 @@ def _bars(rows: dict, css_class: str) -> str:
     return "\n".join(out)
 
 
-def _header(summary: dict, model, notes: list) -> str:
+def _header(summary: dict, model, masked, notes: list) -> str:
     e = html.escape
     sub = summary["subclasses"]
     parts = [
@@ -131,8 +136,9 @@ def _header(summary: dict, model, notes: list) -> str:
         f"({summary['uncertain_percent']:.1f}&nbsp;% of classified cells).</p>",
     ]
     if model is not None:
-        bits = [f"{k} = {getattr(model, k)!r}" for k in ("input_size", "masked")
-                if hasattr(model, k)]
+        bits = [f"input_size = {model.input_size!r}"] if hasattr(model, "input_size") else []
+        if masked is not None or hasattr(model, "masked"):
+            bits.append(f"masked = {masked if masked is not None else model.masked!r}")
         if bits:
             parts.append(f"<p class=\"muted\">Model: {e(', '.join(bits))}</p>")
     parts += [f'<div class="note">{e(n)}</div><br>' for n in notes]
@@ -169,113 +175,132 @@ def _row(idx: int, rec, thumb: str | None, cam: str | None, cam_note: str) -> st
             f"<td>{top}</td><td>{'yes' if rec.uncertain else ''}</td><td>{status}</td></tr>")
 
 
-def write_report(records, summary: dict | None, path, model=None, thumbnails: bool = True,
-                 gradcam: bool = True, thumb_size: int = 96, workers: int | None = None,
-                 progress=False) -> Path:
-    """Write the HTML report of ``records`` to ``path`` (atomically); returns the path.
+class ReportWriter:
+    """Builds the report batch by batch; :meth:`close` writes it (atomically).
 
     Parameters
     ----------
-    records : list of Prediction
-    summary : dict, optional
-        From :func:`hiercell.classify.summarize` (computed if ``None``).
+    path : path
     model : optional
-        Its ``gradcam(rgb) -> (H, W) float32 in [0, 1]`` gives the overlay of
-        the top class. Without a model, or if it has no ``gradcam`` or
-        ``gradcam`` keeps failing, the column says why and the report goes on.
+        Its ``gradcam(rgb, class_name, masked=, features=) -> (H, W) float32 in [0, 1]``
+        gives the overlay of each image's main class. Without a model, or if it has no
+        ``gradcam`` or ``gradcam`` keeps failing, the column says why and the report
+        goes on.
+    masked : bool or None
+        The masking the records were classified with (``None``: the model's default);
+        Grad-CAM uses it for images whose features are not given.
     thumbnails : bool
-        Embed the image thumbnails (re-read from each record's path).
+        Embed the image thumbnails.
     gradcam : bool
-        Compute Grad-CAM overlays (one network pass per image).
-    progress : bool or callable
-        ``True``: a progress bar on stderr; a callable gets ``(done, total)``.
+        Compute Grad-CAM overlays.
     """
-    records = list(records)
-    summary = summarize(records) if summary is None else summary
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
 
-    notes = []
-    cam_fn = None
-    if gradcam:
-        cam_fn = getattr(model, "gradcam", None) if model is not None else None
-        if model is None:
-            notes.append("Grad-CAM not shown: no model given.")
-        elif not callable(cam_fn):
-            notes.append("Grad-CAM not shown: this model has no gradcam().")
-            cam_fn = None
-    need_image = thumbnails or cam_fn is not None
+    def __init__(self, path, model=None, masked=None, thumbnails: bool = True,
+                 gradcam: bool = True, thumb_size: int = 96):
+        self.path = Path(path)
+        self.model = model
+        self.masked = masked
+        self.thumbnails = thumbnails
+        self.thumb_size = thumb_size
+        self.records, self.rows, self.notes = [], [], []
+        self.n_cam_ok = self.n_cam_fail = 0
+        self.last_cam_error = ""
+        self.cam_fn = None
+        if gradcam:
+            self.cam_fn = getattr(model, "gradcam", None) if model is not None else None
+            if model is None:
+                self.notes.append("Grad-CAM not shown: no model given.")
+            elif not callable(self.cam_fn):
+                self.notes.append("Grad-CAM not shown: this model has no gradcam().")
+                self.cam_fn = None
 
-    def load(rec):
-        if not need_image or rec.status != "ok" or not rec.path:
-            return rec, None, None
-        try:
-            return rec, load_image(rec.path), None
-        except ImageLoadError as exc:
-            return rec, None, exc.reason
-        except Exception as exc:  # noqa: BLE001
-            return rec, None, f"{type(exc).__name__}: {exc}"
+    @property
+    def needs_images(self) -> bool:
+        """Whether :meth:`add` uses the images (thumbnails or Grad-CAM)."""
+        return self.thumbnails or self.cam_fn is not None
 
-    show = need_image and progress
-    update, close = _progress_callback(show, len(records), label="Writing report")
-    fh, tmp = temp_file_next_to(path)
-    try:
-        with fh:
-            body = []
-            n_cam_ok = n_cam_fail = 0
-            last_cam_error = ""
-            with closing(ordered_map(load, records, ahead=16,
-                                     workers=workers or min(4, os.cpu_count() or 1))) as loaded:
-                for idx, (rec, rgb, load_error) in enumerate(loaded):
-                    thumb = cam = None
-                    cam_note = ""
-                    if rgb is not None:
-                        small = thumbnail(rgb, thumb_size)
-                        if thumbnails:
-                            thumb = _b64_jpeg(small)
-                        if cam_fn is not None:
-                            try:
-                                cam = _b64_jpeg(overlay_heatmap(small, cam_fn(rgb, rec.main_class)))
-                                n_cam_ok += 1
-                            except Exception as exc:  # noqa: BLE001 - report goes on without it
-                                n_cam_fail += 1
-                                cam_note = f"Grad-CAM failed: {type(exc).__name__}: {exc}"
-                                last_cam_error = cam_note
-                                if n_cam_ok == 0 and n_cam_fail >= _GRADCAM_GIVE_UP:
-                                    cam_fn = None
-                                    need_image = thumbnails
-                    elif load_error:
-                        cam_note = f"image not re-read: {load_error}"
-                    body.append(_row(idx, rec, thumb, cam, cam_note))
-                    update(1)
-            close()
-            if n_cam_fail:
-                gave_up = n_cam_ok == 0 and n_cam_fail >= _GRADCAM_GIVE_UP
-                what = "gave up after" if gave_up else "failed for"
-                notes.append(f"Grad-CAM {what} {n_cam_fail} image(s); last error: {last_cam_error}")
+    def add(self, records, images=None, features=None, progress=None):
+        """Add rows for ``records``. ``images``: their decoded RGB images (``None`` entries
+        for failed records), re-read from the records' paths when not given;
+        ``features``: their trunk features (rows), computed for Grad-CAM when not given."""
+        records = list(records)
+        if images is None:
+            if self.needs_images:
+                def load(rec):
+                    return try_load_image(rec.path) if rec.status == "ok" and rec.path else (None, None)
 
-            fh.write('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
-                     '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-                     f"<title>hiercell report ({summary['n_images']} images)</title>\n"
-                     f"<style>{_CSS}</style>\n<script>{_JS}</script>\n</head><body>\n")
-            fh.write(_header(summary, model, notes))
-            fh.write('\n<h2>Images</h2>\n<p>Sort by: '
-                     "<button onclick=\"sortRows('prob')\">confidence</button>"
-                     "<button onclick=\"sortRows('label')\">label</button>"
-                     "<button onclick=\"sortRows('file')\">file name</button>"
-                     "<button onclick=\"sortRows('idx')\">original order</button> "
-                     '<span class="muted">(click again to reverse; errors sort as '
-                     "lowest confidence)</span></p>\n")
-            fh.write('<table class="res"><thead><tr><th>#</th><th>image</th><th>Grad-CAM</th>'
-                     "<th>file</th><th>label</th><th>prob.</th><th>top-3</th><th>uncertain</th>"
-                     '<th>status</th></tr></thead>\n<tbody id="rows">\n')
-            for row in body:
-                fh.write(row)
-                fh.write("\n")
-            fh.write("</tbody></table>\n</body></html>\n")
-        os.replace(tmp, path)
-    except BaseException:
-        close()
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+                with tracker(progress, len(records), "Report images") as update, \
+                        closing(ordered_map(load, records, ahead=16)) as loaded:
+                    for rec, (rgb, reason) in zip(records, loaded):
+                        self._add_one(rec, rgb, None, reason)
+                        update(1)
+                return
+            images = [None] * len(records)
+        features = [None] * len(records) if features is None else features
+        for rec, rgb, feat in zip(records, images, features):
+            self._add_one(rec, rgb, feat, None)
+
+    def _add_one(self, rec, rgb, feat, load_error):
+        thumb = cam = None
+        cam_note = ""
+        if rgb is not None and rec.status == "ok":
+            small = thumbnail(rgb, self.thumb_size)
+            if self.thumbnails:
+                thumb = _b64_jpeg(small)
+            if self.cam_fn is not None:
+                try:
+                    heat = self.cam_fn(rgb, rec.main_class, masked=self.masked, features=feat)
+                    cam = _b64_jpeg(overlay_heatmap(small, heat))
+                    self.n_cam_ok += 1
+                except Exception as exc:  # noqa: BLE001 - report goes on without it
+                    self.n_cam_fail += 1
+                    cam_note = f"Grad-CAM failed: {type(exc).__name__}: {exc}"
+                    self.last_cam_error = cam_note
+                    if self.n_cam_ok == 0 and self.n_cam_fail >= _GRADCAM_GIVE_UP:
+                        self.cam_fn = None
+        elif load_error:
+            cam_note = f"image not re-read: {load_error}"
+        self.rows.append(_row(len(self.records), rec, thumb, cam, cam_note))
+        self.records.append(rec)
+
+    def close(self, summary: dict | None = None) -> Path:
+        """Write the page (``summary``: from :func:`~hiercell.differential.summarize`,
+        computed if ``None``); returns its path."""
+        summary = summarize(self.records) if summary is None else summary
+        notes = list(self.notes)
+        if self.n_cam_fail:
+            gave_up = self.n_cam_ok == 0 and self.n_cam_fail >= _GRADCAM_GIVE_UP
+            what = "gave up after" if gave_up else "failed for"
+            notes.append(f"Grad-CAM {what} {self.n_cam_fail} image(s); last error: "
+                         f"{self.last_cam_error}")
+        parts = ['<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
+                 '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+                 f"<title>hiercell report ({summary['n_images']} images)</title>\n"
+                 f"<style>{_CSS}</style>\n<script>{_JS}</script>\n</head><body>\n",
+                 _header(summary, self.model, self.masked, notes),
+                 '\n<h2>Images</h2>\n<p>Sort by: '
+                 "<button onclick=\"sortRows('prob')\">confidence</button>"
+                 "<button onclick=\"sortRows('label')\">label</button>"
+                 "<button onclick=\"sortRows('file')\">file name</button>"
+                 "<button onclick=\"sortRows('idx')\">original order</button> "
+                 '<span class="muted">(click again to reverse; errors sort as '
+                 "lowest confidence)</span></p>\n",
+                 '<table class="res"><thead><tr><th>#</th><th>image</th><th>Grad-CAM</th>'
+                 "<th>file</th><th>label</th><th>prob.</th><th>top-k</th><th>uncertain</th>"
+                 '<th>status</th></tr></thead>\n<tbody id="rows">\n',
+                 *(row + "\n" for row in self.rows),
+                 "</tbody></table>\n</body></html>\n"]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, "".join(parts))
+        return self.path
+
+
+def write_report(records, summary: dict | None, path, model=None, masked=None,
+                 thumbnails: bool = True, gradcam: bool = True, thumb_size: int = 96,
+                 progress=None) -> Path:
+    """Write the HTML report of ``records`` to ``path`` (atomically), re-reading their
+    images; returns the path. See :class:`ReportWriter` for the parameters;
+    ``progress``: see :mod:`hiercell.progress`."""
+    writer = ReportWriter(path, model, masked, thumbnails, gradcam, thumb_size)
+    writer.add(records, progress=progress)
+    return writer.close(summary)

@@ -18,11 +18,19 @@ array of trunk features, ``(n, h, w, 512)`` as produced by
 Augmentation works on the cached feature maps: a random flip and 90-degree
 rotation of each sample's ``(h, w)`` grid (cells have no preferred
 orientation).
+
+The image-space recipe (:mod:`hiercell.gpu_recipe`) trains the network part
+differently and uses the same three public steps: :meth:`~StageClassifier.start`,
+:meth:`~StageClassifier.new_head`, :meth:`~StageClassifier.finish`.
+
+Bundles store the fitted state as JSON (``bundle.json``), Keras weights
+(``head.npz``) and the scikit-learn pipeline ``svm_`` (``svm.joblib``);
+:meth:`~StageClassifier.fitted_state` / :meth:`~StageClassifier.from_fitted_state`
+are the two ends of that.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import numpy as np
@@ -32,9 +40,14 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
-from sklearn.utils.class_weight import compute_class_weight
 
-from .backbone import DENSE_LAYERS, build_head, embedding_model, set_block5_trainable
+from .backbone import (DENSE_LAYERS, augment_feature_maps, build_head, class_weights,
+                       embedding_model, fit_keras, precision_policy, predict_batches,
+                       set_block5_trainable, tensor_dataset, training_precision)
+
+#: Fitted attributes kept in ``bundle.json`` (JSON-ready), besides ``classes_`` and the weights.
+_STATE_KEYS = ("feature_shape_", "svm_best_params_", "svm_cv_score_", "precision_",
+               "history_", "train_seconds_")
 
 
 class StageClassifier(ClassifierMixin, BaseEstimator):
@@ -57,7 +70,8 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         Fit the SVM on train + validation embeddings (the networks only see
         validation data for early stopping).
     block5_weights : list of arrays or None
-        Initial block5 weights (from ImageNet VGG16); ``None`` = random.
+        Initial block5 weights (from :func:`hiercell.backbone.block5_weights`,
+        ImageNet's); ``None`` = random.
     patience : int
         Early-stopping patience on the validation loss (when validation data is given).
     precision : {"auto", "float32", "mixed_bfloat16", "mixed_float16"}
@@ -88,48 +102,60 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
-    # -- training -----------------------------------------------------------
-    def fit(self, X, y, X_val=None, y_val=None):
-        """Train head, fine-tune block5, then tune the SVM on the embeddings."""
+    # -- training: the three steps both recipes share -------------------------
+    def start(self, y, feature_shape, y_val=None):
+        """Set ``classes_``, ``feature_shape_`` and the training precision; return
+        ``(y_idx, y_val_idx or None, known_val_mask or None, class_weight)``."""
         y = np.asarray(y)
         self.classes_ = np.unique(y)
-        self.feature_shape_ = tuple(int(d) for d in X.shape[1:])
-        y_idx = np.searchsorted(self.classes_, y)
-        val = None
-        if X_val is not None and len(X_val):
-            y_val = np.asarray(y_val)
-            known = np.isin(y_val, self.classes_)
-            val = (X_val[known], np.searchsorted(self.classes_, y_val[known]))
-        class_weight = balanced_class_weight(y_idx, len(self.classes_))
-
+        self.feature_shape_ = tuple(int(d) for d in feature_shape)
         self.precision_ = training_precision(self.precision)
         self.history_ = {}
-        t0 = time.time()
+        self.train_seconds_ = {}
+        self._t0 = time.time()
+        y_idx = np.searchsorted(self.classes_, y)
+        yv_idx = known = None
+        if y_val is not None and len(y_val):
+            y_val = np.asarray(y_val)
+            known = np.isin(y_val, self.classes_)
+            yv_idx = np.searchsorted(self.classes_, y_val[known])
+        return y_idx, yv_idx, known, class_weights(y_idx, len(self.classes_))
+
+    def new_head(self):
+        """A fresh head for :attr:`classes_`, block5 from ``block5_weights`` (call inside
+        :func:`~hiercell.backbone.precision_policy` to train in mixed precision)."""
+        return build_head(len(self.classes_), self.feature_shape_, self.block5_weights,
+                          dropout=self.dropout, seed=self.random_state)
+
+    def finish(self, head, X, y, X_val=None, y_val=None):
+        """Keep a float32 copy of the trained ``head`` and fit the SVM on its embeddings
+        of ``X`` (plus ``X_val`` when ``svm_include_val``)."""
+        self.head_ = build_head(len(self.classes_), self.feature_shape_, dropout=self.dropout)
+        self.head_.set_weights([w.astype(np.float32) for w in head.get_weights()])
+        self.train_seconds_["network"] = time.time() - getattr(self, "_t0", time.time())
+        y = np.asarray(y)
+        if self.svm_include_val and X_val is not None and len(X_val):
+            known = np.isin(np.asarray(y_val), self.classes_)
+            X = np.concatenate([X, X_val[known]])
+            y = np.concatenate([y, np.asarray(y_val)[known]])
+        return self.fit_svm(X, y)
+
+    def fit(self, X, y, X_val=None, y_val=None):
+        """Train head, fine-tune block5, then tune the SVM on the embeddings (feature recipe)."""
+        y_idx, yv_idx, known, class_weight = self.start(y, X.shape[1:], y_val)
+        val = (X_val[known], yv_idx) if yv_idx is not None else None
         with precision_policy(self.precision_):
-            head = build_head(len(self.classes_), X.shape[1:], dropout=self.dropout,
-                              seed=self.random_state)
-            if self.block5_weights is not None:
-                _set_block5(head, self.block5_weights)
+            head = self.new_head()
             if self.head_epochs > 0:
                 self._fit_frozen_phase(head, X, y_idx, val, class_weight)
             if self.finetune_epochs > 0:
                 set_block5_trainable(head, True)
-                self.history_["finetune"] = _fit_keras(
+                self.history_["finetune"] = fit_keras(
                     head, self._dataset(X, y_idx, training=True),
                     self._dataset(*val, training=False) if val else None,
                     self.finetune_epochs, self.finetune_lr, class_weight, self.patience,
                     self.verbose)
-        # inference (and the SVM's embeddings) always run in float32
-        self.head_ = build_head(len(self.classes_), X.shape[1:], dropout=self.dropout)
-        self.head_.set_weights([w.astype(np.float32) for w in head.get_weights()])
-        self.train_seconds_ = {"network": time.time() - t0}
-        if self.svm_include_val and val is not None:
-            X_svm = np.concatenate([X, val[0]])
-            y_svm = np.concatenate([y, self.classes_[val[1]]])
-        else:
-            X_svm, y_svm = X, y
-        self.fit_svm(X_svm, y_svm)
-        return self
+        return self.finish(head, X, y, X_val, y_val)
 
     def _fit_frozen_phase(self, head, X, y_idx, val, class_weight):
         """Train the dense layers with block5 frozen.
@@ -147,13 +173,12 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         for name in DENSE_LAYERS:
             x = head.get_layer(name)(x)
         top = keras.Model(inputs, x)
-        P = _predict(pooled, X, 256)
-        P_val = (_predict(pooled, val[0], 256), val[1]) if val is not None else None
-        train_ds = _tensor_dataset(P, y_idx, self.batch_size, shuffle_seed=self.random_state)
-        val_ds = _tensor_dataset(*P_val, self.batch_size) if P_val is not None else None
-        self.history_["head"] = _fit_keras(top, train_ds, val_ds, self.head_epochs, self.head_lr,
-                                           class_weight, self.patience, self.verbose)
-
+        P = predict_batches(pooled, X, 256)
+        train_ds = tensor_dataset(P, y_idx, self.batch_size, shuffle_seed=self.random_state)
+        val_ds = (tensor_dataset(predict_batches(pooled, val[0], 256), val[1], self.batch_size)
+                  if val is not None else None)
+        self.history_["head"] = fit_keras(top, train_ds, val_ds, self.head_epochs, self.head_lr,
+                                          class_weight, self.patience, self.verbose)
 
     def fit_svm(self, X, y):
         """(Re)tune and fit the SVM on the embeddings of ``X`` (the head is kept).
@@ -188,10 +213,10 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def _dataset(self, X, y_idx, training):
-        ds = _tensor_dataset(X, y_idx, self.batch_size,
-                             shuffle_seed=self.random_state if training else None)
+        ds = tensor_dataset(X, y_idx, self.batch_size,
+                            shuffle_seed=self.random_state if training else None)
         if training and self.augment:
-            ds = ds.map(_augment_batch)
+            ds = ds.map(augment_feature_maps)
         return ds
 
     # -- inference ----------------------------------------------------------
@@ -200,11 +225,11 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         model = getattr(self, "_embedder", None)
         if model is None or model.input is not self.head_.input:
             model = self._embedder = embedding_model(self.head_)
-        return _predict(model, X, batch_size)
+        return predict_batches(model, X, batch_size)
 
     def network_proba(self, X, batch_size=256):
         """Softmax probabilities of the network head itself (before the SVM)."""
-        return _predict(self.head_, X, batch_size)
+        return predict_batches(self.head_, X, batch_size)
 
     def predict_proba(self, X):
         """Calibrated class probabilities from the SVM, ``(n, n_classes)``."""
@@ -214,104 +239,36 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         """Most probable class per row (by the SVM's decision)."""
         return self.svm_.predict(self.transform(X))
 
+    # -- persistence (see hiercell.bundle) -----------------------------------
+    def fitted_state(self) -> dict:
+        """The JSON-ready part of the fitted state: parameters (without the starting
+        block5 weights), classes and fit results. The head's weights and ``svm_`` are
+        stored separately."""
+        params = {k: v for k, v in self.get_params().items() if k != "block5_weights"}
+        state = {k: getattr(self, k) for k in _STATE_KEYS if hasattr(self, k)}
+        return {"params": params, "classes": [str(c) for c in self.classes_], **state}
+
+    @classmethod
+    def from_fitted_state(cls, state: dict, svm, head_weights=None) -> "StageClassifier":
+        """Rebuild a fitted stage from :meth:`fitted_state`, the SVM pipeline and the
+        head's weights (a list of arrays, in Keras order)."""
+        known = cls().get_params()
+        stage = cls(**{k: (tuple(v) if isinstance(v, list) else v)
+                       for k, v in state.get("params", {}).items() if k in known})
+        stage.classes_ = np.array(state["classes"])
+        for key in _STATE_KEYS:
+            if key in state:
+                setattr(stage, key, state[key])
+        stage.feature_shape_ = tuple(int(d) for d in stage.feature_shape_)
+        stage.svm_ = svm
+        stage.head_ = build_head(len(stage.classes_), stage.feature_shape_, dropout=stage.dropout)
+        if head_weights is not None:
+            stage.head_.set_weights(head_weights)
+        return stage
+
     def __getstate__(self):  # keras models are saved by the bundle, not pickled
         state = self.__dict__.copy()
-        state.pop("_embedder", None)
-        state.pop("head_", None)
+        for key in ("_embedder", "head_", "_t0"):
+            state.pop(key, None)
         state["block5_weights"] = None  # only the starting point; the trained weights are in head_
         return state
-
-
-def balanced_class_weight(y_idx, n_classes) -> dict:
-    """Keras ``class_weight`` (index -> weight) making every class weigh the same in the loss."""
-    present = np.unique(y_idx)
-    weights = compute_class_weight("balanced", classes=present, y=y_idx)
-    out = dict.fromkeys(range(n_classes), 0.0)
-    out.update({int(c): float(w) for c, w in zip(present, weights)})
-    return out
-
-
-def training_precision(precision="auto") -> str:
-    """The Keras dtype policy name that ``precision`` stands for on this machine."""
-    if precision != "auto":
-        return precision
-    import tensorflow as tf
-
-    if tf.config.list_physical_devices("GPU"):
-        return "mixed_float16"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = fh.read()
-    except OSError:
-        flags = ""
-    return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
-
-
-@contextlib.contextmanager
-def precision_policy(name):
-    """Temporarily set Keras' global dtype policy."""
-    import keras
-
-    previous = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy(name)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
-def _tensor_dataset(X, y_idx, batch_size, shuffle_seed=None):
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices((X, y_idx.astype(np.int32)))
-    if shuffle_seed is not None:
-        ds = ds.shuffle(len(X), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).map(lambda x, t: (tf.cast(x, tf.float32), t)).prefetch(2)
-
-
-def _fit_keras(model, train_ds, val_ds, epochs, lr, class_weight, patience, verbose):
-    """Adam + cross-entropy; early stopping on val loss (best weights kept). Returns history."""
-    import keras
-
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    callbacks = []
-    if val_ds is not None:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=patience, restore_best_weights=True))
-    hist = model.fit(train_ds, epochs=epochs, validation_data=val_ds, class_weight=class_weight,
-                     callbacks=callbacks, verbose=verbose)
-    return {k: [float(v) for v in vs] for k, vs in hist.history.items()}
-
-
-def _predict(model, X, batch_size):
-    import tensorflow as tf
-
-    out = []
-    fn = getattr(model, "_hiercell_forward", None)
-    if fn is None:
-        fn = model._hiercell_forward = tf.function(
-            lambda x: tf.cast(model(x, training=False), tf.float32), reduce_retracing=True)
-    for k in range(0, len(X), batch_size):
-        out.append(fn(tf.constant(np.asarray(X[k:k + batch_size], dtype=np.float32))).numpy())
-    if not out:
-        return np.zeros((0,) + tuple(int(d) for d in model.output.shape[1:]), dtype=np.float32)
-    return np.concatenate(out)
-
-
-def _augment_batch(x, y):
-    """A random flip and 90-degree rotation per sample of (b, h, w, c) square maps."""
-    import tensorflow as tf
-
-    rotations = tf.stack([tf.image.rot90(x, k) for k in range(4)], axis=1)  # (b, 4, h, w, c)
-    k = tf.random.uniform((tf.shape(x)[0],), 0, 4, dtype=tf.int32)
-    x = tf.gather(rotations, k, batch_dims=1)
-    flip = tf.random.uniform((tf.shape(x)[0], 1, 1, 1)) < 0.5
-    return tf.where(flip, tf.reverse(x, axis=[2]), x), y
-
-
-def _set_block5(head, weights):
-    from .backbone import BLOCK5_LAYERS
-
-    for name, w in zip(BLOCK5_LAYERS, weights):
-        head.get_layer(name).set_weights(w)

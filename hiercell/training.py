@@ -3,21 +3,28 @@
 The pieces, each usable alone from a research script:
 
 * :func:`stage_targets` - which samples each stage trains on, with which label;
+* :func:`exclude_mask_failures` - the images the segmentation module flags, left out;
 * :func:`trunk_features` - cached VGG16 trunk features for a list of samples;
-* :func:`fit_hierarchy` - both stages on train (early stopping on val);
-* :func:`evaluate_hierarchy` - stage-1, stage-2 and end-to-end metrics.
+* :func:`fit_hierarchy` - both stages, either recipe, in one loop;
+* :func:`evaluate_hierarchy` - stage-1, stage-2 and end-to-end metrics;
+* :func:`train_bundle` - all of it as ``hiercell train`` does it, writing a bundle.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .fileutil import json_text, to_jsonable
+from .segment_files import exclude_mask_failures
 from .taxonomy import FINE_CLASSES, MAIN_CLASSES, OTHERS, ROUTED_MAIN, STAGE2_CLASSES, SUBCLASSES
+
+RECIPES = ("features", "images")
+_RECIPE_INFO = {"features": "features (cached trunk features, feature-map augmentation)",
+                "images": "gpu (images, image augmentation)"}
 
 
 @dataclass
@@ -36,28 +43,15 @@ class TrainSettings:
     svm_gamma: tuple = ("scale",)
     limit_per_class: int | None = None
     svm_on_train_and_val: bool = True
-    extra: dict = field(default_factory=dict)
+    precision: str = "auto"  # training compute precision (see StageClassifier)
 
     def stage_params(self, block5_weights, verbose=1) -> dict:
         """Keyword arguments for :class:`~hiercell.stage.StageClassifier`."""
         return dict(head_epochs=self.head_epochs, finetune_epochs=self.finetune_epochs,
                     batch_size=self.batch_size, svm_C=tuple(self.svm_C),
                     svm_gamma=tuple(self.svm_gamma), svm_include_val=self.svm_on_train_and_val,
-                    block5_weights=block5_weights,
+                    block5_weights=block5_weights, precision=self.precision,
                     random_state=self.seed, verbose=verbose)
-
-
-def limit_per_class(samples, n, seed=0):
-    """At most ``n`` samples per (raw label, split), chosen with ``seed``."""
-    if not n:
-        return list(samples)
-    rng = np.random.default_rng(seed)
-    groups: dict = {}
-    for i, s in enumerate(samples):
-        groups.setdefault((s.raw_label, s.split), []).append(i)
-    keep = sorted(i for idx in groups.values()
-                  for i in (rng.permutation(idx)[:n] if len(idx) > n else idx))
-    return [samples[i] for i in keep]
 
 
 def stage_targets(samples, stage: int, others_per_class: int = 150, seed: int = 0):
@@ -89,120 +83,120 @@ def stage_targets(samples, stage: int, others_per_class: int = 150, seed: int = 
     return np.array(idx, dtype=int)[order], np.array(labels)[order]
 
 
-def trunk_features(paths, settings: TrainSettings, cache_dir, progress=None):
-    """Trunk features of ``paths`` (:class:`~hiercell.features.ExtractionResult`), cached."""
-    from .backbone import build_trunk, build_vgg16, resolve_weights, weights_id
-    from .features import FeatureCache, TrunkConfig, extract_trunk_features
-
-    weights = resolve_weights(settings.backbone_weights)
-    config = TrunkConfig(settings.input_size, settings.masked, weights_id(weights))
-    cache = FeatureCache(cache_dir, config)
-    trunk = build_trunk(build_vgg16(settings.input_size, weights))
-    return extract_trunk_features(paths, trunk, config, cache, progress=progress)
+# --------------------------------------------------------------------------- data preparation
 
 
-def segmentation_flags(paths, threads: int = 2):
-    """``(ok, reason)`` of the segmentation module for each image (unreadable -> not ok)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .io import ImageLoadError, load_image
-    from .segmentation import segment
-
-    def one(path):
-        try:
-            result = segment(load_image(path))
-        except ImageLoadError as exc:
-            return False, f"unreadable: {exc.reason}"
-        except ValueError as exc:  # e.g. smaller than the segmentation's minimum size
-            return False, f"cannot segment: {exc}"
-        return bool(result.ok), result.reason
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(one, paths))
-
-
-def block5_imagenet_weights(settings: TrainSettings):
-    """The block5 weights of the starting VGG16, and the trunk model, and a weights id."""
-    from .backbone import BLOCK5_LAYERS, build_trunk, build_vgg16, resolve_weights, weights_id
+def starting_backbone(settings: TrainSettings):
+    """``(trunk, block5 weights or None, weights id)`` of the VGG16 training starts from."""
+    from .backbone import block5_weights, build_trunk, build_vgg16, resolve_weights, weights_id
 
     weights = resolve_weights(settings.backbone_weights)
     vgg = build_vgg16(settings.input_size, weights, seed=settings.seed)
-    block5 = None if weights is None else [vgg.get_layer(n).get_weights() for n in BLOCK5_LAYERS]
-    return block5, build_trunk(vgg), weights_id(weights)
+    return build_trunk(vgg), (None if weights is None else block5_weights(vgg)), weights_id(weights)
 
 
-def fit_hierarchy(X, samples, settings: TrainSettings, stages=(1, 2), verbose=1, log=print):
-    """Fit both stages on trunk features ``X`` of ``samples`` (with ``split`` set).
+def trunk_features(paths, settings: TrainSettings, cache_dir=None, progress=None, trunk=None,
+                   label="VGG16 trunk features"):
+    """Trunk features of ``paths`` (:class:`~hiercell.features.ExtractionResult`), cached in
+    ``cache_dir`` (default :func:`~hiercell.features.default_cache_dir`)."""
+    from .backbone import resolve_weights, weights_id
+    from .features import FeatureCache, TrunkConfig, default_cache_dir, extract_trunk_features
 
-    The networks train on ``train`` with early stopping on ``val``; the SVMs are
-    tuned and fit on ``train`` + ``val`` embeddings when
-    ``settings.svm_on_train_and_val`` (the test split is never used).
-    Returns a :class:`~hiercell.hierarchy.HierarchicalClassifier`.
+    weights = resolve_weights(settings.backbone_weights)
+    config = TrunkConfig(settings.input_size, settings.masked, weights_id(weights))
+    cache = FeatureCache(cache_dir or default_cache_dir(), config)
+    if trunk is None:
+        trunk = starting_backbone(settings)[0]
+    return extract_trunk_features(paths, trunk, config, cache, progress=progress, label=label)
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def fit_hierarchy(X, samples, settings: TrainSettings, stages=(1, 2), recipe="features",
+                  verbose=1, log=print, backbone=None):
+    """Fit both stages on ``samples`` (with ``split`` set) whose trunk features are ``X``.
+
+    ``recipe``: ``"features"`` trains each head on ``X`` (feature-map augmentation);
+    ``"images"`` on the images themselves (:mod:`hiercell.gpu_recipe`). Either way the
+    networks train on ``train`` with early stopping on ``val``, the SVMs are tuned and
+    fit on ``train`` + ``val`` embeddings when ``settings.svm_on_train_and_val`` (the
+    test split is never used), and stage 2 is skipped (with a message) when the
+    training split has fewer than two subclasses. ``backbone``: the result of
+    :func:`starting_backbone`, if already built. Returns an
+    :class:`~hiercell.model.ImageClassifier`.
     """
     from .hierarchy import HierarchicalClassifier
+    from .model import ImageClassifier
     from .stage import StageClassifier
 
-    block5, trunk, wid = block5_imagenet_weights(settings)
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+    trunk, block5, wid = backbone or starting_backbone(settings)
     split = np.array([s.split for s in samples])
-    fitted = {}
-    for stage in (1, 2):
-        if stage not in stages:
-            fitted[stage] = None
-            continue
+    paths = np.array([str(s.path) for s in samples])
+    fitted = {1: None, 2: None}
+    for stage in stages:
         idx, y = stage_targets(samples, stage, settings.others_per_class, settings.seed)
         tr, va = split[idx] == "train", split[idx] == "val"
         if stage == 2 and len(set(y[tr]) - {OTHERS}) < 2:
             log("stage 2 skipped: the training split has fewer than two of the subclasses "
                 f"{', '.join(SUBCLASSES)} (a data set without them gets a stage-1-only model)")
-            fitted[stage] = None
             continue
         if not tr.any():
             raise ValueError("no training samples (split 'train') for stage %d" % stage)
         log(f"stage {stage}: {tr.sum()} train / {va.sum()} val images, classes {sorted(set(y))}")
         clf = StageClassifier(**settings.stage_params(block5, verbose))
         t0 = time.time()
-        clf.fit(X[idx[tr]], y[tr], X[idx[va]], y[va])
+        if recipe == "features":
+            clf.fit(X[idx[tr]], y[tr], X[idx[va]], y[va])
+        else:
+            from .gpu_recipe import fit_stage_on_images
+
+            fit_stage_on_images(clf, X[idx[tr]], y[tr], X[idx[va]], y[va], paths[idx[tr]],
+                                paths[idx[va]], trunk, settings.input_size, settings.masked)
         log(f"stage {stage}: fitted in {time.time() - t0:.0f}s; SVM {clf.svm_best_params_}")
         fitted[stage] = clf
     info = {"backbone": {"name": "VGG16", "weights": wid, "trunk_layer": "block4_pool"},
-            "training": {"settings": _settings_json(settings)}}
-    return HierarchicalClassifier(trunk, fitted[1], fitted[2], input_size=settings.input_size,
-                                  masked=settings.masked, info=info)
+            "training": {"recipe": _RECIPE_INFO[recipe], "settings": to_jsonable(asdict(settings))}}
+    return ImageClassifier(trunk, HierarchicalClassifier(fitted[1], fitted[2]),
+                           input_size=settings.input_size, masked=settings.masked, info=info)
+
+
+# --------------------------------------------------------------------------- evaluation
 
 
 def evaluate_hierarchy(model, X, samples, others_per_class=150, seed=0) -> dict:
     """Stage-1, stage-2 and end-to-end metrics on trunk features ``X`` of ``samples``.
 
-    Returns a JSON-ready dict with ``stage1`` (8 main classes, every mapped
-    sample), ``stage2`` (stage 2 alone on samples with a subclass plus an
-    ``Others`` sample, as it was trained) and ``end_to_end`` (routed
-    predictions over the 11 fine classes, samples with a fine label), each
-    with ``y_true``/``y_pred``/``paths`` kept for paired comparisons.
+    ``model``: an :class:`~hiercell.model.ImageClassifier` or a
+    :class:`~hiercell.hierarchy.HierarchicalClassifier`. Returns a JSON-ready dict
+    with ``stage1`` (8 main classes, every mapped sample), ``stage2`` (stage 2
+    alone on samples with a subclass plus an ``Others`` sample, as it was
+    trained) and ``end_to_end`` (routed predictions over the 11 fine classes,
+    samples with a fine label), each with ``y_true``/``y_pred``/``paths`` kept
+    for paired comparisons.
     """
     from .metrics import classification_summary
 
+    clf = getattr(model, "hierarchy", model)
     out = {}
-    if model.stage2 is not None:
+    idx1 = np.array([i for i, s in enumerate(samples) if s.main is not None], dtype=int)
+    if clf.stage1 is not None and len(idx1):
+        y1_pred = [str(c) for c in clf.stage1.predict(X[idx1])]
+        y1_true = [samples[i].main for i in idx1]
+        out["stage1"] = {**classification_summary(y1_true, y1_pred, list(MAIN_CLASSES)),
+                         "y_true": y1_true, "y_pred": y1_pred, "paths": _paths(samples, idx1)}
+    if clf.stage2 is not None:
         idx2, y2 = stage_targets(samples, 2, others_per_class, seed)
         if len(idx2):
-            y2_pred = list(model.stage2.predict(X[idx2]))
+            y2_pred = [str(c) for c in clf.stage2.predict(X[idx2])]
             out["stage2"] = {**classification_summary(list(y2), y2_pred, list(STAGE2_CLASSES)),
                              "y_true": list(y2), "y_pred": y2_pred, "paths": _paths(samples, idx2)}
-    idx1 = np.array([i for i, s in enumerate(samples) if s.main is not None], dtype=int)
-    if model.stage1 is None or not len(idx1):
-        return out
-    p1, p2 = model.stage_probas(X[idx1])
-    y1_pred = np.asarray(MAIN_CLASSES)[p1.argmax(1)]
-    y1_true = [samples[i].main for i in idx1]
-    out = {"stage1": {**classification_summary(y1_true, list(y1_pred), list(MAIN_CLASSES)),
-                      "y_true": y1_true, "y_pred": list(y1_pred), "paths": _paths(samples, idx1)},
-           **out}
     idx3 = np.array([i for i, s in enumerate(samples) if s.fine is not None], dtype=int)
-    if model.stage2 is not None and len(idx3):
-        pos = {i: k for k, i in enumerate(idx1)}
-        rows = [pos[i] for i in idx3]
-        decisions = model.decide(p1[rows], p2[rows])
-        y3_pred = [d["sub"] if d["sub"] not in (None, OTHERS) else d["main"] for d in decisions]
+    if clf.stage1 is not None and clf.stage2 is not None and len(idx3):
+        records = clf.predict_records(X[idx3])
+        y3_pred = [r.label for r in records]
         y3_true = [samples[i].fine for i in idx3]
         # an uncertain routed cell is predicted as its main class (neutrophil / ig):
         # those columns exist for predictions only; macro-F1 averages the 11 fine classes
@@ -211,7 +205,7 @@ def evaluate_hierarchy(model, X, samples, others_per_class=150, seed=0) -> dict:
               if summary["per_class"][c]["support"] > 0]
         summary["macro_f1"] = float(np.mean(f1)) if f1 else 0.0
         out["end_to_end"] = {**summary,
-                             "uncertain_share": float(np.mean([d["uncertain"] for d in decisions])),
+                             "uncertain_share": float(np.mean([r.uncertain for r in records])),
                              "y_true": y3_true, "y_pred": y3_pred, "paths": _paths(samples, idx3)}
     return out
 
@@ -226,16 +220,9 @@ def headline(metrics: dict) -> dict:
                 "n": v["n"]} for k, v in metrics.items()}
 
 
-def _settings_json(settings):
-    d = asdict(settings)
-    d["svm_C"] = list(settings.svm_C)
-    d["svm_gamma"] = list(settings.svm_gamma)
-    return json.loads(json.dumps(d, default=str))
-
-
 def save_metrics(metrics: dict, out_dir, prefix="") -> Path:
     """Write ``metrics.json`` and one confusion-matrix PNG per evaluation into ``out_dir``."""
-    from .atomic import atomic_write_bytes
+    from .atomic import atomic_write_text
     from .metrics import confusion_matrix_png
 
     out_dir = Path(out_dir)
@@ -246,5 +233,57 @@ def save_metrics(metrics: dict, out_dir, prefix="") -> Path:
     slim = {k: {kk: vv for kk, vv in v.items() if kk not in ("y_true", "y_pred", "paths")}
             for k, v in metrics.items()}
     path = out_dir / f"{prefix}metrics.json"
-    atomic_write_bytes(path, json.dumps(slim, indent=2).encode())
+    atomic_write_text(path, json_text(slim, indent=2))
     return path
+
+
+# --------------------------------------------------------------------------- the whole job
+
+
+def train_bundle(samples, settings: TrainSettings, out, stages=(1, 2), recipe="features",
+                 cache_dir=None, source=None, split_csv=None, verbose=1, log=print,
+                 progress=None):
+    """What ``hiercell train`` does: train on ``samples`` (splits set), write the bundle
+    ``out``, then evaluate the test split into ``<out>-evaluation/`` and record the
+    headline in the bundle. Returns ``(model, metrics)`` (``metrics`` empty without a
+    test split).
+
+    With ``settings.masked``, images the segmentation module flags are left out (and
+    counted in ``bundle.json``). Unreadable images are reported through ``log`` and
+    left out, for both recipes.
+    """
+    from .bundle import save_bundle
+    from .data import summarize
+
+    t0 = time.time()
+    excluded = {}
+    if settings.masked:
+        samples, excluded, _ = exclude_mask_failures(samples, progress)
+        if excluded:
+            log(f"masked: {sum(excluded.values())} images excluded (mask flagged): {excluded}")
+    used = [s for s in samples if s.split in ("train", "val", "test")]
+    log(f"{len(used)} images: {summarize(used)['split']}")
+    backbone = starting_backbone(settings)
+    res = trunk_features([s.path for s in used], settings, cache_dir, progress, trunk=backbone[0])
+    for path, reason in res.errors.items():
+        log(f"skipped {path}: {reason}")
+    used = [s for s, ok in zip(used, res.ok) if ok]
+    X = res.features
+    model = fit_hierarchy(X, used, settings, stages, recipe, verbose, log, backbone)
+    meta = {"training_data": {"source": None if source is None else str(source),
+                              "split_csv": None if split_csv is None else str(split_csv),
+                              "counts": summarize(used), "excluded_by_mask": excluded,
+                              "seconds": round(time.time() - t0, 1)}}
+    # the model is saved first: a failure while evaluating must not lose hours of training
+    save_bundle(model, out, meta)
+    test = [i for i, s in enumerate(used) if s.split == "test"]
+    metrics = {}
+    if test:
+        metrics = evaluate_hierarchy(model, X[test], [used[i] for i in test],
+                                     settings.others_per_class, settings.seed)
+        out_dir = Path(out).parent / (Path(out).name + "-evaluation")
+        save_metrics(metrics, out_dir)
+        meta["metrics"] = {"split": "test", **headline(metrics)}
+        save_bundle(model, out, meta)
+        log(f"test-split metrics and confusion matrices: {out_dir}")
+    return model, metrics

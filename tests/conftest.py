@@ -32,3 +32,32 @@ def tiny_data(tmp_path_factory):
     return root
 
 
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_data, tmp_path_factory):
+    """A bundle trained once per test run by ``hiercell train`` on ``tiny_data`` (32 px,
+    random VGG16), with its feature cache."""
+    from click.testing import CliRunner
+
+    from hiercell.cli import main
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    cache = tmp_path_factory.mktemp("cache")
+    result = CliRunner().invoke(main, ["train", str(tiny_data), "--out", str(out), "--cache",
+                                       str(cache), *TINY])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_bundle):
+    """The tiny bundle, loaded once (tests must not modify it)."""
+    from hiercell.bundle import load
+
+    return load(tiny_bundle)
+
+
+def rgb_images(paths):
+    """The images at ``paths`` as RGB uint8 arrays."""
+    return [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]

@@ -1,8 +1,9 @@
 """Batch classification (``classify_folder``, ``hiercell classify``) and the HTML report.
 
-These tests use :class:`StandIn`, a tiny model that follows the classifier
-contract (``predict_images``, ``gradcam``, ``input_size``, ``masked``) and
-decides from the image's mean colour, so no network weights are needed.
+These tests use :class:`StandIn`, a tiny model that follows the runner's
+contract (``features``, ``hierarchy.predict_records``, ``gradcam``,
+``input_size``, ``masked``) and decides from the image's mean colour (its
+"features"), so no network weights are needed.
 """
 
 import csv
@@ -16,12 +17,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import hiercell
-from hiercell.classify import (ClassifyResult, NoImagesError, classify_folder, format_summary,
-                               partial_path, percentages, read_results, summarize)
+import hiercell.bundle
+from hiercell.classify import ClassifyResult, NoImagesError, classify_folder
 from hiercell.cli import main
+from hiercell.differential import format_summary, percentages, summarize
 from hiercell.records import RECORD_COLUMNS, Prediction
 from hiercell.report import overlay_heatmap, write_report
+from hiercell.results import partial_path, read_results
 from hiercell.taxonomy import MAIN_CLASSES, OTHERS, ROUTED_MAIN, SUBCLASSES
 
 STAGE2 = SUBCLASSES + (OTHERS,)
@@ -34,7 +36,7 @@ def colour(main: int, stage: int = 0, blue: int = 100):
 
 
 class StandIn:
-    """Deterministic stand-in for HierarchicalClassifier: the label follows the mean colour."""
+    """Deterministic stand-in for ImageClassifier: the label follows the mean colour."""
 
     input_size = 32
     masked = False
@@ -43,10 +45,22 @@ class StandIn:
         self.poison = poison
         self.interrupt_on_call = interrupt_on_call
         self.calls = []  # batch sizes
-        self.seen = []  # paths passed to predict_images, in order
+        self.seen = []  # paths classified, in order
+        self.masked_seen = []  # the masked argument of each features() call
+        self.cam_features = []  # the features gradcam() was given
+        self.hierarchy = self
 
-    def _one(self, img, path, top_k):
-        r, g, b = (int(round(v)) for v in img.reshape(-1, 3).mean(0))
+    def features(self, images, masked=None):
+        self.calls.append(len(images))
+        self.masked_seen.append(masked)
+        if self.interrupt_on_call is not None and len(self.calls) == self.interrupt_on_call:
+            raise KeyboardInterrupt
+        for img in images:
+            assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+        return np.array([img.reshape(-1, 3).mean(0) for img in images])
+
+    def _one(self, feat, path, top_k):
+        r, g, b = (int(round(v)) for v in feat)
         if self.poison and b == POISON_BLUE:
             raise ValueError("poisoned image")
         main = MAIN_CLASSES[min(r // 32, 7)]
@@ -63,18 +77,14 @@ class StandIn:
                           main_probability=0.9, subclass=sub, subclass_probability=sub_p,
                           top=top, uncertain=uncertain)
 
-    def predict_images(self, images, paths=None, top_k=3, masked=None):
-        self.calls.append(len(images))
-        if self.interrupt_on_call is not None and len(self.calls) == self.interrupt_on_call:
-            raise KeyboardInterrupt
-        paths = list(paths) if paths is not None else [None] * len(images)
-        for img in images:
-            assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
-        out = [self._one(img, p, top_k) for img, p in zip(images, paths)]
+    def predict_records(self, X, paths=None, top_k=3):
+        paths = list(paths) if paths is not None else [None] * len(X)
+        out = [self._one(f, p, top_k) for f, p in zip(X, paths)]
         self.seen.extend(paths)
         return out
 
-    def gradcam(self, rgb, class_name=None):
+    def gradcam(self, rgb, class_name=None, masked=None, features=None):
+        self.cam_features.append(features)
         g = rgb.mean(axis=2).astype(np.float32)
         return (g - g.min()) / (np.ptp(g) + 1e-6)
 
@@ -84,7 +94,7 @@ class NoCam(StandIn):
 
 
 class BadCam(StandIn):
-    def gradcam(self, rgb, class_name=None):
+    def gradcam(self, rgb, class_name=None, masked=None, features=None):
         raise RuntimeError("no gradients here")
 
 
@@ -133,7 +143,7 @@ def test_csv_columns_rows_and_labels(good_dir, tmp_path):
                                          "lymphocyte", "platelet"]
     assert all(r["status"] == "ok" and r["error"] == "" for r in rows)
     assert rows[3]["uncertain"] == "True" and rows[3]["subclass"] == OTHERS
-    assert re.fullmatch(r"(\w+:[0-9.]+;){2}\w+:[0-9.]+", rows[0]["top3"])
+    assert re.fullmatch(r"(\w+:[0-9.]+;){2}\w+:[0-9.]+", rows[0]["top_k"])
     assert model.calls == [3, 3, 1]
     assert no_temp_files(tmp_path)
     assert not partial_path(out).exists()
@@ -150,7 +160,7 @@ def test_json_format(good_dir, tmp_path):
     assert set(doc) == {"results", "summary"}
     assert len(doc["results"]) == 7
     assert set(doc["results"][0]) == set(RECORD_COLUMNS)
-    assert len(doc["results"][0]["top3"]) == 2
+    assert len(doc["results"][0]["top_k"]) == 2
     assert doc["summary"] == res.summary
     assert doc["summary"]["n_classified"] == 7
 
@@ -317,6 +327,17 @@ def test_read_results_round_trip(good_dir, tmp_path):
         assert read_results(out, fmt) == res.records
 
 
+def test_resume_reads_the_old_top3_column(good_dir, tmp_path):
+    out = tmp_path / "res.csv"
+    res = classify_folder(good_dir, model=StandIn(), out=out, progress=False)
+    out.write_text(out.read_text().replace(",top_k,", ",top3,", 1))  # a file from before the rename
+    assert read_results(out) == res.records
+    again = StandIn()
+    res2 = classify_folder(good_dir, model=again, out=out, resume=True, progress=False)
+    assert again.calls == [] and [r.top for r in res2.records] == [r.top for r in res.records]
+    assert tuple(read_csv(out)[0]) == RECORD_COLUMNS  # rewritten with the new name
+
+
 # --------------------------------------------------------------------------- summary
 
 
@@ -378,7 +399,8 @@ def test_report_contains_every_image(tmp_path):
     d, good, bad = make_bad_folder(tmp_path)
     report = tmp_path / "out" / "report.html"
     summary_json = tmp_path / "summary.json"
-    res = classify_folder(d, model=StandIn(), out=tmp_path / "r.csv", report_path=report,
+    model = StandIn()
+    res = classify_folder(d, model=model, out=tmp_path / "r.csv", report_path=report,
                           summary_path=summary_json, progress=False)
     text = report.read_text(encoding="utf-8")
     for name in good | bad:
@@ -386,6 +408,10 @@ def test_report_contains_every_image(tmp_path):
     assert text.count("<tr class=") == len(good) + len(bad)
     assert text.count('alt="Grad-CAM"') == len(good)
     assert text.count("data:image/jpeg;base64,") == 2 * len(good)
+    # the report reuses the runner's decoded images and features: no second network pass
+    assert sum(model.calls) == len(good)
+    assert len(model.cam_features) == len(good)
+    assert all(f is not None and f.shape == (3,) for f in model.cam_features)
     assert "empty file" in text and "sortRows" in text
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)  # self-contained
     assert json.loads(summary_json.read_text()) == res.summary
@@ -423,14 +449,16 @@ def test_overlay_heatmap_shapes():
 
 @pytest.fixture
 def cli(monkeypatch, tmp_path):
-    """Run ``hiercell classify`` in tmp_path with ``hiercell.load`` returning a StandIn."""
+    """Run ``hiercell classify`` in tmp_path with ``hiercell.bundle.load`` returning a StandIn."""
     loaded = []
+    models = []
 
     def fake_load(path=None, precision="float32"):
         loaded.append(path)
-        return StandIn()
+        models.append(StandIn())
+        return models[-1]
 
-    monkeypatch.setattr(hiercell, "load", fake_load, raising=False)
+    monkeypatch.setattr(hiercell.bundle, "load", fake_load, raising=False)
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
 
@@ -438,6 +466,7 @@ def cli(monkeypatch, tmp_path):
         return runner.invoke(main, ["classify", *map(str, args)])
 
     run.loaded = loaded
+    run.models = models
     return run
 
 
@@ -454,6 +483,12 @@ def test_cli_json_and_extras(cli, good_dir, tmp_path):
     r = cli(good_dir, "--format", "json", "--summary", "s.json", "--report", "r.html",
             "--top-k", "2", "--batch-size", "2", "--no-masked")
     assert r.exit_code == 0, r.output
+    assert cli.models[-1].masked_seen == [False] * 4  # --no-masked reached the model
+    assert "masked = False" in (tmp_path / "r.html").read_text()
+    assert cli(good_dir, "--masked", "-o", "m.csv").exit_code == 0
+    assert set(cli.models[-1].masked_seen) == {True}
+    assert cli(good_dir, "-o", "d.csv").exit_code == 0
+    assert set(cli.models[-1].masked_seen) == {None}  # the model's own default
     assert len(json.loads((tmp_path / "hiercell_results.json").read_text())["results"]) == 7
     assert (tmp_path / "s.json").exists() and (tmp_path / "r.html").exists()
     r = cli(good_dir, "--out", "x.json")  # format follows the suffix
@@ -478,7 +513,7 @@ def test_cli_resume(cli, good_dir, tmp_path):
 
 
 def test_cli_interrupt_exit_130(monkeypatch, good_dir, tmp_path):
-    monkeypatch.setattr(hiercell, "load", lambda path=None, precision="float32": StandIn(interrupt_on_call=2),
+    monkeypatch.setattr(hiercell.bundle, "load", lambda path=None, precision="float32": StandIn(interrupt_on_call=2),
                         raising=False)
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(main, ["classify", str(good_dir), "--batch-size", "2"])
@@ -502,7 +537,7 @@ def test_cli_model_load_failure(monkeypatch, good_dir, tmp_path):
     def broken(path=None, precision="float32"):
         raise OSError("bundle is damaged")
 
-    monkeypatch.setattr(hiercell, "load", broken, raising=False)
+    monkeypatch.setattr(hiercell.bundle, "load", broken, raising=False)
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(main, ["classify", str(good_dir)])
     assert r.exit_code == 1 and "bundle is damaged" in r.output

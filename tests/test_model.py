@@ -8,7 +8,6 @@ fixture images: fast, and no ImageNet weights needed.
 import json
 import shutil
 
-import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -16,12 +15,14 @@ from sklearn.base import clone
 
 from hiercell.bundle import BundleError, load, load_bundle, save_bundle, verify_bundle
 from hiercell.cli import main
-from hiercell.hierarchy import HierarchicalClassifier
+from hiercell.hierarchy import combine_probabilities, route
 from hiercell.records import Prediction
 from hiercell.stage import StageClassifier
 from hiercell.taxonomy import FINE_CLASSES, MAIN_CLASSES, STAGE2_CLASSES
 
-from conftest import TINY
+from conftest import TINY, rgb_images
+
+S2 = sorted(STAGE2_CLASSES)
 
 
 def _features(n, rng, classes):
@@ -50,67 +51,46 @@ def test_stage_classifier_fit_predict_shapes():
     assert clone(clf).get_params()["head_epochs"] == 5
 
 
-def _model_with_stage2_classes():
-    """A HierarchicalClassifier whose stages only need ``classes_`` for the routing rules."""
-    s1, s2 = StageClassifier(), StageClassifier()
-    s1.classes_ = np.array(sorted(MAIN_CLASSES))
-    s2.classes_ = np.array(sorted(STAGE2_CLASSES))
-    return HierarchicalClassifier(None, s1, s2)
-
-
 def _p1(main, p=0.9):
     row = np.full(len(MAIN_CLASSES), (1 - p) / (len(MAIN_CLASSES) - 1))
     row[MAIN_CLASSES.index(main)] = p
     return row[None]
 
 
-def _p2(model, cls, p=0.8):
-    classes = list(model.stage2.classes_)
+def _p2(cls, p=0.8):
+    classes = S2
     row = np.full(len(classes), (1 - p) / (len(classes) - 1))
     row[classes.index(cls)] = p
     return row[None]
 
 
 def test_routing_non_routed_main_class_skips_stage2():
-    m = _model_with_stage2_classes()
-    d = m.decide(_p1("lymphocyte"), np.full((1, 6), np.nan))[0]
-    assert d["main"] == "lymphocyte" and d["sub"] is None and not d["uncertain"]
+    d = route(_p1("lymphocyte"), np.full((1, 6), np.nan), S2)[0]
+    assert d.main == "lymphocyte" and d.sub is None and not d.uncertain
+    assert d.label == "lymphocyte"
 
 
 def test_routing_subclass_sets_label_and_main():
-    m = _model_with_stage2_classes()
-    d = m.decide(_p1("neutrophil"), _p2(m, "BNE"))[0]
-    assert (d["main"], d["sub"], d["uncertain"]) == ("neutrophil", "BNE", False)
+    d = route(_p1("neutrophil"), _p2("BNE"), S2)[0]
+    assert (d.main, d.sub, d.uncertain, d.label) == ("neutrophil", "BNE", False, "BNE")
     # stage 2 may move a cell across the neutrophil / ig boundary
-    d = m.decide(_p1("neutrophil"), _p2(m, "MMY"))[0]
-    assert (d["main"], d["sub"]) == ("ig", "MMY")
+    d = route(_p1("neutrophil"), _p2("MMY"), S2)[0]
+    assert (d.main, d.sub) == ("ig", "MMY")
 
 
 def test_routing_others_falls_back_to_stage1_and_marks_uncertain():
-    m = _model_with_stage2_classes()
-    d = m.decide(_p1("ig"), _p2(m, "Others"))[0]
-    assert (d["main"], d["sub"], d["uncertain"]) == ("ig", "Others", True)
+    d = route(_p1("ig"), _p2("Others"), S2)[0]
+    assert (d.main, d.sub, d.uncertain, d.label) == ("ig", "Others", True, "ig")
 
 
 def test_fine_probabilities_sum_to_one():
-    m = _model_with_stage2_classes()
     p1 = np.concatenate([_p1("ig"), _p1("monocyte")])
-    p2 = np.concatenate([_p2(m, "PMY"), np.full((1, 6), np.nan)])
-    fine = m.fine_proba(p1, p2)
+    p2 = np.concatenate([_p2("PMY"), np.full((1, 6), np.nan)])
+    fine = combine_probabilities(p1, p2, S2)
     assert fine.shape == (2, len(FINE_CLASSES))
     np.testing.assert_allclose(fine.sum(1), 1, atol=1e-9)
     assert FINE_CLASSES[fine[0].argmax()] == "PMY"
     assert FINE_CLASSES[fine[1].argmax()] == "monocyte"
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle(tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundles") / "tiny"
-    cache = tmp_path_factory.mktemp("cache")
-    result = CliRunner().invoke(main, ["train", str(tiny_data), "--out", str(out), "--cache",
-                                       str(cache), *TINY])
-    assert result.exit_code == 0, result.output
-    return out
 
 
 def test_train_writes_bundle_with_metadata_and_test_metrics(tiny_bundle):
@@ -125,22 +105,57 @@ def test_train_writes_bundle_with_metadata_and_test_metrics(tiny_bundle):
     assert (evaluation / "confusion_stage1.png").is_file()
 
 
-def test_bundle_round_trip_predicts_the_same(tiny_bundle, tiny_data, tmp_path):
-    model = load(tiny_bundle)
-    images = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
-              for p in sorted(tiny_data.glob("*.jpg"))[:10]]
-    records = model.predict_images(images, paths=[f"img{i}" for i in range(10)])
+def test_bundle_round_trip_predicts_the_same(tiny_model, tiny_data, tmp_path):
+    model = tiny_model
+    images = rgb_images(sorted(tiny_data.glob("*.jpg"))[:10])
+    records = model.predict_records(images)
     assert len(records) == 10 and all(isinstance(r, Prediction) for r in records)
     for r in records:
         assert r.label in FINE_CLASSES + MAIN_CLASSES
         assert r.main_class in MAIN_CLASSES
         assert len(r.top) == 3 and r.top == sorted(r.top, key=lambda t: -t[1])
+    assert list(model.predict(images)) == [r.label for r in records]
     save_bundle(model, tmp_path / "again")
     again = load_bundle(tmp_path / "again")
-    X = model.trunk_features(images)
-    np.testing.assert_allclose(again.predict_proba_features(X), model.predict_proba_features(X),
+    X = model.features(images)
+    np.testing.assert_allclose(again.hierarchy.predict_proba(X), model.hierarchy.predict_proba(X),
                                atol=1e-6)
-    assert list(again.predict_features(X)) == list(model.predict_features(X))
+    assert list(again.hierarchy.predict(X)) == list(model.hierarchy.predict(X))
+
+
+def test_hierarchical_classifier_has_scikit_learn_meanings(tiny_model, tiny_data):
+    clf = tiny_model.hierarchy
+    X = tiny_model.features(rgb_images(sorted(tiny_data.glob("*.jpg"))[:6]))
+    labels = clf.predict(X)
+    proba = clf.predict_proba(X)
+    assert labels.shape == (6,) and proba.shape == (6, len(clf.classes_))
+    np.testing.assert_allclose(proba.sum(1), 1, atol=1e-6)
+    assert [r.label for r in clf.predict_records(X)] == list(labels)
+    deep = clf.get_params(deep=True)
+    assert deep["stage1__head_epochs"] == clf.stage1.head_epochs
+    assert "stage1__head_epochs" not in clf.get_params(deep=False)
+    assert clone(clf).stage2.get_params() == clf.stage2.get_params()
+
+
+def test_format2_bundle_pickles_only_scikit_learn_objects(tiny_bundle):
+    info = json.loads((tiny_bundle / "bundle.json").read_text())
+    assert info["format_version"] == 2
+    for stage in ("stage1", "stage2"):
+        data = (tiny_bundle / stage / "svm.joblib").read_bytes()
+        assert b"hiercell" not in data  # moving hiercell's classes cannot break a bundle
+        assert info["stages"][stage]["params"]["head_epochs"] == 2
+        assert info["stages"][stage]["feature_shape_"] == [2, 2, 512]
+
+
+def test_unknown_bundle_keys_pass_through(tiny_bundle, tmp_path):
+    again = tmp_path / "extra"
+    shutil.copytree(tiny_bundle, again)
+    model = load(again)
+    model.info["review"] = {"threshold": 0.5}
+    save_bundle(model, again)
+    model = load(again)
+    assert model.info["review"] == {"threshold": 0.5} and model.preprocess is None
+    assert json.loads((again / "bundle.json").read_text())["review"] == {"threshold": 0.5}
 
 
 def test_tampered_bundle_is_refused(tiny_bundle, tmp_path):
@@ -201,41 +216,51 @@ def test_missing_backbone_weights_file_is_a_clear_error(tiny_data, tmp_path):
     assert "nope.h5" in result.output and "HIERCELL_VGG16_WEIGHTS" in result.output
 
 
-def test_gpu_recipe_trains_on_images_and_writes_the_same_kind_of_bundle(tiny_data, tmp_path):
+def test_gpu_recipe_trains_on_images_and_skips_unreadable_ones(tiny_data, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    per_label = {}
+    for p in sorted(tiny_data.glob("*.jpg")):
+        label = p.name.split("_")[0]
+        if per_label.setdefault(label, 0) < 6:
+            per_label[label] += 1
+            shutil.copy(p, data / p.name)
+    (data / "BA_999999_broken.jpg").write_text("not an image")
     out = tmp_path / "gpu"
-    result = CliRunner().invoke(main, ["train", str(tiny_data), "--out", str(out), "--gpu-recipe",
-                                       "--cache", str(tmp_path / "cache"), "--limit-per-class", "4",
-                                       *TINY])
+    result = CliRunner().invoke(main, ["train", str(data), "--out", str(out), "--gpu-recipe",
+                                       "--cache", str(tmp_path / "cache"), *TINY, "--head-epochs", "1",
+                                       "--stages", "1"])  # the loop is shared: one stage is enough
     assert result.exit_code == 0, result.output
+    assert "skipped" in result.output and "BA_999999_broken.jpg" in result.output
     info = json.loads((out / "bundle.json").read_text())
     assert info["input_size"] == 32 and info["training"]["recipe"].startswith("gpu")
+    assert info["stages"]["stage1"]["history_"]["finetune"]
     model = load(out)
-    assert model.predict(sorted(tiny_data.glob("*.jpg"))[:2])[0].status == "ok"
+    assert model.predict_records(sorted(data.glob("*.jpg"))[:2])[0].status == "ok"
 
 
 def test_model_without_stage2_gives_main_class_probabilities(tiny_bundle, tiny_data):
     model = load(tiny_bundle)
-    model.stage2 = None
+    model.hierarchy.stage2 = None
     assert list(model.classes_) == list(MAIN_CLASSES)
-    images = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
-              for p in sorted(tiny_data.glob("*.jpg"))[:4]]
+    images = rgb_images(sorted(tiny_data.glob("*.jpg"))[:4])
     np.testing.assert_allclose(model.predict_proba(np.stack(images)).sum(1), 1, atol=1e-6)
-    for r in model.predict(images):
+    for r in model.predict_records(images):
         assert r.subclass is None and r.label in MAIN_CLASSES and r.top[0][0] == r.label
 
 
-def test_predict_keeps_going_past_bad_paths(tiny_bundle, tiny_data, tmp_path):
-    model = load(tiny_bundle)
+def test_predict_keeps_going_past_bad_paths(tiny_model, tiny_data, tmp_path):
+    model = tiny_model
     bad = tmp_path / "bad.jpg"
     bad.write_text("not an image")
     good = sorted(tiny_data.glob("*.jpg"))[:2]
-    records = model.predict([good[0], bad, good[1]])
+    records = model.predict_records([good[0], bad, good[1]])
     assert [r.status for r in records] == ["ok", "error", "ok"]
     assert "not an image" in records[1].error and records[1].path == str(bad)
 
 
-def test_save_bundle_refuses_to_overwrite_a_non_bundle_folder(tiny_bundle, tmp_path):
+def test_save_bundle_refuses_to_overwrite_a_non_bundle_folder(tiny_model, tmp_path):
     (tmp_path / "keep.txt").write_text("precious")
     with pytest.raises(BundleError, match="not a model bundle"):
-        save_bundle(load(tiny_bundle), tmp_path)
+        save_bundle(tiny_model, tmp_path)
     assert (tmp_path / "keep.txt").read_text() == "precious"

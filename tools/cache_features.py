@@ -27,14 +27,14 @@ def main():
         paths = [root / row["path"] for row in csv.DictReader(fh)]
     settings = TrainSettings(input_size=args.size, masked=args.masked,
                              backbone_weights=args.weights)
-    done = [0]
     t0 = time.time()
+    last = [0]
 
-    def progress(k):
-        done[0] += k
-        if done[0] % 512 < k or done[0] == len(paths):
-            rate = done[0] / max(time.time() - t0, 1e-9)
-            print(f"{done[0]}/{len(paths)} ({rate:.1f} img/s)", file=sys.stderr, flush=True)
+    def progress(done, total):  # the hiercell.progress convention
+        if done - last[0] >= 512 or done == total:
+            last[0] = done
+            rate = done / max(time.time() - t0, 1e-9)
+            print(f"{done}/{total} ({rate:.1f} img/s)", file=sys.stderr, flush=True)
 
     res = trunk_features(paths, settings, args.cache, progress=progress)
     print(f"done: {res.ok.sum()} ok, {len(res.errors)} errors in {time.time() - t0:.0f}s")

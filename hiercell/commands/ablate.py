@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..progress import progress_bar
-from .train import (default_cache_dir, load_samples, parse_stages, settings_from_options,
-                    training_options)
+from .options import (cache_dir, echo_err, load_samples, parse_stages, settings_from_options,
+                      training_options)
 
 
 @click.command()
@@ -34,12 +33,11 @@ def ablate(data, out, stages, n_boot, **opts):
     stage_set = parse_stages(stages)
     settings = settings_from_options(False, **opts)
     samples = load_samples(data, opts["split_csv"], settings.seed, settings.limit_per_class)
-    cache = Path(opts["cache"]) if opts["cache"] else default_cache_dir()
     try:
-        result = run(samples, out, settings, stages=stage_set, cache_dir=cache, n_boot=n_boot,
-                     progress=progress_bar, log=lambda m: click.echo(m, err=True))
+        result = run(samples, out, settings, stages=stage_set, cache_dir=cache_dir(opts["cache"]),
+                     n_boot=n_boot, progress=True, log=echo_err)
     except BackboneWeightsError as exc:
         raise click.ClickException(str(exc)) from exc
     for key, stage in result["stages"].items():
         click.echo(f"stage {key}: {conclusion(stage)}")
-    click.echo(f"report: {Path(out) / 'ablation.md'}", err=True)
+    echo_err(f"report: {Path(out) / 'ablation.md'}")

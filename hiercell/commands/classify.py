@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from .options import echo_err as _echo_err, precision_option
+
 DEFAULT_OUT_STEM = "hiercell_results"
 EXIT_SOME_FAILED = 3
 EXIT_INTERRUPTED = 130
@@ -26,10 +28,6 @@ def _interrupt_on_sigterm():
                 signal.signal(getattr(signal, name), handler)
             except ValueError:  # not in the main thread (e.g. embedded use)
                 pass
-
-
-def _echo_err(msg=""):
-    click.echo(msg, err=True)
 
 
 @click.command("classify")
@@ -52,16 +50,13 @@ def _echo_err(msg=""):
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Also write a self-contained HTML report here.")
 @click.option("--gradcam/--no-gradcam", default=True, show_default=True,
-              help="Grad-CAM overlays in the --report (one extra network pass per image).")
+              help="Grad-CAM overlays in the --report (one backward pass per image).")
 @click.option("--summary", "summary_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Also write the differential count as JSON here.")
 @click.option("--resume", is_flag=True,
               help="Keep the successful rows of an existing --out (or of the .partial file "
                    "an interrupted run left) and classify only the other images.")
-@click.option("--precision", type=click.Choice(["float32", "bfloat16", "auto"]),
-              default="float32", show_default=True,
-              help="VGG16 trunk precision: bfloat16 is about twice as fast on CPUs with native "
-                   "bf16 (auto picks it there).")
+@precision_option
 def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, report_path,
              gradcam, summary_path, resume, precision):
     """Classify the cell images in PATH... (image files and/or folders).
@@ -76,8 +71,9 @@ def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, 
     1 other failure (e.g. the model cannot be loaded); 130 interrupted (the
     finished rows are kept in OUT.partial for --resume).
     """
-    from ..classify import (ModelLoadError, NoImagesError, ResumeError, classify_folder,
-                            format_summary, partial_path)
+    from ..classify import ModelLoadError, NoImagesError, classify_folder
+    from ..differential import format_summary
+    from ..results import ResumeError, partial_path
 
     if fmt is None:
         fmt = "json" if (out is not None and out.suffix.lower() == ".json") else "csv"

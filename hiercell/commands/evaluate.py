@@ -1,0 +1,49 @@
+"""``hiercell evaluate``: stage-1, stage-2 and end-to-end metrics of a bundle."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .options import (cache_dir, cache_option, echo_err, load_model, load_samples,
+                      others_option, precision_option, seed_option)
+
+
+@click.command()
+@click.argument("data", type=click.Path(exists=True))
+@click.option("--model", "model_path", type=click.Path(exists=True, file_okay=False),
+              help="Bundle folder (default: the bundled model).")
+@click.option("--split-csv", type=click.Path(exists=True, dir_okay=False),
+              help="CSV with path,split columns (default: DATA/splits.csv if present).")
+@click.option("--subset", default="test", show_default=True,
+              help="Which split to evaluate ('all' for every image).")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Folder for metrics.json and confusion-matrix PNGs.")
+@others_option
+@seed_option
+@cache_option
+@precision_option
+def evaluate(data, model_path, split_csv, subset, out, others_per_class, seed, cache, precision):
+    """Evaluate a bundle on DATA: stage 1, stage 2 and end to end."""
+    from ..features import FeatureCache, extract_trunk_features
+    from ..training import evaluate_hierarchy, headline, save_metrics
+
+    model = load_model(model_path, precision)
+    samples = load_samples(data, split_csv, seed)
+    if subset != "all":
+        samples = [s for s in samples if s.split == subset]
+    if not samples:
+        raise click.UsageError(f"no labelled images in subset {subset!r} of {data}")
+    config = model.trunk_config()
+    res = extract_trunk_features([s.path for s in samples], model.trunk, config,
+                                 FeatureCache(cache_dir(cache), config), progress=True)
+    for path, reason in res.errors.items():
+        echo_err(f"skipped {path}: {reason}")
+    samples = [s for s, ok in zip(samples, res.ok) if ok]
+    metrics = evaluate_hierarchy(model, res.features, samples, others_per_class, seed)
+    path = save_metrics(metrics, out)
+    click.echo(json.dumps({"split": subset, **headline(metrics)}, indent=2))
+    echo_err(f"written: {path}")
+    sys.exit(3 if res.errors else 0)

@@ -1,0 +1,169 @@
+"""The image-level model: what :func:`hiercell.load` returns.
+
+:class:`ImageClassifier` = the frozen VGG16 trunk + a
+:class:`~hiercell.hierarchy.HierarchicalClassifier` over its features, with the
+bundle's input size, masking and preprocessing. Its calls take image paths or
+RGB ``uint8`` images; every image reaches the network through
+:func:`hiercell.preprocess.prepare_batch`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .backbone import run_trunk
+from .features import TrunkConfig
+from .io import load_image, try_load_image
+from .preprocess import prepare_batch
+from .records import Prediction
+from .taxonomy import SUB_TO_MAIN
+
+
+class ImageClassifier:
+    """Trunk + hierarchical classifier, on images.
+
+    ``predict`` (labels), ``predict_proba`` (end-to-end probabilities over
+    :attr:`classes_`) and ``predict_records`` (one
+    :class:`~hiercell.records.Prediction` per image) take image paths or RGB
+    uint8 images (an ``(n, H, W, 3)`` array or a list of ``(H, W, 3)`` arrays of
+    any size). :meth:`features` gives the trunk features that
+    :attr:`hierarchy` works on.
+
+    Parameters
+    ----------
+    trunk : keras.Model
+        Frozen VGG16 blocks 1-4 (input ``(input_size, input_size, 3)``).
+    hierarchy : HierarchicalClassifier
+    input_size : int
+        Side of the square image the trunk sees.
+    masked : bool
+        Whether the stages were trained on masked images (the default at predict time).
+    preprocess : dict or None
+        The bundle's preprocessing options (see :mod:`hiercell.preprocess`).
+    info : dict
+        The rest of ``bundle.json`` (backbone, training data, metrics, versions and
+        any other key), plus ``trunk_sha256`` and ``precision`` when loaded.
+    """
+
+    def __init__(self, trunk, hierarchy, input_size=160, masked=False, preprocess=None,
+                 info=None):
+        self.trunk = trunk
+        self.hierarchy = hierarchy
+        self.input_size = int(input_size)
+        self.masked = bool(masked)
+        self.preprocess = preprocess
+        self.info = dict(info or {})
+
+    @property
+    def classes_(self):
+        """The end-to-end classes (see :attr:`HierarchicalClassifier.classes_`)."""
+        return self.hierarchy.classes_
+
+    @property
+    def stage1(self):
+        return self.hierarchy.stage1
+
+    @property
+    def stage2(self):
+        return self.hierarchy.stage2
+
+    def trunk_config(self) -> TrunkConfig:
+        """What this model's trunk features depend on (the feature-cache key)."""
+        weights = f"{self.info.get('trunk_sha256', 'unsaved')}:{self.info.get('precision', 'float32')}"
+        return TrunkConfig(self.input_size, self.masked, weights, preprocess=self.preprocess)
+
+    # -- images -> features ----------------------------------------------------
+    def prepare(self, images, masked=None) -> np.ndarray:
+        """The uint8 batch the trunk sees (see :func:`hiercell.preprocess.prepare_batch`)."""
+        masked = self.masked if masked is None else masked
+        return prepare_batch(images, self.input_size, masked, self.preprocess)
+
+    def features(self, images, masked=None, batch_size=32) -> np.ndarray:
+        """Trunk features ``(n, h, w, 512)`` of RGB uint8 images (any size);
+        ``masked=None``: as the model was trained."""
+        return run_trunk(self.trunk, self.prepare(images, masked), batch_size)
+
+    # -- predictions -----------------------------------------------------------
+    def predict_records(self, X, top_k=3, masked=None, batch_size=32) -> list:
+        """One :class:`~hiercell.records.Prediction` per image of ``X`` (paths or images).
+
+        A path that cannot be read, or an image that cannot be classified, gets a
+        record with ``status="error"`` and the reason; the rest go on.
+        """
+        items = _as_items(X)
+        out = []
+        for k in range(0, len(items), batch_size):
+            loaded = [_load(item) for item in items[k:k + batch_size]]
+            good = [(img, name) for img, name, _ in loaded if img is not None]
+            try:
+                records = self._records([g[0] for g in good], [g[1] for g in good],
+                                        top_k, masked) if good else []
+            except Exception:  # noqa: BLE001 - find the image at fault, keep the others
+                records = [self._record_or_error(img, name, top_k, masked) for img, name in good]
+            records = iter(records)
+            for img, name, error in loaded:
+                out.append(next(records) if img is not None else Prediction.failed(name, error))
+        return out
+
+    def _records(self, images, names, top_k, masked):
+        return self.hierarchy.predict_records(self.features(images, masked), names, top_k)
+
+    def _record_or_error(self, img, name, top_k, masked):
+        try:
+            return self._records([img], [name], top_k, masked)[0]
+        except Exception as exc:  # noqa: BLE001
+            return Prediction.failed(name, f"cannot classify: {type(exc).__name__}: {exc}")
+
+    def predict_proba(self, X, masked=None):
+        """End-to-end probabilities ``(n, 11)`` over :attr:`classes_` of images or paths
+        (an unreadable path raises :class:`~hiercell.io.ImageLoadError`)."""
+        return self.hierarchy.predict_proba(self.features(_images(X), masked))
+
+    def predict(self, X, masked=None):
+        """The finest decided label per image (an unreadable path raises
+        :class:`~hiercell.io.ImageLoadError`)."""
+        return self.hierarchy.predict(self.features(_images(X), masked))
+
+    def gradcam(self, rgb, class_name=None, masked=None, features=None):
+        """Grad-CAM heat map ``(H, W)`` float32 in [0, 1] of stage 1's network head for
+        ``class_name`` (a main class, or a subclass meaning its main class; default: the
+        head's top class), on the grid of the RGB uint8 image ``rgb``.
+
+        ``features``: the image's trunk features when already computed (they must come
+        from the same masking); otherwise they are computed with ``masked``.
+        """
+        if features is None:
+            features = self.features([rgb], masked)
+        name = SUB_TO_MAIN.get(class_name, class_name)
+        from .gradcam import gradcam_map
+
+        return gradcam_map(self.stage1.head_, self.stage1.classes_, features, rgb.shape, name)
+
+
+def _as_items(X):
+    """A list of paths (str/Path) or RGB arrays from any accepted input."""
+    if isinstance(X, (str, os.PathLike)):
+        return [X]
+    if isinstance(X, np.ndarray):
+        if X.ndim == 3:
+            return [X]
+        if X.ndim != 4:
+            raise ValueError(f"expected images of shape (n, H, W, 3), got {X.shape}")
+        return list(X)
+    return list(X)
+
+
+def _images(X):
+    return [item if isinstance(item, np.ndarray) else load_image(item) for item in _as_items(X)]
+
+
+def _load(item):
+    """``(rgb, name, error)`` for a path or an array."""
+    if isinstance(item, np.ndarray):
+        if item.ndim != 3 or item.shape[2] != 3 or item.dtype != np.uint8:
+            raise ValueError(f"images must be RGB uint8 (H, W, 3), got {item.dtype} {item.shape}")
+        return item, None, None
+    rgb, reason = try_load_image(item)
+    return rgb, str(item), reason

@@ -1,0 +1,64 @@
+"""The image-level model: masking reaches the network and Grad-CAM, the bfloat16 trunk."""
+
+import numpy as np
+import pytest
+
+from hiercell.backbone import run_trunk
+from hiercell.bundle import load
+from hiercell.preprocess import prepare_batch
+
+from conftest import FIXTURES, rgb_images
+
+IMAGES = rgb_images(sorted(FIXTURES.glob("*/*.jpg"))[::8])  # 256 px cells that segment
+
+
+def test_masking_reaches_the_network(tiny_model):
+    model = tiny_model
+    size = model.input_size
+    masked = model.features(IMAGES, masked=True)
+    plain = model.features(IMAGES, masked=False)
+    np.testing.assert_allclose(masked, run_trunk(model.trunk, prepare_batch(IMAGES, size, True)),
+                               atol=1e-5)
+    np.testing.assert_allclose(plain, run_trunk(model.trunk, prepare_batch(IMAGES, size, False)),
+                               atol=1e-5)
+    assert np.abs(masked - plain).mean() > 1e-3 * np.abs(plain).mean()
+    # the records are those of the masked input
+    recs = model.predict_records(IMAGES, masked=True)
+    assert [r.top for r in recs] == [r.top for r in model.hierarchy.predict_records(masked)]
+    assert not model.masked  # and the model's default is what it was trained with
+    np.testing.assert_allclose(model.features(IMAGES), plain, atol=1e-6)
+
+
+def test_prepare_batch_masks_before_resizing():
+    batch = prepare_batch(IMAGES[:1], 64, masked=True)
+    assert batch.shape == (1, 64, 64, 3) and batch.dtype == np.uint8
+    assert (batch[0, 0, 0] == 0).all()  # outside the cell is black
+    assert (prepare_batch(IMAGES[:1], 64)[0, 0, 0] > 0).any()
+    with pytest.raises(ValueError, match="RGB uint8"):
+        prepare_batch([IMAGES[0].astype(np.float32)], 64)
+    with pytest.raises(ValueError, match="unknown preprocessing"):
+        prepare_batch(IMAGES[:1], 64, config={"white_balance": True})
+
+
+def test_gradcam_is_not_empty_and_follows_the_masking(tiny_model):
+    rgb = IMAGES[0]
+    heat = tiny_model.gradcam(rgb, masked=False)
+    assert heat.shape == rgb.shape[:2] and heat.dtype == np.float32
+    assert heat.max() == pytest.approx(1.0) and heat.min() >= 0 and heat.std() > 0.01
+    masked = tiny_model.gradcam(rgb, masked=True)
+    given = tiny_model.gradcam(rgb, features=tiny_model.features([rgb], masked=True))
+    np.testing.assert_allclose(masked, given, atol=1e-5)
+    assert np.abs(masked - heat).mean() > 1e-3
+
+
+def test_bfloat16_trunk(tiny_bundle, tiny_model):
+    fast = load(tiny_bundle, precision="bfloat16")
+    assert fast.info["precision"] == "bfloat16"
+    assert fast.trunk.layers[1].dtype_policy.name == "mixed_bfloat16"
+    assert fast.trunk_config().key != tiny_model.trunk_config().key  # never share a cache
+    f32, bf16 = tiny_model.features(IMAGES), fast.features(IMAGES)
+    assert bf16.dtype == np.float32
+    assert np.abs(bf16 - f32).mean() < 0.05 * np.abs(f32).mean()
+    np.testing.assert_allclose(fast.predict_proba(IMAGES).sum(1), 1, atol=1e-6)
+    with pytest.raises(ValueError, match="precision"):
+        load(tiny_bundle, precision="int8")
