@@ -26,7 +26,10 @@ class Prediction:
     class. ``top`` holds the ``top_k`` most probable end-to-end classes with
     their probabilities (column ``top_k``: ``CLASS:prob;CLASS:prob;...``).
     ``uncertain`` is set when stage 2 answered "Others" (the cell did not look
-    like any subclass, so the main class stands).
+    like any subclass, so the main class stands). ``review_score`` (0-1, higher
+    = a person should look) and ``review`` (the score at or above the model's
+    threshold) say how far the cell is from what the model knows (see
+    :mod:`hiercell.review`); ``None``/``False`` for models without a review scorer.
     """
 
     path: str | None
@@ -38,6 +41,8 @@ class Prediction:
     subclass_probability: float | None = None
     top: list = field(default_factory=list)  # [(class, probability), ...]
     uncertain: bool = False
+    review_score: float | None = None
+    review: bool = False
     status: str = "ok"  # "ok" or "error"
     error: str | None = None
 
