@@ -28,8 +28,10 @@ class Prediction:
     ``uncertain`` is set when stage 2 answered "Others" (the cell did not look
     like any subclass, so the main class stands). ``review_score`` (0-1, higher
     = a person should look) and ``review`` (the score at or above the model's
-    threshold) say how far the cell is from what the model knows (see
-    :mod:`hiercell.review`); ``None``/``False`` for models without a review scorer.
+    threshold) say whether a person should look; ``novelty`` is how unlike the
+    training cells it is, as a percentile among in-lab cells (0.95 and above:
+    unusual). See :mod:`hiercell.review`; ``None``/``False`` for models without
+    a review scorer.
     """
 
     path: str | None
@@ -43,6 +45,7 @@ class Prediction:
     uncertain: bool = False
     review_score: float | None = None
     review: bool = False
+    novelty: float | None = None
     status: str = "ok"  # "ok" or "error"
     error: str | None = None
 

@@ -1,0 +1,156 @@
+"""Know when the model does not know: a review score per cell, a domain check per folder.
+
+Built only from what classification already computes (no second network pass):
+
+* **novelty**: mean cosine distance to the ``k`` nearest training cells in a
+  descriptor of the VGG16 trunk's ``block4_pool`` map -- mean and standard
+  deviation over the central 6x6 positions (the cell, in the canonical frame),
+  square-rooted and L2-normalised (:func:`trunk_descriptor`). These are frozen
+  ImageNet features, not trained to separate the 8 classes, so a cell unlike
+  every training cell stays far from them (fine-tuned features map it onto a
+  class);
+* **ambiguity**: one minus the top stage-1 probability;
+* stage 2 answering ``Others`` (``uncertain``).
+
+Each signal is turned into its percentile among in-lab validation cells
+(:class:`ReviewScorer`, fit at training time and stored in the bundle), and the
+``review_score`` is their mean (1.0 for uncertain cells); ``review`` is
+``review_score >= threshold``, the threshold being the validation quantile
+that flags ``target_rate`` (5 %) of in-lab cells.
+
+Per folder, :func:`domain_shift` is the share of cells whose novelty is
+above the 95th in-lab percentile (about 0.05 for images like the training
+data) and warns when it is far above that. Records carry the novelty as a
+percentile (``Prediction.novelty``), so the check runs on results files too.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+#: Share of in-lab validation cells flagged for review at the default threshold.
+TARGET_RATE = 0.05
+#: Nearest neighbours averaged in the novelty score.
+K_NEIGHBOURS = 10
+#: Domain-shift warning: share of novel cells that fires it (in-lab: ~0.05).
+SHIFT_WARN_SHARE = 0.25
+
+
+def trunk_descriptor(maps: np.ndarray) -> np.ndarray:
+    """``(n, h, w, c)`` trunk maps -> ``(n, 2c)`` float32 novelty descriptors.
+
+    Mean and standard deviation over the central ``0.6 h x 0.6 w`` positions,
+    square root, L2 normalisation.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim != 4:
+        raise ValueError(f"trunk maps must be (n, h, w, c), got shape {maps.shape}")
+    h, w = maps.shape[1:3]
+    mh, mw = max(1, round(0.2 * h)), max(1, round(0.2 * w))
+    centre = maps[:, mh:h - mh, mw:w - mw]
+    d = np.concatenate([centre.mean((1, 2)), centre.std((1, 2))], axis=1)
+    d = np.sqrt(np.maximum(d, 0.0))
+    return d / (np.linalg.norm(d, axis=1, keepdims=True) + 1e-8)
+
+
+def knn_distance(reference: np.ndarray, queries: np.ndarray, k: int = K_NEIGHBOURS,
+                 chunk: int = 512) -> np.ndarray:
+    """Mean cosine distance of each L2-normalised query row to its ``k`` nearest reference rows."""
+    reference = np.asarray(reference, dtype=np.float32)
+    queries = np.asarray(queries, dtype=np.float32)
+    k = int(min(k, len(reference)))
+    out = np.empty(len(queries), dtype=np.float32)
+    for i in range(0, len(queries), chunk):
+        dist = 1.0 - queries[i:i + chunk] @ reference.T
+        out[i:i + chunk] = np.partition(dist, k - 1, axis=1)[:, :k].mean(1)
+    return out
+
+
+def _percentile_of(sorted_ref: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Share of ``sorted_ref`` below each value, in [0, 1]."""
+    return np.searchsorted(sorted_ref, values, side="right") / max(len(sorted_ref), 1)
+
+
+class ReviewScorer:
+    """Review score from trunk novelty and stage-1 ambiguity (see module doc).
+
+    ``fit(reference, val_descriptors, val_top_proba)``: ``reference`` are
+    training-cell descriptors (:func:`trunk_descriptor`); the validation
+    arrays (in-lab cells not in ``reference``) calibrate the percentiles and
+    the threshold. ``score(descriptors, top_proba, uncertain)`` returns
+    ``(review_score, novelty)``: novelty as its percentile among in-lab cells.
+    """
+
+    def __init__(self, k=K_NEIGHBOURS, target_rate=TARGET_RATE):
+        self.k = k
+        self.target_rate = target_rate
+
+    def fit(self, reference, val_descriptors, val_top_proba):
+        self.reference_ = np.asarray(reference, dtype=np.float16)
+        self.novelty_ref_ = np.sort(knn_distance(self.reference_, val_descriptors, self.k))
+        self.ambiguity_ref_ = np.sort(1.0 - np.asarray(val_top_proba, dtype=np.float32))
+        score, _ = self.score(val_descriptors, val_top_proba)
+        self.threshold_ = float(np.quantile(score, 1.0 - self.target_rate))
+        return self
+
+    def novelty(self, descriptors):
+        """Raw novelty (mean cosine distance to the k nearest reference cells)."""
+        return knn_distance(self.reference_, descriptors, self.k)
+
+    def score(self, descriptors, top_proba, uncertain=None):
+        """``(review_score, novelty)`` per cell, both in [0, 1]; ``novelty`` is the
+        percentile of the cell's novelty among in-lab validation cells."""
+        nov = _percentile_of(self.novelty_ref_, self.novelty(descriptors))
+        amb = _percentile_of(self.ambiguity_ref_, 1.0 - np.asarray(top_proba, dtype=np.float32))
+        score = 0.5 * (nov + amb)
+        if uncertain is not None:
+            score = np.where(np.asarray(uncertain, bool), 1.0, score)
+        return score.astype(np.float32), nov.astype(np.float32)
+
+    def flag(self, review_score):
+        """``review_score >= threshold_``."""
+        return np.asarray(review_score) >= self.threshold_
+
+    def to_arrays(self) -> dict:
+        return {"reference": self.reference_, "novelty_ref": self.novelty_ref_.astype(np.float32),
+                "ambiguity_ref": self.ambiguity_ref_.astype(np.float32),
+                "params": np.array([self.k, self.target_rate, self.threshold_], dtype=np.float64)}
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "ReviewScorer":
+        k, rate, thr = (float(v) for v in arrays["params"])
+        self = cls(k=int(k), target_rate=rate)
+        self.reference_ = np.asarray(arrays["reference"], dtype=np.float16)
+        self.novelty_ref_ = np.asarray(arrays["novelty_ref"], dtype=np.float32)
+        self.ambiguity_ref_ = np.asarray(arrays["ambiguity_ref"], dtype=np.float32)
+        self.threshold_ = thr
+        return self
+
+
+def domain_shift(novelty, novel_above=0.95, warn_share=SHIFT_WARN_SHARE) -> dict:
+    """Folder-level domain check from the cells' novelty percentiles (``None`` skipped).
+
+    ``score``: share of cells whose novelty is above ``novel_above`` (the
+    in-lab 95th percentile: about 0.05 for images like the training data).
+    ``warning`` when that share is at least ``warn_share`` and its excess over
+    0.05 is significant (one-sided binomial tail below 0.001), so a few odd
+    cells in a small folder do not fire it.
+    """
+    values = np.array([v for v in novelty if v is not None], dtype=np.float64)
+    n = int(len(values))
+    if n == 0:
+        return {"score": None, "warning": False, "n": 0,
+                "message": "no cell with a novelty score: no domain check"}
+    k = int(np.count_nonzero(values > novel_above))
+    share = k / n
+    base = 1.0 - novel_above
+    tail = sum(math.comb(n, j) * base ** j * (1 - base) ** (n - j) for j in range(k, n + 1))
+    warning = bool(share >= warn_share and tail < 1e-3)
+    if warning:
+        message = (f"these images look unlike the training data (score {share:.2f}: "
+                   f"{k} of {n} cells are novel): expect lower accuracy; see `hiercell adapt`")
+    else:
+        message = f"images look like the training data (score {share:.2f}: {k} of {n} cells novel)"
+    return {"score": round(share, 4), "warning": warning, "n": n, "message": message}
