@@ -1,11 +1,18 @@
 """The differential count of a set of records: per main class, and per maturation
 stage within neutrophil + ig (:func:`summarize`), and its text table
-(:func:`format_summary`)."""
+(:func:`format_summary`).
+
+Cells flagged for review (``Prediction.review``) are counted apart: the
+summary holds the count of all classified cells and, under
+``without_review``, the count of the cells that need no review; the folder's
+domain check (:func:`hiercell.review.domain_shift` over the cells' novelty)
+is its ``domain_shift``."""
 
 from __future__ import annotations
 
 import math
 
+from .review import domain_shift
 from .taxonomy import MAIN_CLASSES, OTHERS, ROUTED_MAIN, SUBCLASSES
 
 #: Subclass bucket for routed cells whose stage 2 answered "Others".
@@ -33,6 +40,20 @@ def _table(counts: dict) -> dict:
     return {k: {"count": int(counts[k]), "percent": pct[k]} for k in counts}
 
 
+def _counts(ok) -> tuple[dict, dict, int]:
+    """``(main class counts, subclass counts, routed cells)`` of status-ok records."""
+    main = dict.fromkeys(MAIN_CLASSES, 0)
+    for r in ok:
+        main[r.main_class] = main.get(r.main_class, 0) + 1
+    sub = dict.fromkeys((*SUBCLASSES, UNSPECIFIED), 0)
+    n_routed = 0
+    for r in ok:
+        if r.main_class in ROUTED_MAIN:
+            n_routed += 1
+            sub[r.subclass if r.subclass in SUBCLASSES else UNSPECIFIED] += 1
+    return main, sub, n_routed
+
+
 def summarize(records) -> dict:
     """The differential count of ``records`` (a JSON-ready dict).
 
@@ -41,26 +62,41 @@ def summarize(records) -> dict:
     answers is appended). ``subclasses``: within the neutrophil + ig cells,
     count and percent of each maturation stage, ``"unspecified"`` for cells
     whose stage 2 answered "Others". Percentages sum to 100 (one decimal).
+
+    Review: ``n_review`` cells need review (``review_percent`` of the
+    classified ones); ``without_review`` is the same count (``n_classified``,
+    ``main_classes``, ``subclasses``) over the other cells; ``review_scored``
+    says whether any cell has a review score (``False`` for models without a
+    review scorer: then nothing is flagged and both counts are equal).
+    ``domain_shift``: :func:`hiercell.review.domain_shift` of the cells' novelty.
     """
     records = list(records)
     ok = [r for r in records if r.status == "ok"]
-    main = dict.fromkeys(MAIN_CLASSES, 0)
-    for r in ok:
-        main[r.main_class] = main.get(r.main_class, 0) + 1
-    routed = [r for r in ok if r.main_class in ROUTED_MAIN]
-    sub = dict.fromkeys((*SUBCLASSES, UNSPECIFIED), 0)
-    for r in routed:
-        name = r.subclass if r.subclass in SUBCLASSES else UNSPECIFIED
-        sub[name] += 1
+    main, sub, n_routed = _counts(ok)
     n_uncertain = sum(bool(r.uncertain) for r in ok)
+    kept = [r for r in ok if not r.review]
+    main_kept, sub_kept, n_routed_kept = _counts(kept)
+    for name in main:  # the same rows in both tables
+        main_kept.setdefault(name, 0)
+    n_review = len(ok) - len(kept)
     return {
         "n_images": len(records),
         "n_classified": len(ok),
         "n_errors": len(records) - len(ok),
         "main_classes": _table(main),
-        "subclasses": {"of": list(ROUTED_MAIN), "n_cells": len(routed), "classes": _table(sub)},
+        "subclasses": {"of": list(ROUTED_MAIN), "n_cells": n_routed, "classes": _table(sub)},
         "n_uncertain": n_uncertain,
         "uncertain_percent": round(100.0 * n_uncertain / len(ok), 1) if ok else 0.0,
+        "review_scored": any(r.review_score is not None for r in ok),
+        "n_review": n_review,
+        "review_percent": round(100.0 * n_review / len(ok), 1) if ok else 0.0,
+        "without_review": {
+            "n_classified": len(kept),
+            "main_classes": _table(main_kept),
+            "subclasses": {"of": list(ROUTED_MAIN), "n_cells": n_routed_kept,
+                           "classes": _table(sub_kept)},
+        },
+        "domain_shift": domain_shift([r.novelty for r in ok]),
     }
 
 
@@ -68,23 +104,50 @@ def _bar(percent: float, width: int = 30) -> str:
     return "#" * int(math.floor(percent / 100 * width + 0.5))
 
 
+def review_line(summary: dict) -> str:
+    """"N cells need review (x % of classified cells)" (or why no cell was scored)."""
+    if not summary.get("review_scored", False) and not summary.get("n_review"):
+        return "Review: this model gives no review score (no cell flagged)"
+    n = summary.get("n_review", 0)
+    return (f"{n} cell{'' if n == 1 else 's'} need{'s' if n == 1 else ''} review "
+            f"({summary.get('review_percent', 0.0):.1f} % of classified cells)")
+
+
 def format_summary(summary: dict) -> str:
-    """``summary`` (from :func:`summarize`) as a plain-text table."""
+    """``summary`` (from :func:`summarize`) as a plain-text table; with review scores,
+    each row also gives the count without the cells that need review."""
     lines = [f"Differential count: {summary['n_classified']} of {summary['n_images']} images "
              f"classified, {summary['n_errors']} errors"]
+    kept = summary.get("without_review")
+    split = bool(kept) and (summary.get("review_scored") or summary.get("n_review"))
     rows = summary["main_classes"]
-    width = max(12, *(len(k) for k in rows))
-    lines.append(f"  {'class':<{width}} {'count':>6} {'%':>6}")
-    for name, row in rows.items():
-        lines.append(f"  {name:<{width}} {row['count']:>6} {row['percent']:>6.1f}  "
-                     f"{_bar(row['percent'])}".rstrip())
     sub = summary["subclasses"]
+    width = max(12, *(len(k) for k in rows), *(len(k) for k in sub["classes"]))
+
+    def table(rows, kept_rows, n, n_kept):
+        head = f"  {'class':<{width}} {'count':>6} {'%':>6}"
+        if split:
+            head += f"   {'w/o review':>10} {'%':>6}"
+        out = [head]
+        if split:
+            out.append(f"  {'total':<{width}} {n:>6} {'':>6}   {n_kept:>10}")
+        for name, row in rows.items():
+            line = f"  {name:<{width}} {row['count']:>6} {row['percent']:>6.1f}"
+            if split:
+                k = kept_rows.get(name, {"count": 0, "percent": 0.0})
+                line += f"   {k['count']:>10} {k['percent']:>6.1f}"
+            out.append(f"{line}  {_bar(row['percent'])}".rstrip())
+        return out
+
+    lines += table(rows, kept["main_classes"] if split else {}, summary["n_classified"],
+                   kept["n_classified"] if split else 0)
     lines.append("")
     lines.append(f"Maturation stages within {' + '.join(sub['of'])} (n = {sub['n_cells']})")
-    for name, row in sub["classes"].items():
-        lines.append(f"  {name:<{width}} {row['count']:>6} {row['percent']:>6.1f}  "
-                     f"{_bar(row['percent'])}".rstrip())
+    lines += table(sub["classes"], kept["subclasses"]["classes"] if split else {},
+                   sub["n_cells"], kept["subclasses"]["n_cells"] if split else 0)
     lines.append("")
     lines.append(f"Uncertain (stage 2 said {OTHERS}): {summary['n_uncertain']} "
                  f"({summary['uncertain_percent']:.1f} % of classified cells)")
+    lines.append(review_line(summary) + (" -- counted apart in the 'w/o review' columns"
+                                         if split and summary.get("n_review") else ""))
     return "\n".join(lines)

@@ -129,6 +129,19 @@ class ReviewScorer:
         return self
 
 
+def _binomial_tail(n: int, k: int, p: float) -> float:
+    """``P(X >= k)`` for ``X ~ Binomial(n, p)``, summed in log space (no float overflow
+    for folders of thousands of cells)."""
+    if k <= 0 or p >= 1.0:
+        return 1.0
+    if k > n or p <= 0.0:
+        return 0.0
+    logs = [math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1)
+            + j * math.log(p) + (n - j) * math.log1p(-p) for j in range(k, n + 1)]
+    top = max(logs)
+    return math.exp(top) * sum(math.exp(v - top) for v in logs)
+
+
 def domain_shift(novelty, novel_above=0.95, warn_share=SHIFT_WARN_SHARE) -> dict:
     """Folder-level domain check from the cells' novelty percentiles (``None`` skipped).
 
@@ -146,7 +159,7 @@ def domain_shift(novelty, novel_above=0.95, warn_share=SHIFT_WARN_SHARE) -> dict
     k = int(np.count_nonzero(values > novel_above))
     share = k / n
     base = 1.0 - novel_above
-    tail = sum(math.comb(n, j) * base ** j * (1 - base) ** (n - j) for j in range(k, n + 1))
+    tail = _binomial_tail(n, k, base)
     warning = bool(share >= warn_share and tail < 1e-3)
     if warning:
         message = (f"these images look unlike the training data (score {share:.2f}: "

@@ -62,7 +62,9 @@ def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, 
     """Classify the cell images in PATH... (image files and/or folders).
 
     Writes one row per image (label, probability, main class, subclass,
-    top-k, uncertain flag, status/error) and prints the differential count.
+    top-k, uncertain flag, review score and flag, status/error) and prints the
+    differential count, with and without the cells that need review; warns
+    (on stderr) when the images look unlike the training data.
     An unreadable image gets status=error with the reason; the others are
     still classified.
 
@@ -100,6 +102,9 @@ def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, 
         sys.exit(EXIT_INTERRUPTED)
 
     click.echo(format_summary(result.summary))
+    shift = result.summary.get("domain_shift") or {}
+    if shift.get("warning"):
+        _echo_err(f"warning: {shift['message']}")
     done = f"{result.n_ok} classified, {result.n_error} errors"
     if result.n_resumed:
         done += f" ({result.n_resumed} kept from the earlier run)"
