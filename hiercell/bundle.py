@@ -147,7 +147,11 @@ def verify_bundle(path) -> dict:
             parts = line.split(None, 1)
             if len(parts) != 2 or len(parts[0]) != 64:
                 raise BundleError(f"{manifest}:{number}: not a 'SHA256  file' line")
-            listed[parts[1].strip()] = parts[0]
+            name = parts[1].strip()
+            if not _inside(path, name):
+                raise BundleError(f"{manifest}:{number}: {name!r} is not a file inside the "
+                                  "bundle (absolute, '..' or a link out); refusing to load it")
+            listed[name] = parts[0]
     for name, digest in listed.items():
         f = path / name
         if not f.is_file():
@@ -165,7 +169,13 @@ def verify_bundle(path) -> dict:
         info = json.loads((path / "bundle.json").read_text())
     except ValueError as exc:
         raise BundleError(f"{path / 'bundle.json'}: not valid JSON ({exc})") from exc
+    where = path / "bundle.json"
+    if not isinstance(info, dict):
+        raise BundleError(f"{where}: not a JSON object")
     version = info.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise BundleError(f"{where}: format_version must be an integer, got "
+                          f"{json.dumps(version)} ({type(version).__name__})")
     if version not in READABLE_FORMATS:
         raise BundleError(
             f"{path}: bundle format {version} (written by hiercell {info.get('hiercell_version')}) "
@@ -173,8 +183,32 @@ def verify_bundle(path) -> dict:
             f"{', '.join(map(str, READABLE_FORMATS))}")
     missing = [k for k in ("input_size", "masked", "stages") if k not in info]
     if missing:
-        raise BundleError(f"{path / 'bundle.json'}: missing {', '.join(missing)}")
+        raise BundleError(f"{where}: missing {', '.join(missing)}")
+    size = info["input_size"]
+    if isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= 1024 or size % 32:
+        raise BundleError(f"{where}: input_size must be a multiple of 32 from 32 to 1024, got "
+                          f"{json.dumps(size)}")
+    if not isinstance(info["masked"], bool):
+        raise BundleError(f"{where}: masked must be true or false, got {json.dumps(info['masked'])}")
+    stages = info["stages"]
+    if not isinstance(stages, dict) or "stage1" not in stages \
+            or not set(stages) <= {"stage1", "stage2"} \
+            or not all(isinstance(v, dict) for v in stages.values()):
+        raise BundleError(f"{where}: stages must map stage1 (and optionally stage2) to their "
+                          f"state, got {sorted(stages) if isinstance(stages, dict) else stages!r}")
     return info
+
+
+def _inside(root: Path, name: str) -> bool:
+    """Whether the manifest name ``name`` is a relative path that stays inside ``root``."""
+    if not name or "\\" in name or name.startswith("/") or Path(name).is_absolute():
+        return False
+    if ".." in Path(name).parts:
+        return False
+    try:
+        return (root / name).resolve().is_relative_to(root.resolve())
+    except OSError:
+        return False
 
 
 def load_bundle(path, precision: str = "float32"):

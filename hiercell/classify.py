@@ -16,14 +16,15 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, clean_stale_temps
 from .differential import summarize
-from .fileutil import json_text
-from .io import list_images, try_load_image
+from .fileutil import display, json_text
+from .io import image_key, list_images, try_load_image
+from .model import check_masking, check_positive_int
 from .prefetch import chunks, default_workers, ordered_map
 from .progress import tracker
 from .records import Prediction
-from .results import FORMATS, image_key, open_sink, partial_path, previous_ok
+from .results import FORMATS, open_sink, partial_path, previous_ok
 
 
 class NoImagesError(ValueError):
@@ -32,6 +33,30 @@ class NoImagesError(ValueError):
 
 class ModelLoadError(RuntimeError):
     """The model bundle could not be loaded."""
+
+
+class OutputPathError(ValueError):
+    """An output path is an input image (or folder) or another output: refused before
+    anything is written."""
+
+
+def check_output_paths(outputs: dict, inputs) -> None:
+    """``outputs`` (name -> path or None) must differ from each other and from every
+    input (paths, compared by :func:`hiercell.io.image_key`); else :class:`OutputPathError`."""
+    seen = {}
+    for name, path in outputs.items():
+        if path is None:
+            continue
+        key = image_key(path)
+        if key in seen:
+            raise OutputPathError(f"{name} {display(path)} is the same file as {seen[key]}; "
+                                  "refusing to overwrite it")
+        seen[key] = name
+    input_keys = {image_key(p) for p in inputs}
+    for name, path in outputs.items():
+        if path is not None and image_key(path) in input_keys:
+            raise OutputPathError(f"{name} {display(path)} is one of the input images or "
+                                  "folders; refusing to overwrite it")
 
 
 @dataclass
@@ -49,6 +74,10 @@ class ClassifyResult:
     n_error: int = 0
     n_resumed: int = 0
     out: Path | None = None
+    #: rows of the earlier results that were not kept: ``(file, row, reason)``
+    rejected: list = field(default_factory=list)
+    #: earlier ok rows for images that are not part of this run (not copied to ``out``)
+    n_dropped: int = 0
 
     @property
     def errors(self) -> list:
@@ -143,29 +172,55 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
         No image files were found.
     ResumeError
         ``resume`` and ``out`` (or ``<out>.partial``) cannot be read.
+    OutputPathError
+        ``out``, its partial file, ``summary_path`` or ``report_path`` is an input
+        or another output.
+    MaskingError
+        ``masked`` asks for the masking the model was not trained for.
     ModelLoadError
         The model bundle could not be loaded.
+
+    "The same image" is one notion everywhere (listing, ``resume``, output checks):
+    :func:`hiercell.io.image_key`, the absolute path with symbolic links resolved.
+    The ``path`` column holds the absolute path as listed (a symbolic link keeps its
+    own name). Every entry under a folder that looks like an image gets a row,
+    broken symbolic links included; a sub-folder that cannot be read, or a symbolic
+    link loop, gets an error row and the rest is classified.
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
+    batch_size = check_positive_int("batch_size", batch_size)
+    top_k = check_positive_int("top_k", top_k)
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     paths = [Path(p) for p in paths]
-    missing = [str(p) for p in paths if not p.exists()]
+    missing = [display(p) for p in paths if not (p.exists() or p.is_symlink())]
     if missing:
         raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
-    images = list_images(paths, recursive=recursive)
-    if not images:
-        raise NoImagesError(f"no image files found in {', '.join(str(p) for p in paths)}"
+    listing_errors = []
+    images = list_images(paths, recursive=recursive, errors=listing_errors)
+    if not images and not listing_errors:
+        raise NoImagesError(f"no image files found in {', '.join(display(p) for p in paths)}"
                             + ("" if recursive else " (use recursive=True / --recursive "
                                                     "to search sub-folders)"))
 
     out = Path(out) if out is not None else None
-    previous = previous_ok(out, fmt) if (resume and out is not None) else []
+    check_output_paths({"the results file (out)": out,
+                        "the partial results file": partial_path(out) if out else None,
+                        "the summary (summary_path)": summary_path,
+                        "the report (report_path)": report_path}, [*paths, *images])
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        check_masking(model, masked)
+    if out is not None:
+        for f in (out, partial_path(out), summary_path, report_path):
+            if f is not None:
+                clean_stale_temps(f)
+    rejected = []
+    previous = previous_ok(out, fmt, rejected) if (resume and out is not None) else []
     wanted = {image_key(p) for p in images}
+    n_before = len(previous)
     previous = [r for r in previous if image_key(r.path) in wanted]  # only images of this run
+    n_dropped = n_before - len(previous)
     done_keys = {image_key(r.path) for r in previous}
     todo = [p for p in images if image_key(p) not in done_keys]
 
@@ -180,19 +235,24 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
             raise ModelLoadError(f"cannot load {where}: {type(exc).__name__}: {exc}") from exc
     if isinstance(model, (str, os.PathLike)):
         model = None
+    if model is not None:
+        check_masking(model, masked)
 
     report = None
     if report_path is not None:
         from .report import ReportWriter
 
         report = ReportWriter(report_path, model, masked=masked, gradcam=report_gradcam)
-    sink = open_sink(out, fmt) if out is not None else None
+    unlisted = [Prediction.failed(str(p), reason) for p, reason in listing_errors]
+    sink = open_sink(out, fmt, previous) if out is not None else None
     records = list(previous)
     try:
-        if sink is not None:
-            sink.write(previous)
         if report is not None and previous:
             report.add(previous)
+        if unlisted:
+            records.extend(unlisted)
+            if sink is not None:
+                sink.write(unlisted)
         with tracker(progress, len(todo), "Classifying") as update:
             loaded = ordered_map(_load, todo, workers=workers or default_workers(),
                                  ahead=2 * batch_size)
@@ -216,11 +276,11 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
     summary = summarize(records)
     if sink is not None:
         sink.commit(records, summary)
-        partial_path(out).unlink(missing_ok=True)
     if summary_path is not None:
         atomic_write_text(summary_path, json_text(summary))
     if report is not None:
         report.close(summary)
     n_ok = sum(r.status == "ok" for r in records)
     return ClassifyResult(records=records, summary=summary, n_ok=n_ok,
-                          n_error=len(records) - n_ok, n_resumed=len(previous), out=out)
+                          n_error=len(records) - n_ok, n_resumed=len(previous), out=out,
+                          rejected=rejected, n_dropped=n_dropped)

@@ -20,6 +20,17 @@ return half grey. Conversions:
   16 bit, with OpenCV 5.0). WebP/AVIF orientation metadata is ignored.
 
 Every failure raises :class:`ImageLoadError` with the path and a reason.
+
+**Bounded memory per image.** The file size is checked before the file is
+read (``max_bytes``), the pixel count from the header before decoding
+(``max_pixels``); a JPEG much larger than ``max_side`` is decoded at 1/2, 1/4
+or 1/8 scale by libjpeg (``cv2.IMREAD_REDUCED_COLOR_*``), and any image larger
+than ``max_side`` is scaled down (aspect kept, ``INTER_AREA``) before the
+colour conversion. Decoding threads share a byte budget
+(:data:`DECODE_BUDGET_BYTES`, estimated from the header), so several huge
+images are never decoded at once. **Degenerate images** (a side under
+:data:`MIN_SIDE` pixels, or sides more than :data:`MAX_ASPECT` to 1) are
+refused with the reason.
 """
 
 from __future__ import annotations
@@ -27,17 +38,31 @@ from __future__ import annotations
 import os
 import stat
 import struct
+import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 #: File name extensions treated as images by :func:`list_images` (lower case).
+#: Files with other extensions (e.g. ``.gif``) still get a row, with the loader's reason
+#: when OpenCV cannot decode them.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib",
-                    ".tif", ".tiff", ".webp")
+                    ".tif", ".tiff", ".webp", ".gif", ".jp2", ".j2k", ".avif",
+                    ".heic", ".heif", ".pbm", ".pgm", ".ppm", ".pnm")
 
 #: Default limit on ``width * height`` (50 megapixels, ~150 MB as RGB uint8).
 DEFAULT_MAX_PIXELS = 50_000_000
+#: Default limit on the file size, checked before the file is read (64 MiB).
+DEFAULT_MAX_BYTES = 64 * 2**20
+#: Decoded images with a longer side are scaled down to it (aspect ratio kept).
+DEFAULT_MAX_SIDE = 1024
+#: Smallest accepted image side, in pixels (the segmentation module's minimum too).
+MIN_SIDE = 16
+#: Largest accepted ratio of the longer to the shorter side.
+MAX_ASPECT = 10.0
+#: Bytes that concurrent decodes may hold together (estimated from the headers).
+DECODE_BUDGET_BYTES = 512 * 2**20
 
 
 class ImageLoadError(ValueError):
@@ -49,16 +74,24 @@ class ImageLoadError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
-def load_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               max_bytes: int | None = DEFAULT_MAX_BYTES,
+               max_side: int | None = DEFAULT_MAX_SIDE, min_side: int | None = MIN_SIDE,
+               max_aspect: float | None = MAX_ASPECT) -> np.ndarray:
     """Read ``path`` as an RGB ``uint8`` array of shape ``(H, W, 3)``.
 
     Supports JPEG, PNG, BMP, TIFF and WebP (and whatever else the installed
-    OpenCV decodes). Images with more than ``max_pixels`` pixels are refused
-    (``None`` disables the check). Raises :class:`ImageLoadError` on any failure.
+    OpenCV decodes). Files over ``max_bytes`` are refused before they are
+    read, images with more than ``max_pixels`` pixels before they are decoded;
+    images with a side over ``max_side`` are scaled down to it; images with a
+    side under ``min_side`` or an aspect ratio over ``max_aspect`` are refused
+    (``None`` disables each). Raises :class:`ImageLoadError` on any failure.
     """
     try:
         st = os.stat(path)
     except FileNotFoundError:
+        if os.path.islink(path):
+            raise ImageLoadError(path, "broken symbolic link (its target does not exist)") from None
         raise ImageLoadError(path, "no such file") from None
     except OSError as exc:
         raise ImageLoadError(path, f"cannot access file ({exc.strerror})") from None
@@ -66,12 +99,18 @@ def load_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarr
         raise ImageLoadError(path, "is a directory, not an image file")
     if not stat.S_ISREG(st.st_mode):
         raise ImageLoadError(path, "not a regular file")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise ImageLoadError(path, f"file too large: {st.st_size:,} bytes (limit {max_bytes:,});"
+                                   " not read")
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
+            data = fh.read(max_bytes + 1 if max_bytes is not None else -1)
     except OSError as exc:
         raise ImageLoadError(path, f"cannot read file ({exc.strerror})") from None
-    return decode_image(data, path, max_pixels=max_pixels)
+    if max_bytes is not None and len(data) > max_bytes:  # grew while being read
+        raise ImageLoadError(path, f"file too large: over {max_bytes:,} bytes")
+    return decode_image(data, path, max_pixels=max_pixels, max_side=max_side,
+                        min_side=min_side, max_aspect=max_aspect)
 
 
 def try_load_image(path, **kwargs):
@@ -89,7 +128,9 @@ def try_load_image(path, **kwargs):
 
 
 def decode_image(data: bytes, path="<bytes>", *,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 max_side: int | None = DEFAULT_MAX_SIDE, min_side: int | None = MIN_SIDE,
+                 max_aspect: float | None = MAX_ASPECT) -> np.ndarray:
     """Decode the bytes of an image file to RGB ``uint8`` ``(H, W, 3)``.
 
     ``path`` is only used in error messages. See :func:`load_image`.
@@ -100,58 +141,193 @@ def decode_image(data: bytes, path="<bytes>", *,
         raise ImageLoadError(path, "empty file (0 bytes)")
     info = _probe(data, path)
     fmt = info.fmt or "image"
+    flags, scale = cv2.IMREAD_UNCHANGED, 1
     if info.size is not None:
         _check_pixels(path, *info.size, max_pixels)
-    try:
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    except cv2.error as exc:
-        raise ImageLoadError(path, f"cannot decode {fmt} data ({_cv_message(exc)})") from None
-    if img is None:
-        if info.fmt is None:
-            raise ImageLoadError(path, "not an image: unrecognised file format"
-                                       f" (starts with {bytes(data[:8])!r})")
-        raise ImageLoadError(path, f"corrupt or unsupported {fmt} data (decoder failed)")
-    if info.size is None:
-        _check_pixels(path, img.shape[1], img.shape[0], max_pixels)
-    rgb = _to_rgb8(img, path)
+        check_shape(path, info.size[1], info.size[0], min_side, max_aspect)
+        if info.fmt == "JPEG" and max_side:  # libjpeg decodes at 1/2, 1/4, 1/8 directly
+            for scale, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+                                (2, cv2.IMREAD_REDUCED_COLOR_2), (1, None)):
+                if min(info.size) // scale >= max(min_side or 1, 1) \
+                        and max(info.size) // scale >= max_side:
+                    break
+            if flag is not None:
+                flags = flag | cv2.IMREAD_IGNORE_ORIENTATION
+    need = _decode_bytes_estimate(info, scale)
+    with _DECODE_BUDGET.hold(need):
+        try:
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        except cv2.error as exc:
+            raise ImageLoadError(path, f"cannot decode {fmt} data ({_cv_message(exc)})") from None
+        if img is None:
+            if info.fmt is None:
+                raise ImageLoadError(path, "not an image: unrecognised file format"
+                                           f" (starts with {bytes(data[:8])!r})")
+            raise ImageLoadError(path, f"corrupt or unsupported {fmt} data (decoder failed)")
+        if info.size is None:
+            _check_pixels(path, img.shape[1], img.shape[0], max_pixels)
+            check_shape(path, img.shape[0], img.shape[1], min_side, max_aspect)
+        img = _shrink(img, max_side)
+        rgb = _to_rgb8(img, path)
     return _apply_orientation(rgb, info.orientation)
 
 
-def list_images(paths, recursive: bool = False) -> list[Path]:
+def check_shape(path, height: int, width: int, min_side: int | None = MIN_SIDE,
+                max_aspect: float | None = MAX_ASPECT) -> None:
+    """Raise :class:`ImageLoadError` for a degenerate image size: a side under
+    ``min_side`` pixels or sides more than ``max_aspect`` to 1."""
+    if min_side is not None and min(height, width) < min_side:
+        raise ImageLoadError(path, f"image too small: {width}x{height} pixels (need at least "
+                                   f"{min_side}x{min_side})")
+    if max_aspect is not None and max(height, width) > max_aspect * max(min(height, width), 1):
+        raise ImageLoadError(path, f"degenerate image: {width}x{height} pixels, aspect ratio "
+                                   f"over {max_aspect:g}:1")
+
+
+def _shrink(img: np.ndarray, max_side: int | None) -> np.ndarray:
+    """``img`` (any depth/channels) scaled down so that its longer side is ``max_side``."""
+    h, w = img.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return img
+    f = max_side / max(h, w)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    if img.dtype not in (np.uint8, np.uint16, np.float32) or img.ndim == 3 and img.shape[2] > 4:
+        return img
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+
+
+def _decode_bytes_estimate(info, scale: int) -> int:
+    """Upper bound of the memory a decode of ``info``'s image holds (16-bit RGBA, and the
+    colour conversion); 64 MiB when the header gives no size."""
+    if info.size is None:
+        return 64 * 2**20
+    w, h = info.size
+    per_pixel = 3 if info.fmt == "JPEG" else 8
+    return int(w * h * per_pixel / (scale * scale)) + (1 << 20)
+
+
+class _ByteBudget:
+    """Decoding threads hold estimated bytes from a shared budget; one image larger than the
+    whole budget waits until it decodes alone."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.used = 0
+        self.cond = threading.Condition()
+
+    def hold(self, n: int):
+        budget = self
+
+        class _Held:
+            def __enter__(self_inner):
+                self_inner.n = min(n, budget.total)
+                with budget.cond:
+                    while budget.used and budget.used + self_inner.n > budget.total:
+                        budget.cond.wait()
+                    budget.used += self_inner.n
+
+            def __exit__(self_inner, *exc):
+                with budget.cond:
+                    budget.used -= self_inner.n
+                    budget.cond.notify_all()
+                return False
+
+        return _Held()
+
+
+_DECODE_BUDGET = _ByteBudget(DECODE_BUDGET_BYTES)
+
+
+def image_key(path) -> str:
+    """What "the same image" means everywhere (listing, results, ``--resume``): the
+    absolute path with every symbolic link resolved. A symlink and its target are one
+    image; a folder given relative and absolute is one folder."""
+    return os.path.realpath(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
+def list_images(paths, recursive: bool = False, errors: list | None = None) -> list[Path]:
     """Image files named by ``paths`` (a path or an iterable of files and folders).
 
     Files given explicitly are kept whatever their extension (the loader will
-    say if they are not images); folders contribute their files whose extension
-    is in :data:`IMAGE_EXTENSIONS` (any case), descending into sub-folders if
-    ``recursive``. Hidden files and folders (name starting with ``.``, e.g.
-    ``.DS_Store``) are skipped. Returns a sorted list without duplicates.
-    Raises ``FileNotFoundError`` for a path that does not exist.
+    say if they are not images); folders contribute every entry whose
+    extension is in :data:`IMAGE_EXTENSIONS` (any case) and is not a folder --
+    broken symbolic links included, so that the loader names them --
+    descending into sub-folders if ``recursive``. Hidden files and folders
+    (name starting with ``.``, e.g. ``.DS_Store``) are skipped. Paths are made
+    absolute (symbolic links kept as named); entries that are the same image
+    (:func:`image_key`) are listed once, the first in sorted order. Returns a
+    sorted list.
+
+    A folder that cannot be read, or a symbolic link that loops back to a
+    folder being listed, is appended to ``errors`` as ``(path, reason)`` when
+    ``errors`` is a list (the rest is listed) and raises ``OSError``
+    otherwise. Raises ``FileNotFoundError`` for a path that does not exist.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    found = set()
-    for p in map(Path, paths):
+    found = {}
+
+    def bad(path, reason, exc_type=OSError):
+        if errors is None:
+            raise exc_type(f"{path}: {reason}")
+        errors.append((path, reason))
+
+    for p in (Path(os.path.abspath(os.fspath(q))) for q in paths):
         if p.is_dir():
-            found.update(_scan_dir(p, recursive))
-        elif p.exists():
-            found.add(p)
+            for f in _scan_dir(p, recursive, set(), bad):
+                found.setdefault(image_key(f), f)
+        elif p.exists() or p.is_symlink():
+            found.setdefault(image_key(p), p)
         else:
             raise FileNotFoundError(f"{p}: no such file or directory")
-    return sorted(found)
+    return sorted(found.values())
 
 
-def _scan_dir(root: Path, recursive: bool):
-    with os.scandir(root) as it:
-        entries = sorted(it, key=lambda e: e.name)
+def _scan_dir(root: Path, recursive: bool, active: set, bad):
+    try:
+        st = os.stat(root)
+        ident = (st.st_dev, st.st_ino)
+        if ident in active:
+            bad(root, "symbolic link loop (the folder contains itself); skipped")
+            return
+        with os.scandir(root) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        bad(root, f"cannot read folder ({exc.strerror or exc}); skipped")
+        return
+    active = active | {ident}
     for entry in entries:
         if entry.name.startswith("."):
             continue
         path = root / entry.name
-        if entry.is_dir():
+        try:
+            is_dir = entry.is_dir()
+        except OSError:  # e.g. a symlink loop: ELOOP
+            is_dir = False
+        if is_dir:
             if recursive:
-                yield from _scan_dir(path, recursive)
-        elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                yield from _scan_dir(path, recursive, active, bad)
+        elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
             yield path
+
+
+def check_rgb_image(rgb, what: str = "image") -> None:
+    """The one check of an in-memory image: an RGB ``uint8`` array ``(H, W, 3)`` of a
+    usable size (:func:`check_shape`). Raises ``TypeError``/``ValueError`` saying what is
+    wrong (float images, NaN, 0x0, wrong channels...)."""
+    if not isinstance(rgb, np.ndarray):
+        raise TypeError(f"{what} must be an RGB uint8 numpy array (H, W, 3) or an image path, "
+                        f"got {type(rgb).__name__}")
+    if rgb.dtype != np.uint8:
+        hint = (" (float images are not accepted: scale to 0-255 and convert with "
+                ".astype(np.uint8))" if rgb.dtype.kind == "f" else "")
+        raise ValueError(f"{what} must be RGB uint8, got dtype {rgb.dtype}{hint}")
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"{what} must have shape (H, W, 3), got {rgb.shape}")
+    try:
+        check_shape(what, rgb.shape[0], rgb.shape[1])
+    except ImageLoadError as exc:
+        raise ValueError(f"{what}: {exc.reason}") from None
 
 
 # --------------------------------------------------------------------------- #

@@ -15,10 +15,42 @@ import numpy as np
 
 from .backbone import run_trunk
 from .features import TrunkConfig
-from .io import load_image, try_load_image
+from .io import check_rgb_image, load_image, try_load_image
 from .preprocess import prepare_batch
 from .records import Prediction
 from .taxonomy import SUB_TO_MAIN
+
+
+class MaskingError(ValueError):
+    """Images were asked for with a masking the model was not trained for."""
+
+
+def masking_message(trained_masked: bool) -> str:
+    """One line: the model's masking, and what to use instead."""
+    if trained_masked:
+        return ("this model was trained on masked images: drop --no-masked (masked=False), "
+                "or use a model trained without --masked (e.g. the bundled default)")
+    return ("this model was trained on unmasked images and gives wrong answers on masked "
+            "ones: drop --masked (masked=True), or train a masked model with "
+            "'hiercell train DATA --masked --out BUNDLE' and pass --model BUNDLE")
+
+
+def check_masking(model, masked):
+    """``masked`` resolved against ``model.masked`` (``None`` = as trained); a
+    :class:`MaskingError` when it asks for the other masking."""
+    trained = getattr(model, "masked", None)
+    if masked is None or trained is None:
+        return trained if masked is None else bool(masked)
+    if bool(masked) != bool(trained):
+        raise MaskingError(masking_message(bool(trained)))
+    return bool(masked)
+
+
+def check_positive_int(name: str, value) -> int:
+    """``value`` as an int >= 1, or a ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
 
 
 class ImageClassifier:
@@ -76,8 +108,11 @@ class ImageClassifier:
 
     # -- images -> features ----------------------------------------------------
     def prepare(self, images, masked=None) -> np.ndarray:
-        """The uint8 batch the trunk sees (see :func:`hiercell.preprocess.prepare_batch`)."""
-        masked = self.masked if masked is None else masked
+        """The uint8 batch the trunk sees (see :func:`hiercell.preprocess.prepare_batch`).
+
+        ``masked`` other than the model's training raises :class:`MaskingError`: a model
+        trained on unmasked images answers confidently and wrongly on masked ones."""
+        masked = check_masking(self, masked)
         return prepare_batch(images, self.input_size, masked, self.preprocess)
 
     def features(self, images, masked=None, batch_size=32) -> np.ndarray:
@@ -93,6 +128,9 @@ class ImageClassifier:
         record with ``status="error"`` and the reason; the rest go on.
         """
         items = _as_items(X)
+        top_k = check_positive_int("top_k", top_k)
+        batch_size = check_positive_int("batch_size", batch_size)
+        check_masking(self, masked)
         out = []
         for k in range(0, len(items), batch_size):
             loaded = [_load(item) for item in items[k:k + batch_size]]
@@ -116,15 +154,23 @@ class ImageClassifier:
         except Exception as exc:  # noqa: BLE001
             return Prediction.failed(name, f"cannot classify: {type(exc).__name__}: {exc}")
 
-    def predict_proba(self, X, masked=None):
-        """End-to-end probabilities ``(n, 11)`` over :attr:`classes_` of images or paths
-        (an unreadable path raises :class:`~hiercell.io.ImageLoadError`)."""
-        return self.hierarchy.predict_proba(self.features(_images(X), masked))
+    def _batched(self, method, X, masked, batch_size):
+        items = _as_items(X)
+        batch_size = check_positive_int("batch_size", batch_size)
+        check_masking(self, masked)
+        return [method(self.features(_images(items[k:k + batch_size]), masked))
+                for k in range(0, len(items), batch_size)]
 
-    def predict(self, X, masked=None):
-        """The finest decided label per image (an unreadable path raises
+    def predict_proba(self, X, masked=None, batch_size=32):
+        """End-to-end probabilities ``(n, 11)`` over :attr:`classes_` of images or paths,
+        ``batch_size`` images at a time (an unreadable path raises
         :class:`~hiercell.io.ImageLoadError`)."""
-        return self.hierarchy.predict(self.features(_images(X), masked))
+        return np.concatenate(self._batched(self.hierarchy.predict_proba, X, masked, batch_size))
+
+    def predict(self, X, masked=None, batch_size=32):
+        """The finest decided label per image, ``batch_size`` images at a time (an
+        unreadable path raises :class:`~hiercell.io.ImageLoadError`)."""
+        return np.concatenate(self._batched(self.hierarchy.predict, X, masked, batch_size))
 
     def gradcam(self, rgb, class_name=None, masked=None, features=None):
         """Grad-CAM heat map ``(H, W)`` float32 in [0, 1] of stage 1's network head for
@@ -135,6 +181,7 @@ class ImageClassifier:
         from the same masking); otherwise they are computed with ``masked``.
         """
         if features is None:
+            check_rgb_image(rgb)
             features = self.features([rgb], masked)
         name = SUB_TO_MAIN.get(class_name, class_name)
         from .gradcam import gradcam_map
@@ -143,16 +190,38 @@ class ImageClassifier:
 
 
 def _as_items(X):
-    """A list of paths (str/Path) or RGB arrays from any accepted input."""
+    """A list of paths (str/Path) or RGB arrays from any accepted input: the one input
+    check of every entry point (``predict``, ``predict_proba``, ``predict_records``).
+    Raises ``TypeError``/``ValueError`` naming what is wrong."""
+    if X is None:
+        raise TypeError("X must be image paths or RGB uint8 images, got None")
+    if isinstance(X, (bytes, bytearray, memoryview)):
+        raise TypeError("X is bytes: pass image paths, or decode file contents first with "
+                        "hiercell.io.decode_image")
     if isinstance(X, (str, os.PathLike)):
-        return [X]
-    if isinstance(X, np.ndarray):
+        items = [X]
+    elif isinstance(X, np.ndarray):
         if X.ndim == 3:
-            return [X]
-        if X.ndim != 4:
+            items = [X]
+        elif X.ndim == 4:
+            items = list(X)
+        else:
             raise ValueError(f"expected images of shape (n, H, W, 3), got {X.shape}")
-        return list(X)
-    return list(X)
+    else:
+        try:
+            items = list(X)
+        except TypeError:
+            raise TypeError(f"X must be image paths or RGB uint8 images, got "
+                            f"{type(X).__name__}") from None
+    if not items:
+        raise ValueError("no images given (X is empty)")
+    for i, item in enumerate(items):
+        if isinstance(item, (bytes, bytearray, memoryview)):
+            raise TypeError(f"image {i} is bytes: pass a path (str or pathlib.Path), or decode "
+                            "file contents first with hiercell.io.decode_image")
+        if not isinstance(item, (str, os.PathLike)):
+            check_rgb_image(item, f"image {i}")
+    return items
 
 
 def _images(X):
@@ -162,8 +231,6 @@ def _images(X):
 def _load(item):
     """``(rgb, name, error)`` for a path or an array."""
     if isinstance(item, np.ndarray):
-        if item.ndim != 3 or item.shape[2] != 3 or item.dtype != np.uint8:
-            raise ValueError(f"images must be RGB uint8 (H, W, 3), got {item.dtype} {item.shape}")
         return item, None, None
     rgb, reason = try_load_image(item)
     return rgb, str(item), reason

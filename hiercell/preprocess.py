@@ -17,6 +17,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .io import check_rgb_image
+
 
 def to_square(rgb: np.ndarray, size: int) -> np.ndarray:
     """Pad ``rgb`` (H, W, 3) to a square by edge replication, then resize to ``size``."""
@@ -43,17 +45,13 @@ def prepare_batch(images, input_size: int, masked: bool = False, config=None) ->
     """RGB uint8 images (a list of ``(H, W, 3)`` of any sizes, or an ``(n, H, W, 3)`` array)
     -> ``(n, input_size, input_size, 3)`` uint8: masked if ``masked``, square, resized.
 
-    Raises ``ValueError`` for an input that is not RGB uint8 (or too small to segment
-    when ``masked``).
+    Raises ``TypeError``/``ValueError`` for an input that is not an RGB uint8 image of a
+    usable size (:func:`hiercell.io.check_rgb_image`).
     """
     check_config(config)
     out = np.zeros((len(images), input_size, input_size, 3), np.uint8)
     for i, rgb in enumerate(images):
-        if not (isinstance(rgb, np.ndarray) and rgb.ndim == 3 and rgb.shape[2] == 3
-                and rgb.dtype == np.uint8):
-            shape = getattr(rgb, "shape", None)
-            raise ValueError(f"images must be RGB uint8 (H, W, 3), got "
-                             f"{getattr(rgb, 'dtype', type(rgb).__name__)} {shape}")
+        check_rgb_image(rgb, f"image {i}")
         if masked:
             from .segmentation import segment
 

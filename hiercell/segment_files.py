@@ -7,19 +7,24 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from collections import Counter
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import atomic_open, atomic_write_bytes
-from .io import list_images, try_load_image
+from .atomic import (atomic_write_bytes, clean_stale_temps, fsync_file, named_error,
+                     temp_file_next_to)
+from .fileutil import csv_cell, from_csv_cell
+from .io import image_key, list_images, try_load_image
 from .prefetch import ordered_map
 from .progress import tracker
 from .segmentation import draw_overlay, segment
 
 CSV_NAME = "segmentation.csv"
 CSV_FIELDS = ("path", "ok", "reason", "cell_area", "nucleus_area", "centre_offset")
+#: Rows appended since the last ``fsync`` of the partial file, at most.
+_SYNC_EVERY = 32
 
 
 # --------------------------------------------------------------------------- data-set checks
@@ -82,15 +87,19 @@ def _write_png(path: Path, img) -> None:
     atomic_write_bytes(path, buf.tobytes())
 
 
-def folder_jobs(paths, recursive, out: Path):
+def folder_jobs(paths, recursive, out: Path, errors: list | None = None):
     """(input file, output stem relative to OUT) for every image under ``paths``
-    (files already inside ``out``, e.g. from an earlier run, are skipped)."""
-    out = Path(out).resolve()
-    jobs = {}
-    for p in map(Path, paths):
-        for f in list_images(p, recursive=recursive):
-            if f.resolve().is_relative_to(out):
+    (files already inside ``out``, e.g. from an earlier run, are skipped; one entry per
+    image, :func:`hiercell.io.image_key`). Folders that cannot be listed go to ``errors``
+    as ``(path, reason)`` when it is a list (see :func:`hiercell.io.list_images`)."""
+    out = Path(image_key(out))
+    jobs, keys = {}, set()
+    for p in (Path(os.path.abspath(q)) for q in paths):
+        for f in list_images(p, recursive=recursive, errors=errors):
+            key = image_key(f)
+            if Path(key).is_relative_to(out) or key in keys:
                 continue
+            keys.add(key)
             jobs.setdefault(f, f.relative_to(p) if p.is_dir() else Path(f.name))
     # the same relative name from two inputs (DIR1/a.jpg, DIR2/a.jpg): number the later ones
     seen = Counter()
@@ -118,46 +127,152 @@ def _segment_one(src):
         return rgb, None, str(exc)
 
 
+def _row_cells(row):
+    path, ok, reason, ca, na, off = row
+    return (csv_cell(str(path)), ok, csv_cell(reason), _fmt(ca), _fmt(na), _fmt(off))
+
+
+def _mask_files(out: Path, key: Path, overlay: bool):
+    dest = out / key
+    names = [".cell.png", ".nucleus.png", ".masked.png"] + ([".overlay.png"] if overlay else [])
+    return [dest.with_name(dest.name + n) for n in names]
+
+
+def _read_rows(csv_path: Path) -> list:
+    """Valid rows ``(path, ok, reason, cell, nucleus, offset)`` of a segmentation.csv (or its
+    partial file); torn or invalid rows are left out."""
+    rows = []
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            if tuple(next(reader, ())) != CSV_FIELDS:
+                return rows
+            for cells in reader:
+                if len(cells) != len(CSV_FIELDS) or cells[1] not in ("True", "False"):
+                    continue
+                try:
+                    nums = [float(c) if c else None for c in cells[3:]]
+                except ValueError:
+                    continue
+                rows.append((from_csv_cell(cells[0]), cells[1] == "True",
+                             from_csv_cell(cells[2]), *nums))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    return rows
+
+
 def segment_folder(paths, out, recursive: bool = False, overlay: bool = False,
-                   progress=None, jobs=None) -> SegmentFolderResult:
+                   progress=None, jobs=None, resume: bool = False,
+                   listing_errors=None) -> SegmentFolderResult:
     """Segment every image under ``paths``; write masks, masked images (and overlays)
     under ``out`` and one row per image to ``out/segmentation.csv``.
 
     For an input DIR/sub/x.jpg: OUT/sub/x.cell.png and x.nucleus.png (0/255),
     x.masked.png, with ``overlay`` x.overlay.png. A file that cannot be read gets
     ``ok=False`` and reason ``"unreadable: ..."``; the batch goes on. ``jobs``:
-    the result of :func:`folder_jobs`, if already listed.
+    the result of :func:`folder_jobs`, if already listed (then ``listing_errors``:
+    the folders it could not list).
+
+    Rows are appended to ``segmentation.csv.partial`` as images finish (``fsync``-ed
+    every 32 rows and at the end), which becomes ``segmentation.csv`` when the job
+    ends -- also when it is interrupted (``KeyboardInterrupt``, which the command
+    raises on SIGTERM too): the csv then lists the finished images. After a hard
+    kill the partial file holds them. ``resume`` keeps the rows of both files whose
+    images are part of this run and whose mask files exist, and segments the rest.
+    Paths are escaped as in :func:`hiercell.fileutil.csv_cell`.
     """
     out = Path(out)
-    jobs = folder_jobs(paths, recursive, out) if jobs is None else jobs
-    out.mkdir(parents=True, exist_ok=True)
+    listing_errors = [] if listing_errors is None else listing_errors
+    jobs = folder_jobs(paths, recursive, out, listing_errors) if jobs is None else jobs
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise named_error(exc, out) from None
     result = SegmentFolderResult(out / CSV_NAME)
-    with tracker(progress, len(jobs), "Segmenting") as update, \
-            closing(ordered_map(lambda job: (*job, *_segment_one(job[0])), jobs, workers=2,
-                                ahead=8)) as done:
-        for src, key, rgb, res, why in done:
-            if res is None:
-                result.rows.append((str(src), False, f"unreadable: {why}", None, None, None))
-                result.failed.append((src, why))
+    part = result.csv_path.with_name(CSV_NAME + ".partial")
+    for f in (result.csv_path, part):
+        clean_stale_temps(f)
+
+    previous = {}
+    if resume:
+        by_key = {image_key(src): (src, key) for src, key in jobs}
+        for source in (result.csv_path, part):
+            if source.is_file():
+                for row in _read_rows(source):
+                    k = image_key(row[0])
+                    if k in by_key and not str(row[2]).startswith("unreadable:") and all(
+                            f.is_file() for f in _mask_files(out, by_key[k][1], overlay)):
+                        previous[k] = row
+    for row in previous.values():
+        result.rows.append(row)
+        result.reasons[row[2] or "ok"] += 1
+    todo = [job for job in jobs if image_key(job[0]) not in previous]
+    for path, why in listing_errors:
+        result.rows.append((str(path), False, f"unreadable: {why}", None, None, None))
+        result.failed.append((path, why))
+
+    fh, tmp = temp_file_next_to(part)
+    try:
+        with fh:
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(CSV_FIELDS)
+            for row in result.rows:
+                w.writerow(_row_cells(row))
+            fsync_file(fh)
+        os.replace(tmp, part)
+        fh = open(part, "a", encoding="utf-8", newline="")
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise named_error(exc, part) from None
+    writer = csv.writer(fh, lineterminator="\n")
+
+    def add(row):
+        result.rows.append(row)
+        try:
+            writer.writerow(_row_cells(row))
+            if len(result.rows) % _SYNC_EVERY == 0:
+                fsync_file(fh)
+        except OSError as exc:
+            raise named_error(exc, part) from None
+
+    try:
+        with tracker(progress, len(todo), "Segmenting") as update, \
+                closing(ordered_map(lambda job: (*job, *_segment_one(job[0])), todo, workers=2,
+                                    ahead=8)) as done:
+            for src, key, rgb, res, why in done:
+                if res is None:
+                    result.failed.append((src, why))
+                    add((str(src), False, f"unreadable: {why}", None, None, None))
+                    update(1)
+                    continue
+                dest = out / key
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                base = dest.name
+                _write_png(dest.with_name(base + ".cell.png"),
+                           res.cell_mask.astype("uint8") * 255)
+                _write_png(dest.with_name(base + ".nucleus.png"),
+                           res.nucleus_mask.astype("uint8") * 255)
+                _write_png(dest.with_name(base + ".masked.png"), res.masked_image)
+                if overlay:
+                    _write_png(dest.with_name(base + ".overlay.png"),
+                               draw_overlay(rgb, res.cell_mask, res.nucleus_mask))
+                add((str(src), res.ok, res.reason, res.cell_area, res.nucleus_area,
+                     res.centre_offset))
+                result.reasons[res.reason or "ok"] += 1
                 update(1)
-                continue
-            dest = out / key
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            base = dest.name
-            _write_png(dest.with_name(base + ".cell.png"), res.cell_mask.astype("uint8") * 255)
-            _write_png(dest.with_name(base + ".nucleus.png"),
-                       res.nucleus_mask.astype("uint8") * 255)
-            _write_png(dest.with_name(base + ".masked.png"), res.masked_image)
-            if overlay:
-                _write_png(dest.with_name(base + ".overlay.png"),
-                           draw_overlay(rgb, res.cell_mask, res.nucleus_mask))
-            result.rows.append((str(src), res.ok, res.reason, res.cell_area, res.nucleus_area,
-                                res.centre_offset))
-            result.reasons[res.reason or "ok"] += 1
-            update(1)
-    with atomic_open(result.csv_path, "w") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(CSV_FIELDS)
-        for path, ok, reason, ca, na, off in result.rows:
-            w.writerow((path, ok, reason, _fmt(ca), _fmt(na), _fmt(off)))
+    except BaseException as exc:
+        try:
+            fsync_file(fh)
+            fh.close()
+            if isinstance(exc, KeyboardInterrupt):  # the finished images keep their csv
+                os.replace(part, result.csv_path)
+        except OSError:
+            pass
+        raise
+    try:
+        fsync_file(fh)
+        fh.close()
+        os.replace(part, result.csv_path)
+    except OSError as exc:
+        raise named_error(exc, part) from None
     return result

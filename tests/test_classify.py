@@ -310,7 +310,7 @@ def test_crash_while_writing_leaves_no_out_file(good_dir, tmp_path, monkeypatch)
         classify_folder(good_dir, model=StandIn(interrupt_on_call=2), out=out_json,
                         fmt="json", batch_size=2, progress=False)
     assert not out_json.exists()
-    assert len(json.loads(partial_path(out_json).read_text())["results"]) == 2
+    assert len(read_results(partial_path(out_json), "json")) == 2  # JSON lines, one per row
 
 
 def test_progress_callback(good_dir):
@@ -485,8 +485,9 @@ def test_cli_json_and_extras(cli, good_dir, tmp_path):
     assert r.exit_code == 0, r.output
     assert cli.models[-1].masked_seen == [False] * 4  # --no-masked reached the model
     assert "masked = False" in (tmp_path / "r.html").read_text()
-    assert cli(good_dir, "--masked", "-o", "m.csv").exit_code == 0
-    assert set(cli.models[-1].masked_seen) == {True}
+    r = cli(good_dir, "--masked", "-o", "m.csv")  # the stand-in was trained unmasked: refused
+    assert r.exit_code == 2 and "trained on unmasked images" in r.output, r.output
+    assert not (tmp_path / "m.csv").exists()
     assert cli(good_dir, "-o", "d.csv").exit_code == 0
     assert set(cli.models[-1].masked_seen) == {None}  # the model's own default
     assert len(json.loads((tmp_path / "hiercell_results.json").read_text())["results"]) == 7

@@ -7,27 +7,12 @@ from pathlib import Path
 
 import click
 
-from .options import echo_err as _echo_err, precision_option
+from .options import echo_err as _echo_err, interrupt_on_sigterm, os_error_message, precision_option
 
 DEFAULT_OUT_STEM = "hiercell_results"
 EXIT_SOME_FAILED = 3
 EXIT_INTERRUPTED = 130
 _MAX_LISTED_ERRORS = 10
-
-
-def _interrupt_on_sigterm():
-    """Treat SIGTERM/SIGHUP (timeout, batch schedulers) like Ctrl-C: keep the finished rows."""
-    import signal
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    for name in ("SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            try:
-                signal.signal(getattr(signal, name), handler)
-            except ValueError:  # not in the main thread (e.g. embedded use)
-                pass
 
 
 @click.command("classify")
@@ -73,8 +58,10 @@ def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, 
     1 other failure (e.g. the model cannot be loaded); 130 interrupted (the
     finished rows are kept in OUT.partial for --resume).
     """
-    from ..classify import ModelLoadError, NoImagesError, classify_folder
+    from ..classify import ModelLoadError, NoImagesError, OutputPathError, classify_folder
     from ..differential import format_summary
+    from ..fileutil import display
+    from ..model import MaskingError
     from ..results import ResumeError, partial_path
 
     if fmt is None:
@@ -82,25 +69,34 @@ def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, 
     if out is None:
         out = Path(f"{DEFAULT_OUT_STEM}.{fmt}")
 
-    _interrupt_on_sigterm()
+    interrupt_on_sigterm()
     try:
         result = classify_folder(
             list(paths), model=model_path, out=out, fmt=fmt, masked=masked, top_k=top_k,
             recursive=recursive, batch_size=batch_size, resume=resume,
             summary_path=summary_path, report_path=report_path, progress=True,
             report_gradcam=gradcam, precision=precision)
-    except (NoImagesError, ResumeError) as exc:
+    except (NoImagesError, ResumeError, OutputPathError, MaskingError) as exc:
         raise click.UsageError(str(exc)) from None
     except ModelLoadError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
-        raise click.ClickException(f"{exc.filename or ''}: {exc.strerror or exc}") from None
+        part = partial_path(out)
+        raise click.ClickException(
+            os_error_message(exc) + (f" (finished rows kept in {display(part)}; run again with "
+                                     "--resume to continue)" if part.exists() else "")) from None
     except KeyboardInterrupt:
         part = partial_path(out)
-        _echo_err("\nInterrupted." + (f" Finished rows kept in {part}; run again with --resume "
-                                       "to continue." if part.exists() else ""))
+        _echo_err("\nInterrupted." + (f" Finished rows kept in {display(part)}; run again with "
+                                       "--resume to continue." if part.exists() else ""))
         sys.exit(EXIT_INTERRUPTED)
 
+    if result.rejected:
+        _echo_err(f"--resume: {len(result.rejected)} earlier row(s) were incomplete or invalid "
+                  "and their images were classified again.")
+    if result.n_dropped:
+        _echo_err(f"--resume: {result.n_dropped} earlier row(s) name images that are not part "
+                  f"of this run; they are not in the new {display(out)}.")
     click.echo(format_summary(result.summary))
     shift = result.summary.get("domain_shift") or {}
     if shift.get("warning"):
@@ -108,16 +104,16 @@ def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, 
     done = f"{result.n_ok} classified, {result.n_error} errors"
     if result.n_resumed:
         done += f" ({result.n_resumed} kept from the earlier run)"
-    _echo_err(f"Wrote {len(result.records)} rows to {out}: {done}.")
+    _echo_err(f"Wrote {len(result.records)} rows to {display(out)}: {done}.")
     if summary_path is not None:
-        _echo_err(f"Summary: {summary_path}")
+        _echo_err(f"Summary: {display(summary_path)}")
     if report_path is not None:
-        _echo_err(f"Report: {report_path}")
+        _echo_err(f"Report: {display(report_path)}")
     if result.n_error:
         _echo_err(f"{result.n_error} image(s) could not be classified:")
         for rec in result.errors[:_MAX_LISTED_ERRORS]:
-            _echo_err(f"  {rec.path}: {rec.error}")
+            _echo_err(f"  {display(rec.path)}: {display(rec.error)}")
         if result.n_error > _MAX_LISTED_ERRORS:
             _echo_err(f"  ... and {result.n_error - _MAX_LISTED_ERRORS} more "
-                      f"(rows with status=error in {out})")
+                      f"(rows with status=error in {display(out)})")
         sys.exit(EXIT_SOME_FAILED)

@@ -36,6 +36,29 @@ def echo_err(msg=""):
     click.echo(msg, err=True)
 
 
+def interrupt_on_sigterm():
+    """Treat SIGTERM/SIGHUP (timeout, batch schedulers) like Ctrl-C: keep the finished rows."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            try:
+                signal.signal(getattr(signal, name), handler)
+            except ValueError:  # not in the main thread (e.g. embedded use)
+                pass
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line naming the file and the reason of an ``OSError``."""
+    from ..fileutil import display
+
+    reason = exc.strerror or str(exc)
+    return f"{display(exc.filename)}: {reason}" if exc.filename else f"I/O error: {reason}"
+
+
 def load_samples(data, split_csv, seed, limit=None):
     """:func:`hiercell.data.load_samples`, with a usage error for a bad data set."""
     from ..data import load_samples as _load_samples

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 
-from .options import echo_err
+from .options import echo_err, interrupt_on_sigterm, os_error_message
 
 EXIT_SOME_UNREADABLE = 3
+EXIT_INTERRUPTED = 130
 
 
 @click.command("segment")
@@ -21,7 +22,10 @@ EXIT_SOME_UNREADABLE = 3
 @click.option("--recursive", "-r", is_flag=True, help="Also search sub-folders.")
 @click.option("--overlay", is_flag=True,
               help="Also write each image with the cell (green) and nucleus (blue) contours.")
-def segment(paths, out, recursive, overlay):
+@click.option("--resume", is_flag=True,
+              help="Keep the rows of an existing OUT/segmentation.csv (or of the .partial file "
+                   "a killed run left) whose masks exist, and segment only the other images.")
+def segment(paths, out, recursive, overlay, resume):
     """Segment the centred cell and its nucleus in every image of DIR.
 
     For an input DIR/sub/x.jpg it writes OUT/sub/x.cell.png and x.nucleus.png
@@ -34,29 +38,44 @@ def segment(paths, out, recursive, overlay):
     touches_border, competing_objects); a file that cannot be read gets
     ok=False and reason "unreadable: ..." and the batch goes on.
 
-    Exit status: 0 all images read; 3 some could not be read (or processed);
-    2 usage error (e.g. no images found).
-    """
-    from ..segment_files import folder_jobs, segment_folder
+    Ctrl-C or SIGTERM writes segmentation.csv for the images finished so far
+    (exit 130); --resume then segments the rest.
 
+    Exit status: 0 all images read; 3 some could not be read (or processed);
+    2 usage error (e.g. no images found); 1 the output cannot be written;
+    130 interrupted.
+    """
+    from ..fileutil import display
+    from ..segment_files import CSV_NAME, folder_jobs, segment_folder
+
+    listing_errors = []
     try:
-        jobs = folder_jobs(paths, recursive, out)
+        jobs = folder_jobs(paths, recursive, out, listing_errors)
     except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         raise click.UsageError(str(exc)) from None
-    if not jobs:
-        raise click.UsageError("no images found in " + ", ".join(map(str, paths))
+    if not jobs and not listing_errors:
+        raise click.UsageError("no images found in " + ", ".join(map(display, paths))
                                + ("" if recursive else " (use --recursive for sub-folders)"))
-    res = segment_folder(paths, out, recursive, overlay, progress=True, jobs=jobs)
+    interrupt_on_sigterm()
+    try:
+        res = segment_folder(paths, out, recursive, overlay, progress=True, jobs=jobs,
+                             resume=resume, listing_errors=listing_errors)
+    except OSError as exc:
+        raise click.ClickException(os_error_message(exc)) from None
+    except KeyboardInterrupt:
+        echo_err(f"\nInterrupted. {display(out / CSV_NAME)} lists the finished images; run "
+                 "again with --resume to continue.")
+        sys.exit(EXIT_INTERRUPTED)
 
     reasons = res.reasons.copy()
     n_ok = reasons.pop("ok", 0)
     flagged = ", ".join(f"{k} {v}" for k, v in reasons.most_common())
     echo_err(f"Segmented {len(res.rows)} images: {n_ok} ok, {sum(reasons.values())} flagged"
              + (f" ({flagged})" if flagged else "") + f", {len(res.failed)} unreadable.")
-    echo_err(f"Wrote {res.csv_path}")
+    echo_err(f"Wrote {display(res.csv_path)}")
     if res.failed:
         for src, why in res.failed[:10]:
-            echo_err(f"  {src}: {why}")
+            echo_err(f"  {display(src)}: {display(why)}")
         if len(res.failed) > 10:
-            echo_err(f"  ... and {len(res.failed) - 10} more (see {res.csv_path})")
+            echo_err(f"  ... and {len(res.failed) - 10} more (see {display(res.csv_path)})")
         sys.exit(EXIT_SOME_UNREADABLE)
