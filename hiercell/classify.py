@@ -193,7 +193,7 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
     top_k = check_positive_int("top_k", top_k)
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    paths = [Path(p) for p in paths]
+    paths = [Path(os.path.abspath(p)) for p in paths]  # rows name absolute paths
     missing = [display(p) for p in paths if not (p.exists() or p.is_symlink())]
     if missing:
         raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")

@@ -272,7 +272,7 @@ def list_images(paths, recursive: bool = False, errors: list | None = None) -> l
             raise exc_type(f"{path}: {reason}")
         errors.append((path, reason))
 
-    for p in (Path(os.path.abspath(os.fspath(q))) for q in paths):
+    for p in map(Path, paths):
         if p.is_dir():
             for f in _scan_dir(p, recursive, set(), bad):
                 found.setdefault(image_key(f), f)
