@@ -110,9 +110,10 @@ class ImageClassifier:
     def prepare(self, images, masked=None) -> np.ndarray:
         """The uint8 batch the trunk sees (see :func:`hiercell.preprocess.prepare_batch`).
 
-        ``masked`` other than the model's training raises :class:`MaskingError`: a model
-        trained on unmasked images answers confidently and wrongly on masked ones."""
-        masked = check_masking(self, masked)
+        Either masking is allowed here and in :meth:`features` (research use: the frozen
+        trunk is the same); the predicting methods refuse the masking the stages were not
+        trained for (:class:`MaskingError`)."""
+        masked = self.masked if masked is None else masked
         return prepare_batch(images, self.input_size, masked, self.preprocess)
 
     def features(self, images, masked=None, batch_size=32) -> np.ndarray:

@@ -31,7 +31,7 @@ import os
 from pathlib import Path
 
 from .atomic import atomic_write_text, clean_stale_temps, fsync_file, named_error, temp_file_next_to
-from .fileutil import csv_cell, from_csv_cell, json_text
+from .fileutil import csv_cell, from_csv_cell, json_text, to_jsonable
 from .io import image_key
 from .records import RECORD_COLUMNS, Prediction
 from .taxonomy import FINE_CLASSES, MAIN_CLASSES, OTHERS, SUBCLASSES
@@ -131,7 +131,7 @@ class JsonSink(ResultsSink):
 
     def _rows(self, fh, records):
         for rec in records:
-            fh.write(json.dumps(rec.to_json()) + "\n")
+            fh.write(json.dumps(to_jsonable(rec.to_json())) + "\n")
 
     def commit(self, records, summary):
         atomic_write_text(self.out, json_text({"results": [r.to_json() for r in records],
