@@ -45,11 +45,13 @@ def _map_checkout_folders():
 _map_checkout_folders()
 
 
-def load(path=None, precision="float32"):
+def load(path=None, precision="auto"):
     """The :class:`~hiercell.model.ImageClassifier` of a bundle (default: the bundled model).
 
-    ``precision``: the VGG16 trunk's inference precision, ``"float32"``,
-    ``"bfloat16"`` or ``"auto"`` (see :func:`hiercell.bundle.load_bundle`).
+    ``precision``: the VGG16 trunk's inference precision, ``"auto"`` (default: bfloat16
+    on a CPU with native bf16, mixed float16 on a GPU, float32 elsewhere),
+    ``"float32"``, ``"bfloat16"`` or ``"float16"`` (see :func:`hiercell.bundle.load_bundle`);
+    ``model.info["precision"]`` is the one used.
     """
     from .bundle import load as _load
 

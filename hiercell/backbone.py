@@ -103,6 +103,24 @@ def build_trunk(vgg):
     return trunk
 
 
+def vgg16_trunk(input_size: int):
+    """The trunk alone (VGG16 blocks 1-4, the layers and weight order of
+    :func:`build_trunk`), unweighted: what a bundle's ``trunk.npz`` is loaded into,
+    without building block5."""
+    keras = _keras()
+    layers = keras.layers
+    inputs = keras.Input(shape=(input_size, input_size, 3))
+    x = inputs
+    for block, (n_convs, filters) in enumerate(((2, 64), (2, 128), (3, 256), (3, 512)), 1):
+        for i in range(1, n_convs + 1):
+            x = layers.Conv2D(filters, 3, padding="same", activation="relu",
+                              name=f"block{block}_conv{i}")(x)
+        x = layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool")(x)
+    trunk = keras.Model(inputs, x, name="trunk")
+    trunk.trainable = False
+    return trunk
+
+
 def build_head(n_classes: int, feature_shape, block5_weights=None, dropout: float = 0.2,
                seed: int = 0):
     """block5 + GAP + Dense(1024) + Dropout + Dense(512) + Dropout + softmax.
@@ -252,12 +270,23 @@ def training_precision(precision="auto") -> str:
     return "mixed_bfloat16" if native_bf16() else "float32"
 
 
-def inference_precision(precision="float32") -> str:
-    """``"float32"``/``"bfloat16"``/``"auto"`` (bfloat16 where native) -> the trunk's precision."""
+#: Trunk precisions at inference, and the Keras dtype policy of each.
+INFERENCE_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16",
+                      "float16": "mixed_float16"}
+
+
+def inference_precision(precision="auto") -> str:
+    """``"float32"``/``"bfloat16"``/``"float16"``/``"auto"`` -> the trunk's precision.
+
+    ``"auto"``: mixed float16 on a GPU, bfloat16 on a CPU with native bf16
+    (AVX512-BF16 / AMX), float32 otherwise. bfloat16 changed no test-split figure by
+    more than 0.05 points on the bundled model (``bench/bench_precision.py``).
+    """
     if precision == "auto":
-        precision = "bfloat16" if native_bf16() else "float32"
-    if precision not in ("float32", "bfloat16"):
-        raise ValueError(f"precision must be 'float32', 'bfloat16' or 'auto', not {precision!r}")
+        precision = training_precision("auto").replace("mixed_", "")
+    if precision not in INFERENCE_POLICIES:
+        raise ValueError(f"precision must be one of {', '.join(INFERENCE_POLICIES)} or 'auto', "
+                         f"not {precision!r}")
     return precision
 
 

@@ -211,14 +211,17 @@ def _inside(root: Path, name: str) -> bool:
         return False
 
 
-def load_bundle(path, precision: str = "float32"):
+def load_bundle(path, precision: str = "auto"):
     """Load a verified bundle as a :class:`~hiercell.model.ImageClassifier`.
 
     ``precision`` is the VGG16 trunk's compute precision at inference:
     ``"float32"``, ``"bfloat16"`` (about twice as fast on CPUs with native
-    bf16, e.g. AVX512-BF16 or AMX) or ``"auto"`` (bfloat16 where native).
+    bf16, e.g. AVX512-BF16 or AMX), ``"float16"`` (mixed, for GPUs) or ``"auto"``
+    (the default: float16 on a GPU, bfloat16 on a CPU with native bf16, else float32;
+    see :func:`hiercell.backbone.inference_precision`). ``model.info["precision"]``
+    says which one was used.
     """
-    from .backbone import build_trunk, build_vgg16, inference_precision, precision_policy
+    from .backbone import INFERENCE_POLICIES, inference_precision, precision_policy, vgg16_trunk
     from .hierarchy import HierarchicalClassifier
     from .model import ImageClassifier
 
@@ -227,8 +230,8 @@ def load_bundle(path, precision: str = "float32"):
     _warn_on_version_mismatch(path, info.get("library_versions", {}))
     size = int(info["input_size"])
     precision = inference_precision(precision)
-    with precision_policy("mixed_bfloat16" if precision == "bfloat16" else "float32"):
-        trunk = build_trunk(build_vgg16(size, weights=None))
+    with precision_policy(INFERENCE_POLICIES[precision]):
+        trunk = vgg16_trunk(size)
     trunk.set_weights(_read_weights(path / "trunk.npz"))
     load_stage = _load_stage_v1 if info["format_version"] == 1 else _load_stage_v2
     stages = {name: load_stage(path / name, info["stages"][name]) if name in info["stages"] else None
@@ -247,7 +250,7 @@ def _load_stage_v2(folder: Path, state: dict):
     from .stage import StageClassifier
 
     return StageClassifier.from_fitted_state(state, joblib.load(folder / "svm.joblib"),
-                                             _read_weights(folder / "head.npz"))
+                                             _WeightsFile(folder / "head.npz"))
 
 
 def _load_stage_v1(folder: Path, state: dict):
@@ -268,7 +271,20 @@ def _load_stage_v1(folder: Path, state: dict):
 
     return StageClassifier.from_fitted_state(
         {"params": params, "classes": [str(c) for c in old.classes_], **fitted}, old.svm_,
-        _read_weights(folder / "head.npz"))
+        _WeightsFile(folder / "head.npz"))
+
+
+class _WeightsFile:
+    """A weights file's bytes, read now (the ones whose digest was checked), decoded when
+    called: a stage builds its head on first use."""
+
+    def __init__(self, path: Path):
+        self.data = path.read_bytes()
+
+    def __call__(self) -> list:
+        import io
+
+        return _read_weights(io.BytesIO(self.data))
 
 
 def _warn_on_version_mismatch(path, saved: dict) -> None:
@@ -290,7 +306,7 @@ def default_bundle_path() -> Path:
     return Path(str(files("hiercell.models"))) / DEFAULT_MODEL
 
 
-def load(path=None, precision: str = "float32"):
+def load(path=None, precision: str = "auto"):
     """The hierarchical classifier of bundle ``path`` (default: the bundled model)."""
     path = default_bundle_path() if path is None else Path(path)
     if not path.exists():

@@ -16,6 +16,8 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .atomic import atomic_write_text, clean_stale_temps
 from .differential import summarize
 from .fileutil import display, json_text
@@ -85,33 +87,44 @@ class ClassifyResult:
         return [r for r in self.records if r.status != "ok"]
 
 
-def _classify(model, images, paths, top_k, masked):
-    """``(records, features)`` for decoded ``images``."""
-    feats = model.features(images, masked=masked)
+def _classify(model, images, paths, top_k, masked, prepared=None):
+    """``(records, features)`` for decoded ``images`` (``prepared``: their network inputs,
+    when the loader threads made them)."""
+    if prepared is not None and all(p is not None for p in prepared):
+        feats = model.prepared_features(np.stack(prepared))
+    else:
+        feats = model.features(images, masked=masked)
     records = list(model.hierarchy.predict_records(feats, [str(p) for p in paths], top_k))
     if len(records) != len(images):
         raise RuntimeError(f"model returned {len(records)} predictions for {len(images)} images")
+    precision = (getattr(model, "info", None) or {}).get("precision")
+    for rec in records:
+        rec.precision = precision
     return records, list(feats)
 
 
 def classify_batch(model, loaded, top_k=3, masked=None):
-    """Records and trunk features for one batch of ``(path, rgb | None, reason)``, in order
-    (features ``None`` where an image failed). A batch the model fails on is retried one
-    image at a time, so that only the image at fault gets an error record."""
-    records = [Prediction.failed(p, reason) if rgb is None else None for p, rgb, reason in loaded]
+    """Records and trunk features for one batch of ``(path, rgb | None, reason[, prepared])``,
+    in order (features ``None`` where an image failed; ``prepared``: the image's network
+    input made by a loader thread, see :func:`load_and_prepare`). A batch the model
+    fails on is retried one image at a time, so that only the image at fault gets an
+    error record."""
+    loaded = [(*item, None)[:4] for item in loaded]
+    records = [Prediction.failed(p, reason) if rgb is None else None
+               for p, rgb, reason, _ in loaded]
     features = [None] * len(loaded)
-    good = [i for i, (_, rgb, _) in enumerate(loaded) if rgb is not None]
+    good = [i for i, item in enumerate(loaded) if item[1] is not None]
     if not good:
         return records, features
     try:
         recs, feats = _classify(model, [loaded[i][1] for i in good], [loaded[i][0] for i in good],
-                                top_k, masked)
+                                top_k, masked, [loaded[i][3] for i in good])
     except Exception:  # noqa: BLE001 - find the offending image(s) one at a time
         recs, feats = [], []
         for i in good:
-            path, rgb, _ = loaded[i]
+            path, rgb, _, prepared = loaded[i]
             try:
-                r, f = _classify(model, [rgb], [path], top_k, masked)
+                r, f = _classify(model, [rgb], [path], top_k, masked, [prepared])
             except Exception as exc:  # noqa: BLE001
                 reason = f"classification failed ({type(exc).__name__}: {exc})"
                 r, f = [Prediction.failed(path, reason)], [None]
@@ -122,15 +135,38 @@ def classify_batch(model, loaded, top_k=3, masked=None):
     return records, features
 
 
-def _load(path):
-    return (path, *try_load_image(path))
+def load_and_prepare(model, masked=None):
+    """The loader threads' job: ``path -> (path, rgb | None, reason, prepared | None)``.
+
+    ``prepared`` is the network input (:func:`hiercell.preprocess.prepare_batch`:
+    masking, framing, resizing) when ``model`` has ``prepare`` and
+    ``prepared_features``, so that this per-image work runs in the decoding threads,
+    overlapping inference, not in the thread that runs the network. An image that fails
+    to prepare gets ``None`` and is retried (and reported) by :func:`classify_batch`.
+    """
+    prepare = getattr(model, "prepare", None)
+    if not (callable(prepare) and callable(getattr(model, "prepared_features", None))):
+        prepare = None
+
+    def load(path):
+        rgb, reason = try_load_image(path)
+        prepared = None
+        if rgb is not None and prepare is not None:
+            try:
+                prepared = prepare([rgb], masked)[0]
+            except Exception:  # noqa: BLE001 - classify_batch reports it
+                prepared = None
+        return path, rgb, reason, prepared
+
+    return load
 
 
 def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool | None = None,
                     top_k: int = 3, recursive: bool = False, batch_size: int = 32,
                     resume: bool = False, summary_path=None, report_path=None,
                     progress=True, workers: int | None = None,
-                    report_gradcam: bool = True, precision: str = "float32") -> ClassifyResult:
+                    report_gradcam: bool = True, precision: str = "auto",
+                    shard=None) -> ClassifyResult:
     """Classify every image under ``paths`` (files and folders, mixed).
 
     Parameters
@@ -143,7 +179,8 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
         report's Grad-CAM, ``gradcam``), or the path of a model bundle for
         :func:`hiercell.bundle.load`; default the bundled model. A bundle is loaded only
         once images were found, with the trunk precision ``precision``
-        ("float32", "bfloat16" or "auto").
+        ("auto", the default, "float32", "bfloat16" or "float16"; see
+        :func:`hiercell.load`).
     out : path, optional
         Results file (``fmt`` "csv" with :data:`~hiercell.records.RECORD_COLUMNS`,
         or "json" ``{"results": [...], "summary": {...}}``); written atomically
@@ -163,6 +200,13 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
         Image-decoding threads (default ``min(4, cpu_count)``).
     report_gradcam : bool
         Put Grad-CAM overlays in the report (one backward pass per image).
+    shard : str or Shard, optional
+        ``"K/N"``: classify only share K of N of the images (see :mod:`hiercell.shard`;
+        the shares of N runs are disjoint and cover every image, and ``hiercell merge``
+        combines their results). Every record and the summary record it.
+
+    The summary gets ``precision`` (the trunk precision(s) of the classified rows)
+    and ``shard``, and every record its ``precision`` and ``shard``.
 
     Raises
     ------
@@ -203,6 +247,13 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
         raise NoImagesError(f"no image files found in {', '.join(display(p) for p in paths)}"
                             + ("" if recursive else " (use recursive=True / --recursive "
                                                     "to search sub-folders)"))
+    if shard is not None:  # an empty share is not an error: its job in an array just ends
+        from .shard import parse_shard, select
+
+        shard = parse_shard(shard)
+        images = select(images, paths, shard)
+        listing_errors = [(p, reason) for p, reason in listing_errors
+                          if p in select([p], paths, shard)]
 
     out = Path(out) if out is not None else None
     check_output_paths({"the results file (out)": out,
@@ -244,6 +295,8 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
 
         report = ReportWriter(report_path, model, masked=masked, gradcam=report_gradcam)
     unlisted = [Prediction.failed(str(p), reason) for p, reason in listing_errors]
+    for rec in unlisted if shard is not None else ():
+        rec.shard = str(shard)
     sink = open_sink(out, fmt, previous) if out is not None else None
     records = list(previous)
     try:
@@ -254,16 +307,20 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
             if sink is not None:
                 sink.write(unlisted)
         with tracker(progress, len(todo), "Classifying") as update:
-            loaded = ordered_map(_load, todo, workers=workers or default_workers(),
+            loaded = ordered_map(load_and_prepare(model, masked), todo,
+                                 workers=workers or default_workers(),
                                  ahead=2 * batch_size)
             with closing(loaded):  # stop the loader threads at once on an error
                 for chunk in chunks(loaded, batch_size):
                     chunk_records, feats = classify_batch(model, chunk, top_k, masked)
+                    if shard is not None:
+                        for rec in chunk_records:
+                            rec.shard = str(shard)
                     records.extend(chunk_records)
                     if sink is not None:
                         sink.write(chunk_records)
                     if report is not None:
-                        report.add(chunk_records, [rgb for _, rgb, _ in chunk], feats)
+                        report.add(chunk_records, [item[1] for item in chunk], feats)
                     update(len(chunk))
     except BaseException:
         if sink is not None:
@@ -274,6 +331,8 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
         raise
 
     summary = summarize(records)
+    summary["precision"] = ",".join(sorted({r.precision for r in records if r.precision})) or None
+    summary["shard"] = None if shard is None else str(shard)
     if sink is not None:
         sink.commit(records, summary)
     if summary_path is not None:

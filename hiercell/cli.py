@@ -7,6 +7,7 @@ from .version import __version__
 from .commands.ablate import ablate
 from .commands.classify import classify
 from .commands.evaluate import evaluate
+from .commands.merge import merge
 from .commands.segment import segment
 from .commands.train import train
 
@@ -17,7 +18,7 @@ def main():
     """Classify peripheral blood cell images with a two-stage VGG16 + SVM model."""
 
 
-for _command in (classify, train, evaluate, ablate, segment):
+for _command in (classify, merge, train, evaluate, ablate, segment):
     main.add_command(_command)
 
 if __name__ == "__main__":

@@ -119,7 +119,11 @@ class ImageClassifier:
     def features(self, images, masked=None, batch_size=32) -> np.ndarray:
         """Trunk features ``(n, h, w, 512)`` of RGB uint8 images (any size);
         ``masked=None``: as the model was trained."""
-        return run_trunk(self.trunk, self.prepare(images, masked), batch_size)
+        return self.prepared_features(self.prepare(images, masked), batch_size)
+
+    def prepared_features(self, batch, batch_size=32) -> np.ndarray:
+        """Trunk features of a batch :meth:`prepare` made (``(n, S, S, 3)`` uint8)."""
+        return run_trunk(self.trunk, batch, batch_size)
 
     # -- predictions -----------------------------------------------------------
     def predict_records(self, X, top_k=3, masked=None, batch_size=32) -> list:

@@ -31,7 +31,9 @@ class Prediction:
     threshold) say whether a person should look; ``novelty`` is how unlike the
     training cells it is, as a percentile among in-lab cells (0.95 and above:
     unusual). See :mod:`hiercell.review`; ``None``/``False`` for models without
-    a review scorer.
+    a review scorer. ``precision`` is the trunk precision the image was classified
+    in (``float32``, ``bfloat16``, ...) and ``shard`` the ``K/N`` share of a
+    ``hiercell classify --shard K/N`` run (see :mod:`hiercell.shard`).
     """
 
     path: str | None
@@ -48,6 +50,8 @@ class Prediction:
     novelty: float | None = None
     status: str = "ok"  # "ok" or "error"
     error: str | None = None
+    precision: str | None = None
+    shard: str | None = None
 
     @classmethod
     def failed(cls, path, reason: str) -> "Prediction":

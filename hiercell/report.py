@@ -290,8 +290,11 @@ def _header(summary: dict, model, masked, notes: list) -> str:
         bits = [f"input_size = {model.input_size!r}"] if hasattr(model, "input_size") else []
         if masked is not None or hasattr(model, "masked"):
             bits.append(f"masked = {masked if masked is not None else model.masked!r}")
-        if bits:
-            parts.append(f"<p class=\"muted\">Model: {e(', '.join(bits))}</p>")
+    else:
+        bits = []
+    bits += [f"{key} = {summary[key]}" for key in ("precision", "shard") if summary.get(key)]
+    if bits:
+        parts.append(f"<p class=\"muted\">Model: {e(', '.join(bits))}</p>")
     parts += [f'<div class="note">{e(n)}</div><br>' for n in notes]
     parts += [
         '<div class="charts"><div><h2>Differential count (main classes)</h2>',

@@ -251,7 +251,8 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
     @classmethod
     def from_fitted_state(cls, state: dict, svm, head_weights=None) -> "StageClassifier":
         """Rebuild a fitted stage from :meth:`fitted_state`, the SVM pipeline and the
-        head's weights (a list of arrays, in Keras order)."""
+        head's weights (a list of arrays, in Keras order, or a callable returning them);
+        the head is built on first use of :attr:`head_`."""
         known = cls().get_params()
         stage = cls(**{k: (tuple(v) if isinstance(v, list) else v)
                        for k, v in state.get("params", {}).items() if k in known})
@@ -261,14 +262,35 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
                 setattr(stage, key, state[key])
         stage.feature_shape_ = tuple(int(d) for d in stage.feature_shape_)
         stage.svm_ = svm
-        stage.head_ = build_head(len(stage.classes_), stage.feature_shape_, dropout=stage.dropout)
-        if head_weights is not None:
-            stage.head_.set_weights(head_weights)
+        # built on first use: a run whose cells never reach stage 2 never builds its head
+        stage._head_source = head_weights if head_weights is not None else []
         return stage
+
+    @property
+    def head_(self):
+        """The trained head (a Keras model); built from the stored weights on first use
+        when the stage was loaded from a bundle."""
+        head = self.__dict__.get("_head")
+        if head is None and "_head_source" in self.__dict__:
+            weights = self.__dict__.pop("_head_source")
+            if callable(weights):
+                weights = weights()
+            head = build_head(len(self.classes_), self.feature_shape_, dropout=self.dropout)
+            if len(weights):
+                head.set_weights(weights)
+            self._head = head
+        if head is None:
+            raise AttributeError("head_")
+        return head
+
+    @head_.setter
+    def head_(self, head):
+        self.__dict__.pop("_head_source", None)
+        self._head = head
 
     def __getstate__(self):  # keras models are saved by the bundle, not pickled
         state = self.__dict__.copy()
-        for key in ("_embedder", "head_", "_t0"):
+        for key in ("_embedder", "_head", "_head_source", "_t0"):
             state.pop(key, None)
         state["block5_weights"] = None  # only the starting point; the trained weights are in head_
         return state

@@ -52,10 +52,11 @@ def tiny_bundle(tiny_data, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_bundle):
-    """The tiny bundle, loaded once (tests must not modify it)."""
+    """The tiny bundle, loaded once in float32 (the same numbers on every machine; tests
+    must not modify it)."""
     from hiercell.bundle import load
 
-    return load(tiny_bundle)
+    return load(tiny_bundle, precision="float32")
 
 
 def rgb_images(paths):

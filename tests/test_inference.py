@@ -63,3 +63,15 @@ def test_bfloat16_trunk(tiny_bundle, tiny_model):
     np.testing.assert_allclose(fast.predict_proba(IMAGES).sum(1), 1, atol=1e-6)
     with pytest.raises(ValueError, match="precision"):
         load(tiny_bundle, precision="int8")
+
+
+def test_auto_precision_is_the_default_and_recorded(tiny_bundle):
+    from hiercell.backbone import inference_precision, native_bf16
+
+    import tensorflow as tf
+
+    expected = "bfloat16" if native_bf16() else "float32"
+    if tf.config.list_physical_devices("GPU"):
+        expected = "float16"
+    assert inference_precision("auto") == expected
+    assert load(tiny_bundle).info["precision"] == expected

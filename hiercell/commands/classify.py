@@ -42,8 +42,12 @@ _MAX_LISTED_ERRORS = 10
               help="Keep the successful rows of an existing --out (or of the .partial file "
                    "an interrupted run left) and classify only the other images.")
 @precision_option
+@click.option("--shard", default=None, metavar="K/N",
+              help="Classify only share K of N (1 <= K <= N) of the images: a deterministic "
+                   "split by each image's path relative to the given folder, so N jobs (e.g. "
+                   "a SLURM job array) cover every image once; combine with 'hiercell merge'.")
 def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, report_path,
-             gradcam, summary_path, resume, precision):
+             gradcam, summary_path, resume, precision, shard):
     """Classify the cell images in PATH... (image files and/or folders).
 
     Writes one row per image (label, probability, main class, subclass,
@@ -63,6 +67,12 @@ def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, 
     from ..fileutil import display
     from ..model import MaskingError
     from ..results import ResumeError, partial_path
+    from ..shard import ShardError, parse_shard
+
+    try:
+        shard = None if shard is None else parse_shard(shard)
+    except ShardError as exc:
+        raise click.BadParameter(str(exc), param_hint="--shard") from None
 
     if fmt is None:
         fmt = "json" if (out is not None and out.suffix.lower() == ".json") else "csv"
@@ -75,7 +85,7 @@ def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, 
             list(paths), model=model_path, out=out, fmt=fmt, masked=masked, top_k=top_k,
             recursive=recursive, batch_size=batch_size, resume=resume,
             summary_path=summary_path, report_path=report_path, progress=True,
-            report_gradcam=gradcam, precision=precision)
+            report_gradcam=gradcam, precision=precision, shard=shard)
     except (NoImagesError, ResumeError, OutputPathError, MaskingError) as exc:
         raise click.UsageError(str(exc)) from None
     except ModelLoadError as exc:
@@ -102,6 +112,10 @@ def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, 
     if shift.get("warning"):
         _echo_err(f"warning: {shift['message']}")
     done = f"{result.n_ok} classified, {result.n_error} errors"
+    if result.summary.get("precision"):
+        done += f", trunk precision {result.summary['precision']}"
+    if shard is not None:
+        done += f", share {shard}"
     if result.n_resumed:
         done += f" ({result.n_resumed} kept from the earlier run)"
     _echo_err(f"Wrote {len(result.records)} rows to {display(out)}: {done}.")

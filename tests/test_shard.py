@@ -1,0 +1,130 @@
+"""Scale-out: ``classify --shard K/N`` and ``hiercell merge`` (stand-in model, no weights)."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import hiercell.bundle
+from hiercell.classify import classify_folder
+from hiercell.cli import main
+from hiercell.results import read_results
+from hiercell.shard import ShardError, merge_results, parse_shard, select, shard_key, shard_of
+
+from test_classify import StandIn, colour, write_png
+
+
+@pytest.fixture
+def archive(tmp_path):
+    root = tmp_path / "mnt-a" / "archive"
+    for i in range(30):
+        sub = root / f"patient{i % 3}"
+        sub.mkdir(parents=True, exist_ok=True)
+        write_png(sub / f"cell_{i:02d}.png", colour(i % 8, i % 6))
+    return root
+
+
+def test_parse_shard():
+    assert str(parse_shard("3/8")) == "3/8"
+    for bad in ("0/4", "5/4", "3", "a/b", "1/0"):
+        with pytest.raises(ShardError):
+            parse_shard(bad)
+
+
+def test_shares_are_disjoint_cover_everything_and_ignore_the_mount_point(archive, tmp_path):
+    from hiercell.io import list_images
+
+    images = list_images([archive], recursive=True)
+    shares = [select(images, [archive], f"{k}/4") for k in range(1, 5)]
+    assert sorted(p for s in shares for p in s) == images
+    assert all(shares)  # 30 images over 4 shares: none empty (sha1 spreads them)
+    # the same archive mounted elsewhere: the same split, by relative path
+    other = tmp_path / "elsewhere" / "archive"
+    assert shard_key(archive / "patient1" / "cell_01.png", [archive]) == "patient1/cell_01.png"
+    assert shard_key(other / "patient1" / "cell_01.png", [other]) == "patient1/cell_01.png"
+    assert shard_key(archive / "x.png", [archive / "x.png"]) == "x.png"  # a file given itself
+    assert shard_of("patient1/cell_01.png", 4) == shard_of("patient1/cell_01.png", 4)
+
+
+def run_shards(archive, tmp_path, n, fmt="csv"):
+    outs = []
+    for k in range(1, n + 1):
+        out = tmp_path / f"shard{k}.{fmt}"
+        res = classify_folder(archive, model=StandIn(), out=out, fmt=fmt, recursive=True,
+                              progress=False, shard=f"{k}/{n}")
+        assert res.summary["shard"] == f"{k}/{n}"
+        assert all(r.shard == f"{k}/{n}" for r in res.records)
+        outs.append(out)
+    return outs
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_merge_equals_one_unsharded_run(archive, tmp_path, fmt):
+    whole = classify_folder(archive, model=StandIn(), out=tmp_path / f"all.{fmt}", fmt=fmt,
+                            recursive=True, progress=False)
+    outs = run_shards(archive, tmp_path, 3, fmt)
+    merged = merge_results(outs)
+    assert sorted(r.path for r in merged.records) == sorted(r.path for r in whole.records)
+    for key in ("main_classes", "subclasses", "n_images", "n_uncertain"):
+        assert merged.summary[key] == whole.summary[key]
+    assert merged.summary["shards"] == {"count": 3, "merged": [1, 2, 3], "missing": []}
+
+
+def test_merge_refuses_overlaps_and_names_missing_shares(archive, tmp_path):
+    outs = run_shards(archive, tmp_path, 4)
+    with pytest.raises(ShardError, match=r"missing share\(s\) 2/4, 4/4"):
+        merge_results([outs[0], outs[2]])
+    assert merge_results([outs[0], outs[2]], allow_missing=True).missing == [2, 4]
+    copy = tmp_path / "again.csv"
+    copy.write_bytes(outs[0].read_bytes())
+    with pytest.raises(ShardError, match="given twice"):
+        merge_results([*outs, copy])
+    (tmp_path / "n2").mkdir()
+    other_n = run_shards(archive, tmp_path / "n2", 2)
+    with pytest.raises(ShardError, match="of 2"):
+        merge_results([outs[0], other_n[1]])
+    plain = tmp_path / "plain.csv"
+    classify_folder(archive, model=StandIn(), out=plain, recursive=True, progress=False)
+    with pytest.raises(ShardError, match="no shard recorded"):
+        merge_results([plain])
+
+
+def test_merge_refuses_an_image_in_two_files(archive, tmp_path):
+    outs = run_shards(archive, tmp_path, 2)
+    rows = outs[0].read_text().splitlines()
+    first_of_other = outs[1].read_text().splitlines()[1].replace(",2/2", ",1/2")
+    outs[0].write_text("\n".join(rows + [first_of_other]) + "\n")
+    with pytest.raises(ShardError, match="is in both"):
+        merge_results(outs)
+
+
+def test_cli_shard_and_merge(archive, tmp_path, monkeypatch):
+    monkeypatch.setattr(hiercell.bundle, "load", lambda path=None, precision="auto": StandIn())
+    runner = CliRunner()
+    outs = []
+    for k in (1, 2):
+        out = tmp_path / f"s{k}.csv"
+        r = runner.invoke(main, ["classify", str(archive), "-r", "--shard", f"{k}/2",
+                                 "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        outs.append(str(out))
+    r = runner.invoke(main, ["classify", str(archive), "--shard", "3/2"])
+    assert r.exit_code == 2 and "--shard" in r.output
+    merged, summary = tmp_path / "merged.csv", tmp_path / "s.json"
+    r = runner.invoke(main, ["merge", *outs, "--out", str(merged), "--summary", str(summary)])
+    assert r.exit_code == 0, r.output
+    assert len(read_results(merged)) == 30
+    assert json.loads(summary.read_text())["n_images"] == 30
+    r = runner.invoke(main, ["merge", outs[0], "--out", str(merged)])
+    assert r.exit_code == 1 and "missing share(s) 2/2" in r.output
+
+
+def test_precision_is_recorded_in_rows_and_summary(archive, tmp_path):
+    model = StandIn()
+    model.info = {"precision": "bfloat16"}
+    out = tmp_path / "r.json"
+    res = classify_folder(archive, model=model, out=out, fmt="json", recursive=True,
+                          progress=False, summary_path=tmp_path / "s.json")
+    assert res.summary["precision"] == "bfloat16"
+    assert json.loads((tmp_path / "s.json").read_text())["precision"] == "bfloat16"
+    assert {r["precision"] for r in json.loads(out.read_text())["results"]} == {"bfloat16"}
