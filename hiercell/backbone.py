@@ -176,8 +176,20 @@ def vgg_input(images: np.ndarray) -> np.ndarray:
 
 
 def run_trunk(trunk, batch: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Trunk features ``(n, h, w, 512)`` float32 of a prepared uint8 batch."""
+    """Trunk features ``(n, h, w, 512)`` float32 of a prepared uint8 batch (a Keras trunk,
+    or one with ``predict_batch``, such as :class:`hiercell.fast.Int8Trunk`)."""
+    if hasattr(trunk, "predict_batch"):
+        out = [trunk.predict_batch(vgg_input(batch[k:k + batch_size]))
+               for k in range(0, len(batch), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, *trunk_output_shape(trunk)),
+                                                        np.float32)
     return predict_batches(trunk, vgg_input(batch), batch_size)
+
+
+def trunk_output_shape(trunk) -> tuple:
+    """``(h, w, 512)``: the shape of one image's trunk features."""
+    shape = trunk.output.shape if hasattr(trunk, "output") else trunk.output_shape
+    return tuple(int(d) for d in shape[1:])
 
 
 # --------------------------------------------------------------------------- Keras toolbox
@@ -272,15 +284,16 @@ def training_precision(precision="auto") -> str:
 
 #: Trunk precisions at inference, and the Keras dtype policy of each.
 INFERENCE_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16",
-                      "float16": "mixed_float16"}
+                      "float16": "mixed_float16", "int8": None}  # int8: OpenVINO (hiercell.fast)
 
 
 def inference_precision(precision="auto") -> str:
-    """``"float32"``/``"bfloat16"``/``"float16"``/``"auto"`` -> the trunk's precision.
+    """``"float32"``/``"bfloat16"``/``"float16"``/``"int8"``/``"auto"`` -> the trunk's precision.
 
     ``"auto"``: mixed float16 on a GPU, bfloat16 on a CPU with native bf16
     (AVX512-BF16 / AMX), float32 otherwise. bfloat16 changed no test-split figure by
-    more than 0.05 points on the bundled model (``bench/bench_precision.py``).
+    more than 0.1 point on the bundled model (``bench/bench_precision.py``). ``"int8"``
+    (never chosen by ``"auto"``) is the OpenVINO trunk of :mod:`hiercell.fast`.
     """
     if precision == "auto":
         precision = training_precision("auto").replace("mixed_", "")

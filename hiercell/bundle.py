@@ -218,7 +218,8 @@ def load_bundle(path, precision: str = "auto"):
     ``"float32"``, ``"bfloat16"`` (about twice as fast on CPUs with native
     bf16, e.g. AVX512-BF16 or AMX), ``"float16"`` (mixed, for GPUs) or ``"auto"``
     (the default: float16 on a GPU, bfloat16 on a CPU with native bf16, else float32;
-    see :func:`hiercell.backbone.inference_precision`). ``model.info["precision"]``
+    see :func:`hiercell.backbone.inference_precision`), or ``"int8"`` (the OpenVINO
+    trunk of :mod:`hiercell.fast`, made by ``hiercell quantize``). ``model.info["precision"]``
     says which one was used.
     """
     from .backbone import INFERENCE_POLICIES, inference_precision, precision_policy, vgg16_trunk
@@ -230,14 +231,20 @@ def load_bundle(path, precision: str = "auto"):
     _warn_on_version_mismatch(path, info.get("library_versions", {}))
     size = int(info["input_size"])
     precision = inference_precision(precision)
-    with precision_policy(INFERENCE_POLICIES[precision]):
-        trunk = vgg16_trunk(size)
-    trunk.set_weights(_read_weights(path / "trunk.npz"))
+    trunk_sha256 = _sha256(path / "trunk.npz")
+    if precision == "int8":
+        from .fast import load_int8_trunk
+
+        trunk = load_int8_trunk(trunk_sha256)
+    else:
+        with precision_policy(INFERENCE_POLICIES[precision]):
+            trunk = vgg16_trunk(size)
+        trunk.set_weights(_read_weights(path / "trunk.npz"))
     load_stage = _load_stage_v1 if info["format_version"] == 1 else _load_stage_v2
     stages = {name: load_stage(path / name, info["stages"][name]) if name in info["stages"] else None
               for name in ("stage1", "stage2")}
     extra = {k: v for k, v in info.items() if k not in _STRUCTURE_KEYS}
-    extra["trunk_sha256"] = _sha256(path / "trunk.npz")
+    extra["trunk_sha256"] = trunk_sha256
     extra["precision"] = precision
     return ImageClassifier(trunk, HierarchicalClassifier(stages["stage1"], stages["stage2"]),
                            input_size=size, masked=bool(info["masked"]),

@@ -8,6 +8,7 @@ from .commands.ablate import ablate
 from .commands.classify import classify
 from .commands.evaluate import evaluate
 from .commands.merge import merge
+from .commands.quantize import quantize
 from .commands.segment import segment
 from .commands.train import train
 
@@ -18,7 +19,7 @@ def main():
     """Classify peripheral blood cell images with a two-stage VGG16 + SVM model."""
 
 
-for _command in (classify, merge, train, evaluate, ablate, segment):
+for _command in (classify, merge, train, evaluate, ablate, segment, quantize):
     main.add_command(_command)
 
 if __name__ == "__main__":

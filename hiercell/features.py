@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_open
-from .backbone import run_trunk
+from .backbone import run_trunk, trunk_output_shape
 from .fileutil import file_digest
 from .io import try_load_image
 from .prefetch import chunks, ordered_map
@@ -114,7 +114,7 @@ def extract_trunk_features(paths, trunk, config: TrunkConfig, cache: FeatureCach
     """
     paths = [str(p) for p in paths]
     n = len(paths)
-    shape = tuple(int(d) for d in trunk.output.shape[1:])
+    shape = trunk_output_shape(trunk)
     out = np.zeros((n,) + shape, dtype=np.float16)
     ok = np.zeros(n, dtype=bool)
     errors: dict = {}

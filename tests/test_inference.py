@@ -62,6 +62,14 @@ def test_bfloat16_trunk(tiny_bundle, tiny_model):
     assert np.abs(bf16 - f32).mean() < 0.05 * np.abs(f32).mean()
     np.testing.assert_allclose(fast.predict_proba(IMAGES).sum(1), 1, atol=1e-6)
     with pytest.raises(ValueError, match="precision"):
+        load(tiny_bundle, precision="int4")
+
+
+def test_int8_without_a_quantized_trunk_says_how_to_make_one(tiny_bundle, tmp_path, monkeypatch):
+    from hiercell.fast import Int8TrunkMissing
+
+    monkeypatch.setenv("HIERCELL_CACHE", str(tmp_path))
+    with pytest.raises(Int8TrunkMissing, match="hiercell quantize"):
         load(tiny_bundle, precision="int8")
 
 

@@ -20,10 +20,12 @@ others_option = click.option("--others-per-class", default=150, show_default=Tru
                              type=click.IntRange(0),
                              help="Stage-2 'Others' images per non-routed main class.")
 precision_option = click.option(
-    "--precision", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+    "--precision", type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8"]),
+    default="auto",
     show_default=True, help="VGG16 trunk precision at inference. auto: bfloat16 on CPUs with "
                             "native bf16 (AVX512-BF16/AMX; about twice as fast as float32, same "
-                            "test accuracy), mixed float16 on a GPU, float32 elsewhere.")
+                            "test accuracy), mixed float16 on a GPU, float32 elsewhere. int8: "
+                            "the OpenVINO trunk made by 'hiercell quantize' (hiercell[fast]).")
 
 
 def cache_dir(value) -> Path:
