@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# measure the hiercell of this checkout, not whichever one is installed
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 VGG16_CONVS = [(3, 64), (64, 64), None, (64, 128), (128, 128), None,
                (128, 256), (256, 256), (256, 256), None,

@@ -22,6 +22,8 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# measure the hiercell of this checkout, not whichever one is installed
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def evaluate(model_path, precision, samples, cache=None, others_per_class=150, seed=0):
