@@ -214,7 +214,8 @@ def _inside(root: Path, name: str) -> bool:
 def load_bundle(path, precision: str = "auto"):
     """Load a verified bundle as a :class:`~hiercell.model.ImageClassifier`.
 
-    ``precision`` is the VGG16 trunk's compute precision at inference:
+    ``precision`` is the compute precision of the network at inference (the VGG16
+    trunk and the stage heads; the SVMs are unchanged):
     ``"float32"``, ``"bfloat16"`` (about twice as fast on CPUs with native
     bf16, e.g. AVX512-BF16 or AMX), ``"float16"`` (mixed, for GPUs) or ``"auto"``
     (the default: float16 on a GPU, bfloat16 on a CPU with native bf16, else float32;
@@ -222,7 +223,8 @@ def load_bundle(path, precision: str = "auto"):
     trunk of :mod:`hiercell.fast`, made by ``hiercell quantize``). ``model.info["precision"]``
     says which one was used.
     """
-    from .backbone import INFERENCE_POLICIES, inference_precision, precision_policy, vgg16_trunk
+    from .backbone import (INFERENCE_POLICIES, inference_precision, precision_policy,
+                           training_precision, vgg16_trunk)
     from .hierarchy import HierarchicalClassifier
     from .model import ImageClassifier
 
@@ -243,6 +245,10 @@ def load_bundle(path, precision: str = "auto"):
     load_stage = _load_stage_v1 if info["format_version"] == 1 else _load_stage_v2
     stages = {name: load_stage(path / name, info["stages"][name]) if name in info["stages"] else None
               for name in ("stage1", "stage2")}
+    head_policy = INFERENCE_POLICIES[precision] or training_precision("auto")  # int8: as auto
+    for stage in stages.values():
+        if stage is not None:  # the heads' block5 runs in the same precision as the trunk
+            stage._head_policy = head_policy
     extra = {k: v for k, v in info.items() if k not in _STRUCTURE_KEYS}
     extra["trunk_sha256"] = trunk_sha256
     extra["precision"] = precision

@@ -84,13 +84,13 @@ def quantize_trunk(model, images, cache_dir=None, batch_size: int = 1) -> Path:
     except ImportError as exc:
         raise ImportError('quantizing needs NNCF: pip install "hiercell[fast]"') from exc
     from .backbone import vgg_input
-    from .model import _images
+    from .io import load_image
 
     digest = model.info.get("trunk_sha256")
     if not digest or model.info.get("precision") != "float32":
         raise ValueError("quantize a float32 model loaded from a bundle "
                          "(hiercell.load(bundle, precision='float32'))")
-    rgb = _images(images)
+    rgb = [img if isinstance(img, np.ndarray) else load_image(img) for img in images]
     calib = [vgg_input(model.prepare([img])) for img in rgb]
     with tempfile.TemporaryDirectory() as tmp:
         model.trunk.export(str(Path(tmp) / "trunk"), verbose=False)

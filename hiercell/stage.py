@@ -275,7 +275,9 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
             weights = self.__dict__.pop("_head_source")
             if callable(weights):
                 weights = weights()
-            head = build_head(len(self.classes_), self.feature_shape_, dropout=self.dropout)
+            policy = self.__dict__.get("_head_policy") or "float32"
+            with precision_policy(policy):  # the loaded model's inference precision
+                head = build_head(len(self.classes_), self.feature_shape_, dropout=self.dropout)
             if len(weights):
                 head.set_weights(weights)
             self._head = head

@@ -56,6 +56,8 @@ def test_bfloat16_trunk(tiny_bundle, tiny_model):
     fast = load(tiny_bundle, precision="bfloat16")
     assert fast.info["precision"] == "bfloat16"
     assert fast.trunk.layers[1].dtype_policy.name == "mixed_bfloat16"
+    assert fast.stage1.head_.get_layer("block5_conv1").dtype_policy.name == "mixed_bfloat16"
+    assert tiny_model.stage1.head_.get_layer("block5_conv1").dtype_policy.name == "float32"
     assert fast.trunk_config().key != tiny_model.trunk_config().key  # never share a cache
     f32, bf16 = tiny_model.features(IMAGES), fast.features(IMAGES)
     assert bf16.dtype == np.float32
