@@ -130,7 +130,12 @@ def merge_results(paths, allow_missing: bool = False) -> MergeResult:
     seen = {}
     for path in map(Path, paths):
         fmt = "json" if path.suffix.lower() == ".json" else "csv"
-        records = read_results(path, fmt)
+        rejected = []
+        records = read_results(path, fmt, rejected)
+        if rejected:
+            row, reason = rejected[0]
+            raise ShardError(f"{path}: {len(rejected)} row(s) cannot be read (row {row}: "
+                             f"{reason}); re-run that share")
         shard = _file_shard(path, records, fmt)
         if result.count and shard.count != result.count:
             raise ShardError(f"{path}: share {shard} of {shard.count}, but "

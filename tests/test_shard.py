@@ -128,3 +128,11 @@ def test_precision_is_recorded_in_rows_and_summary(archive, tmp_path):
     assert res.summary["precision"] == "bfloat16"
     assert json.loads((tmp_path / "s.json").read_text())["precision"] == "bfloat16"
     assert {r["precision"] for r in json.loads(out.read_text())["results"]} == {"bfloat16"}
+
+
+def test_merge_refuses_a_torn_shard_file(archive, tmp_path):
+    outs = run_shards(archive, tmp_path, 2)
+    with open(outs[1], "a") as fh:
+        fh.write("/x/cut.png,SNE,0.9\n")  # a row cut by a hard kill
+    with pytest.raises(ShardError, match="cannot be read"):
+        merge_results(outs)
