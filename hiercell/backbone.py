@@ -235,6 +235,28 @@ def tensor_dataset(X, y_idx, batch_size, shuffle_seed=None):
     return ds.batch(batch_size).map(lambda x, t: (tf.cast(x, tf.float32), t)).prefetch(2)
 
 
+def multiview_dataset(views, y_idx, batch_size, seed=0):
+    """A ``tf.data`` set of ``(float32 x, int32 y)`` batches over ``len(y_idx)`` images,
+    each epoch visiting every image once (shuffled) through one of ``views`` (arrays
+    of the same shape, e.g. trunk features of augmented views) drawn at random."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    n = len(y_idx)
+    shape = tuple(int(d) for d in views[0].shape[1:])
+
+    def batches():
+        order = rng.permutation(n)
+        pick = rng.integers(0, len(views), n)
+        for k in range(0, n, batch_size):
+            sel = order[k:k + batch_size]
+            x = np.stack([views[pick[j]][j] for j in sel]).astype(np.float32)
+            yield x, y_idx[sel].astype(np.int32)
+
+    spec = (tf.TensorSpec((None,) + shape, tf.float32), tf.TensorSpec((None,), tf.int32))
+    return tf.data.Dataset.from_generator(batches, output_signature=spec).prefetch(2)
+
+
 def augment_feature_maps(x, y):
     """A random flip and 90-degree rotation per sample of (b, h, w, c) square maps."""
     import tensorflow as tf

@@ -65,9 +65,10 @@ def _read_weights(path: Path) -> list:
         return [data[k].astype(np.float32) for k in sorted(data.files)]
 
 
-def save_bundle(model, path, metadata: dict | None = None) -> Path:
+def save_bundle(model, path, metadata: dict | None = None, extra_files: dict | None = None) -> Path:
     """Write ``model`` (a fitted :class:`~hiercell.model.ImageClassifier`) as a bundle
-    folder at ``path``. ``metadata`` adds (or replaces) top-level ``bundle.json`` keys.
+    folder at ``path``. ``metadata`` adds (or replaces) top-level ``bundle.json`` keys;
+    ``extra_files`` maps file names to text written into the bundle (e.g. a model card).
 
     The folder is assembled next to ``path`` and moved into place at the end.
     """
@@ -88,7 +89,12 @@ def save_bundle(model, path, metadata: dict | None = None) -> Path:
             (tmp / name).mkdir()
             _save_weights(stage.head_, tmp / name / "head.npz")
             joblib.dump(stage.svm_, tmp / name / "svm.joblib")  # scikit-learn objects only
+            if getattr(stage, "source_sample_", None) is not None:
+                np.savez_compressed(tmp / name / "source.npz", **stage.source_sample_)
             stages[name] = stage.fitted_state()
+        reviewer = getattr(model.hierarchy, "reviewer", None)
+        if reviewer is not None:
+            np.savez_compressed(tmp / "review.npz", **reviewer.to_arrays())
         info = {k: v for k, v in model.info.items() if k not in _RUNTIME_KEYS}
         info.update(metadata or {})
         info.update({
@@ -102,6 +108,8 @@ def save_bundle(model, path, metadata: dict | None = None) -> Path:
         if model.preprocess:
             info["preprocess"] = model.preprocess
         (tmp / "bundle.json").write_text(json_text(info, indent=2))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         lines = [f"{_sha256(p)}  {p.relative_to(tmp).as_posix()}" for p in files]
         (tmp / MANIFEST).write_text("\n".join(lines) + "\n")
@@ -252,7 +260,14 @@ def load_bundle(path, precision: str = "auto"):
     extra = {k: v for k, v in info.items() if k not in _STRUCTURE_KEYS}
     extra["trunk_sha256"] = trunk_sha256
     extra["precision"] = precision
-    return ImageClassifier(trunk, HierarchicalClassifier(stages["stage1"], stages["stage2"]),
+    reviewer = None
+    if (path / "review.npz").is_file():
+        from .review import ReviewScorer
+
+        with np.load(path / "review.npz", allow_pickle=False) as arrays:
+            reviewer = ReviewScorer.from_arrays(arrays)
+    hierarchy = HierarchicalClassifier(stages["stage1"], stages["stage2"], reviewer)
+    return ImageClassifier(trunk, hierarchy,
                            input_size=size, masked=bool(info["masked"]),
                            preprocess=info.get("preprocess") or None, info=extra)
 
@@ -262,8 +277,12 @@ def _load_stage_v2(folder: Path, state: dict):
 
     from .stage import StageClassifier
 
-    return StageClassifier.from_fitted_state(state, joblib.load(folder / "svm.joblib"),
-                                             _WeightsFile(folder / "head.npz"))
+    stage = StageClassifier.from_fitted_state(state, joblib.load(folder / "svm.joblib"),
+                                              _WeightsFile(folder / "head.npz"))
+    if (folder / "source.npz").is_file():
+        with np.load(folder / "source.npz", allow_pickle=False) as data:
+            stage.source_sample_ = {k: data[k] for k in data.files}
+    return stage
 
 
 def _load_stage_v1(folder: Path, state: dict):

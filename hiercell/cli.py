@@ -5,6 +5,7 @@ import click
 
 from .version import __version__
 from .commands.ablate import ablate
+from .commands.adapt import adapt
 from .commands.classify import classify
 from .commands.evaluate import evaluate
 from .commands.merge import merge
@@ -19,7 +20,7 @@ def main():
     """Classify peripheral blood cell images with a two-stage VGG16 + SVM model."""
 
 
-for _command in (classify, merge, train, evaluate, ablate, segment, quantize):
+for _command in (classify, merge, train, evaluate, ablate, segment, quantize, adapt):
     main.add_command(_command)
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ class Sample:
     main: str | None
     sub: str | None
     split: str | None = None
+    group: str | None = None  # e.g. the patient or slide, from a manifest's group column
 
     @property
     def label(self) -> Label | None:
@@ -59,11 +60,12 @@ class Sample:
         return fine_label(self.label)
 
 
-def make_sample(path, raw_label: str, source: str = "auto", split: str | None = None) -> Sample:
+def make_sample(path, raw_label: str, source: str = "auto", split: str | None = None,
+                group: str | None = None) -> Sample:
     """A :class:`Sample` with ``raw_label`` mapped through ``source``'s table."""
     label = map_label(raw_label, source)
     return Sample(Path(path), raw_label,
-                  label.main if label else None, label.sub if label else None, split)
+                  label.main if label else None, label.sub if label else None, split, group)
 
 
 # --------------------------------------------------------------------------- #
@@ -98,9 +100,10 @@ def read_class_folders(root, source: str = "auto") -> list[Sample]:
 
 
 def read_manifest(csv_path, root=None, source: str = "auto") -> list[Sample]:
-    """Samples listed in a CSV file with a header: ``path,label[,split]``.
+    """Samples listed in a CSV file with a header: ``path,label[,split][,group]``.
 
-    Other columns are ignored, so the PBC ``splits.csv``
+    ``group`` (optional: patient, slide, ...) keeps related cells together in
+    cross-validation (``hiercell adapt``). Other columns are ignored, so the PBC ``splits.csv``
     (``path,folder,label,split``) is read as is. Relative paths are resolved
     against ``root``, or against the CSV's folder when ``root`` is None. Splits
     must be train/val/test (``validation``, ``valid``, ``dev`` -> val) or empty.
@@ -126,8 +129,9 @@ def read_manifest(csv_path, root=None, source: str = "auto") -> list[Sample]:
             split = _parse_split(row.get(fields["split"]) if "split" in fields else None,
                                  f"{csv_path}:{line}")
             path = Path(rel)
+            group = (row.get(fields["group"]) or "").strip() or None if "group" in fields else None
             samples.append(make_sample(path if path.is_absolute() else base / path,
-                                       label, source, split))
+                                       label, source, split, group))
     return samples
 
 

@@ -23,7 +23,7 @@ from .backbone import run_trunk, trunk_output_shape
 from .fileutil import file_digest
 from .io import try_load_image
 from .prefetch import chunks, ordered_map
-from .preprocess import prepare_batch
+from .preprocess import augment_view, prepare_image
 from .progress import tracker
 
 CACHE_ENV = "HIERCELL_CACHE"
@@ -43,12 +43,19 @@ class TrunkConfig:
     weights_id: str
     layer: str = "block4_pool"
     preprocess: dict | None = None  # the bundle's preprocessing options
+    view: int = 0  # 0: the image itself; k > 0: the k-th augmented training view
 
     @property
     def key(self) -> str:
         d = dict(self.__dict__)
         if not d["preprocess"]:  # keeps the keys of caches written before the option existed
             del d["preprocess"]
+        if not d["view"]:
+            del d["view"]
+        else:
+            from .augment import AUGMENT_VERSION
+
+            d["augment_version"] = AUGMENT_VERSION
         text = json.dumps(d, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
@@ -59,7 +66,8 @@ class FeatureCache:
     def __init__(self, root, config: TrunkConfig):
         self.config = config
         kind = "masked" if config.masked else "raw"
-        self.dir = Path(root) / f"trunk-{config.input_size}px-{kind}-{config.key}"
+        view = f"-view{config.view}" if config.view else ""
+        self.dir = Path(root) / f"trunk-{config.input_size}px-{kind}{view}-{config.key}"
         self.dir.mkdir(parents=True, exist_ok=True)
         info = self.dir / "config.json"
         if not info.exists():
@@ -93,13 +101,21 @@ class ExtractionResult:
     errors: dict = field(default_factory=dict)  # path -> reason
 
 
-def load_prepared(path, config: TrunkConfig):
-    """``(prepared uint8 image, None)`` or ``(None, reason)``: one bad file never stops a batch."""
+def load_prepared(path, config: TrunkConfig, digest: str | None = None):
+    """``(prepared uint8 image, None)`` or ``(None, reason)``: one bad file never stops a batch.
+
+    For an augmented view (``config.view > 0``) the augmentation is seeded by the
+    view and the image's ``digest``, so a view is the same on every run.
+    """
     rgb, reason = try_load_image(path)
     if rgb is None:
         return None, reason
     try:
-        return prepare_batch([rgb], config.input_size, config.masked, config.preprocess)[0], None
+        if config.view:
+            seed = [config.view, int((digest or file_digest(path, "sha1"))[:12], 16)]
+            return augment_view(rgb, config.input_size, seed, config.masked,
+                                config.preprocess), None
+        return prepare_image(rgb, config.input_size, config.masked, config.preprocess), None
     except Exception as exc:  # noqa: BLE001 - e.g. an image too small to segment
         return None, f"cannot prepare image: {type(exc).__name__}: {exc}"
 
@@ -134,7 +150,8 @@ def extract_trunk_features(paths, trunk, config: TrunkConfig, cache: FeatureCach
             todo.append(i)
     with tracker(progress, n, label) as update:
         update(n - len(todo))
-        loaded = ordered_map(lambda i: (i, *load_prepared(paths[i], config)), todo, workers=2,
+        loaded = ordered_map(lambda i: (i, *load_prepared(paths[i], config, digests[i])), todo,
+                             workers=2,
                              ahead=2 * batch_size)
         with closing(loaded):
             for batch in chunks(loaded, batch_size):

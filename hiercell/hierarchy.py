@@ -60,11 +60,15 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
     ----------
     stage1, stage2 : StageClassifier
         Fitted stages; ``stage2`` may be ``None`` (then no subclasses).
+    reviewer : ReviewScorer or None
+        Fills the records' ``review_score``, ``review`` and ``novelty`` (see
+        :mod:`hiercell.review`); ``None`` leaves them empty.
     """
 
-    def __init__(self, stage1=None, stage2=None):
+    def __init__(self, stage1=None, stage2=None, reviewer=None):
         self.stage1 = stage1
         self.stage2 = stage2
+        self.reviewer = reviewer
 
     @property
     def classes_(self):
@@ -108,16 +112,36 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         fine = combine_probabilities(p1, p2, s2)
         classes = [str(c) for c in self.classes_]
         paths = list(paths) if paths is not None else [None] * len(X)
+        decisions = route(p1, p2, s2)
+        review = self.review_scores(X, p1, [d.uncertain for d in decisions])
         out = []
-        for i, d in enumerate(route(p1, p2, s2)):
+        for i, d in enumerate(decisions):
             order = np.argsort(-fine[i])[:top_k]
             prob = fine[i, classes.index(d.label)] if d.label == d.sub else d.main_p
-            out.append(Prediction(
+            rec = Prediction(
                 path=None if paths[i] is None else str(paths[i]), label=d.label,
                 probability=float(prob), main_class=d.main, main_probability=d.main_p,
                 subclass=d.sub, subclass_probability=d.sub_p,
-                top=[(classes[j], float(fine[i, j])) for j in order], uncertain=d.uncertain))
+                top=[(classes[j], float(fine[i, j])) for j in order], uncertain=d.uncertain)
+            if review is not None:
+                rec.review_score = float(review[0][i])
+                rec.review = bool(review[1][i])
+                rec.novelty = float(review[2][i])
+            out.append(rec)
         return out
+
+    def review_scores(self, X, p1=None, uncertain=None):
+        """``(review_score, review, novelty)`` arrays for trunk features ``X`` (see
+        :mod:`hiercell.review`), or ``None`` without a reviewer."""
+        if self.reviewer is None:
+            return None
+        from .review import trunk_descriptor
+
+        if p1 is None:
+            p1, p2 = self._stage_probas(X)
+            uncertain = [d.uncertain for d in route(p1, p2, self._stage2_classes())]
+        score, novelty = self.reviewer.score(trunk_descriptor(X), p1.max(1), uncertain)
+        return score, self.reviewer.flag(score), novelty
 
 
 def route(p1, p2, stage2_classes) -> list:

@@ -8,8 +8,15 @@ recipes, the ablation and Grad-CAM all call it, so a change here (e.g. a
 per-bundle colour normalisation) reaches all of them.
 
 ``config`` is the bundle's ``"preprocess"`` entry of ``bundle.json`` (a dict);
-``None`` or ``{}`` is the behaviour of every bundle so far. No option is
-defined yet: the hook exists so that one can be added in one place.
+``None`` or ``{}`` is the behaviour of bundles before the canonical frame. Options:
+
+* ``"framing": "canonical"`` -- scale, centre and white-balance every cell the
+  same way whatever the camera (:mod:`hiercell.framing`), with
+  ``"target_diameter"`` (fraction of the side) and ``"zoom_range"``;
+  without it the image is padded to a square and resized.
+
+``augment_view`` (training only) draws one augmented view of an image in the
+same frame (:mod:`hiercell.augment`).
 """
 
 from __future__ import annotations
@@ -32,18 +39,77 @@ def to_square(rgb: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(rgb, (size, size), interpolation=interp)
 
 
+#: The options of the canonical frame (what ``hiercell train --framing`` records).
+CANONICAL = {"framing": "canonical", "target_diameter": 0.40, "zoom_range": [0.35, 3.0]}
+_KNOWN = {"framing": ("canonical",), "target_diameter": None, "zoom_range": None}
+
+
 def check_config(config) -> dict:
-    """The preprocessing options of ``config`` (``None`` -> ``{}``); unknown keys are an error."""
+    """The preprocessing options of ``config`` (``None`` -> ``{}``); unknown keys or values
+    are an error (a model must never run without the preprocessing it was trained with)."""
     config = dict(config or {})
-    if config:
-        raise ValueError(f"unknown preprocessing options {sorted(config)}; this hiercell "
-                         "version defines none")
+    unknown = sorted(set(config) - set(_KNOWN))
+    if unknown:
+        raise ValueError(f"unknown preprocessing options {unknown}; this hiercell version "
+                         f"knows {sorted(_KNOWN)}")
+    if "framing" in config and config["framing"] not in _KNOWN["framing"]:
+        raise ValueError(f"unknown framing {config['framing']!r}; this hiercell version "
+                         f"knows {_KNOWN['framing']}")
     return config
+
+
+def _frame_kwargs(config) -> dict:
+    return {"target_diameter": float(config.get("target_diameter", CANONICAL["target_diameter"])),
+            "zoom_range": tuple(config.get("zoom_range", CANONICAL["zoom_range"]))}
+
+
+def _check_rgb(rgb) -> None:
+    check_rgb_image(rgb, "image")
+
+
+def prepare_image(rgb: np.ndarray, input_size: int, masked: bool = False, config=None) -> np.ndarray:
+    """One RGB uint8 image ``(H, W, 3)`` -> the ``(input_size, input_size, 3)`` uint8 network input."""
+    config = check_config(config)
+    _check_rgb(rgb)
+    if config.get("framing") == "canonical":
+        from .framing import canonical_view, locate_cell
+
+        framing = locate_cell(rgb)
+        if masked:
+            from .segmentation import segment
+
+            rgb = segment(rgb).masked_image
+        return canonical_view(rgb, input_size, framing, **_frame_kwargs(config))
+    if masked:
+        from .segmentation import segment
+
+        rgb = segment(rgb).masked_image
+    return to_square(rgb, input_size)
+
+
+def augment_view(rgb: np.ndarray, input_size: int, seed, masked: bool = False,
+                 config=None) -> np.ndarray:
+    """One augmented training view (uint8, ``(input_size, input_size, 3)``) of ``rgb``
+    in the frame ``config`` asks for; ``seed`` seeds :func:`numpy.random.default_rng`."""
+    from .augment import random_view
+    from .framing import locate_cell
+
+    config = check_config(config)
+    _check_rgb(rgb)
+    framing = locate_cell(rgb)
+    if masked:
+        from .segmentation import segment
+
+        rgb = segment(rgb).masked_image
+    if config.get("framing") != "canonical":
+        framing = framing.__class__(framing.centre, float("nan"), framing.background)
+    return random_view(rgb, framing, input_size, np.random.default_rng(seed),
+                       **_frame_kwargs(config))
 
 
 def prepare_batch(images, input_size: int, masked: bool = False, config=None) -> np.ndarray:
     """RGB uint8 images (a list of ``(H, W, 3)`` of any sizes, or an ``(n, H, W, 3)`` array)
-    -> ``(n, input_size, input_size, 3)`` uint8: masked if ``masked``, square, resized.
+    -> ``(n, input_size, input_size, 3)`` uint8 (see :func:`prepare_image`).
 
     Raises ``TypeError``/``ValueError`` for an input that is not an RGB uint8 image of a
     usable size (:func:`hiercell.io.check_rgb_image`).
@@ -52,9 +118,5 @@ def prepare_batch(images, input_size: int, masked: bool = False, config=None) ->
     out = np.zeros((len(images), input_size, input_size, 3), np.uint8)
     for i, rgb in enumerate(images):
         check_rgb_image(rgb, f"image {i}")
-        if masked:
-            from .segmentation import segment
-
-            rgb = segment(rgb).masked_image
-        out[i] = to_square(rgb, input_size)
+        out[i] = prepare_image(rgb, input_size, masked, config)
     return out

@@ -95,6 +95,24 @@ class ReviewScorer:
         self.threshold_ = float(np.quantile(score, 1.0 - self.target_rate))
         return self
 
+    def with_reference(self, descriptors) -> "ReviewScorer":
+        """A copy that also knows the cells ``descriptors`` (e.g. a new lab's labelled
+        cells): they join the reference, and their leave-one-out novelty joins the
+        in-lab novelty distribution."""
+        import copy
+
+        new = copy.copy(self)
+        d = np.asarray(descriptors, dtype=np.float32)
+        new.reference_ = np.concatenate([self.reference_, d.astype(np.float16)])
+        if len(d) > self.k:
+            own = 1.0 - d @ d.T
+            np.fill_diagonal(own, np.inf)
+            old = 1.0 - d @ self.reference_.astype(np.float32).T
+            both = np.concatenate([old, own], axis=1)
+            loo = np.partition(both, self.k - 1, axis=1)[:, :self.k].mean(1)
+            new.novelty_ref_ = np.sort(np.concatenate([self.novelty_ref_, loo]))
+        return new
+
     def novelty(self, descriptors):
         """Raw novelty (mean cosine distance to the k nearest reference cells)."""
         return knn_distance(self.reference_, descriptors, self.k)
@@ -167,3 +185,14 @@ def domain_shift(novelty, novel_above=0.95, warn_share=SHIFT_WARN_SHARE) -> dict
     else:
         message = f"images look like the training data (score {share:.2f}: {k} of {n} cells novel)"
     return {"score": round(share, 4), "warning": warning, "n": n, "message": message}
+
+
+def fit_reviewer(hierarchy, X_reference, X_val, max_reference=4000, seed=0) -> ReviewScorer:
+    """A :class:`ReviewScorer` for ``hierarchy`` from trunk maps of training cells
+    (``X_reference``, at most ``max_reference`` drawn at random) and of validation
+    cells ``X_val`` (calibration: percentiles and threshold)."""
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.permutation(len(X_reference))[:max_reference])
+    reference = trunk_descriptor(X_reference[pick])
+    p1 = hierarchy.stage1.predict_proba(X_val)
+    return ReviewScorer().fit(reference, trunk_descriptor(X_val), p1.max(1))

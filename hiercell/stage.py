@@ -17,7 +17,12 @@ array of trunk features, ``(n, h, w, 512)`` as produced by
 
 Augmentation works on the cached feature maps: a random flip and 90-degree
 rotation of each sample's ``(h, w)`` grid (cells have no preferred
-orientation).
+orientation). ``fit(..., X_views=[...])`` adds image-space augmentation:
+trunk features of augmented views of the same images
+(:func:`hiercell.preprocess.augment_view`); each fine-tuning epoch sees every
+image once, through a view drawn at random, the frozen phase sees ``X`` and
+the first view, and the SVM sees ``X`` plus ``svm_view_fraction`` of the first
+two views (at most ``svm_max_per_class`` rows per class, drawn at random).
 
 The image-space recipe (:mod:`hiercell.gpu_recipe`) trains the network part
 differently and uses the same three public steps: :meth:`~StageClassifier.start`,
@@ -42,8 +47,9 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from .backbone import (DENSE_LAYERS, augment_feature_maps, build_head, class_weights,
-                       embedding_model, fit_keras, precision_policy, predict_batches,
-                       set_block5_trainable, tensor_dataset, training_precision)
+                       embedding_model, fit_keras, multiview_dataset, precision_policy,
+                       predict_batches, set_block5_trainable, tensor_dataset,
+                       training_precision)
 
 #: Fitted attributes kept in ``bundle.json`` (JSON-ready), besides ``classes_`` and the weights.
 _STATE_KEYS = ("feature_shape_", "svm_best_params_", "svm_cv_score_", "precision_",
@@ -78,6 +84,10 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         Compute precision while training (variables stay float32). ``"auto"``:
         mixed_float16 on a GPU, mixed_bfloat16 on a CPU with native bf16
         (AVX512-BF16 / AMX), float32 otherwise. Inference is always float32.
+    svm_view_fraction : float
+        Share of the first two augmented views whose embeddings join the SVM's data.
+    svm_max_per_class : int or None
+        Cap on the SVM's training rows per class (RBF SVM time grows ~n^2).
     random_state : int
     verbose : int
     """
@@ -85,7 +95,10 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, head_epochs=30, finetune_epochs=4, head_lr=1e-3, finetune_lr=1e-4,
                  batch_size=64, dropout=0.2, augment=True, svm_C=(0.3, 1.0, 3.0, 10.0),
                  svm_gamma=("scale",), svm_include_val=True, block5_weights=None, patience=3,
-                 precision="auto", random_state=0, verbose=1):
+                 precision="auto", svm_view_fraction=0.33, svm_max_per_class=None,
+                 random_state=0, verbose=1):
+        self.svm_view_fraction = svm_view_fraction
+        self.svm_max_per_class = svm_max_per_class
         self.head_epochs = head_epochs
         self.finetune_epochs = finetune_epochs
         self.head_lr = head_lr
@@ -127,37 +140,53 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         return build_head(len(self.classes_), self.feature_shape_, self.block5_weights,
                           dropout=self.dropout, seed=self.random_state)
 
-    def finish(self, head, X, y, X_val=None, y_val=None):
+    def finish(self, head, X, y, X_val=None, y_val=None, X_views=()):
         """Keep a float32 copy of the trained ``head`` and fit the SVM on its embeddings
-        of ``X`` (plus ``X_val`` when ``svm_include_val``)."""
+        of ``X`` (plus ``X_val`` when ``svm_include_val``, plus a share of the first two
+        ``X_views``)."""
         self.head_ = build_head(len(self.classes_), self.feature_shape_, dropout=self.dropout)
         self.head_.set_weights([w.astype(np.float32) for w in head.get_weights()])
         self.train_seconds_["network"] = time.time() - getattr(self, "_t0", time.time())
         y = np.asarray(y)
+        emb, labels = [self.transform(X)], [y]
         if self.svm_include_val and X_val is not None and len(X_val):
             known = np.isin(np.asarray(y_val), self.classes_)
-            X = np.concatenate([X, X_val[known]])
-            y = np.concatenate([y, np.asarray(y_val)[known]])
-        return self.fit_svm(X, y)
+            emb.append(self.transform(X_val[known]))
+            labels.append(np.asarray(y_val)[known])
+        rng = np.random.default_rng(self.random_state)
+        for view in list(X_views)[:2]:
+            pick = np.sort(rng.choice(len(y), int(self.svm_view_fraction * len(y)), replace=False))
+            emb.append(self.transform(view[pick]))
+            labels.append(y[pick])
+        return self.fit_svm_embeddings(np.concatenate(emb), np.concatenate(labels))
 
-    def fit(self, X, y, X_val=None, y_val=None):
-        """Train head, fine-tune block5, then tune the SVM on the embeddings (feature recipe)."""
+    def fit(self, X, y, X_val=None, y_val=None, X_views=()):
+        """Train head, fine-tune block5, then tune the SVM on the embeddings (feature recipe).
+
+        ``X_views``: trunk features of augmented views of the rows of ``X`` (a sequence
+        of arrays shaped like ``X``), see the module doc.
+        """
+        X_views = list(X_views)
         y_idx, yv_idx, known, class_weight = self.start(y, X.shape[1:], y_val)
         val = (X_val[known], yv_idx) if yv_idx is not None else None
         with precision_policy(self.precision_):
             head = self.new_head()
             if self.head_epochs > 0:
-                self._fit_frozen_phase(head, X, y_idx, val, class_weight)
+                self._fit_frozen_phase(head, X, y_idx, val, class_weight, X_views[:1])
             if self.finetune_epochs > 0:
                 set_block5_trainable(head, True)
+                train = (multiview_dataset([X] + X_views, y_idx, self.batch_size,
+                                           self.random_state)
+                         if X_views else self._dataset(X, y_idx, training=True))
+                if X_views and self.augment:
+                    train = train.map(augment_feature_maps)
                 self.history_["finetune"] = fit_keras(
-                    head, self._dataset(X, y_idx, training=True),
-                    self._dataset(*val, training=False) if val else None,
+                    head, train, self._dataset(*val, training=False) if val else None,
                     self.finetune_epochs, self.finetune_lr, class_weight, self.patience,
                     self.verbose)
-        return self.finish(head, X, y, X_val, y_val)
+        return self.finish(head, X, y, X_val, y_val, X_views)
 
-    def _fit_frozen_phase(self, head, X, y_idx, val, class_weight):
+    def _fit_frozen_phase(self, head, X, y_idx, val, class_weight, X_views=()):
         """Train the dense layers with block5 frozen.
 
         block5 being frozen, its pooled output is computed once and the dense
@@ -173,27 +202,39 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         for name in DENSE_LAYERS:
             x = head.get_layer(name)(x)
         top = keras.Model(inputs, x)
-        P = predict_batches(pooled, X, 256)
-        train_ds = tensor_dataset(P, y_idx, self.batch_size, shuffle_seed=self.random_state)
+        P = np.concatenate([predict_batches(pooled, v, 256) for v in [X, *X_views]])
+        train_ds = tensor_dataset(P, np.tile(y_idx, 1 + len(X_views)), self.batch_size,
+                                  shuffle_seed=self.random_state)
         val_ds = (tensor_dataset(predict_batches(pooled, val[0], 256), val[1], self.batch_size)
                   if val is not None else None)
         self.history_["head"] = fit_keras(top, train_ds, val_ds, self.head_epochs, self.head_lr,
                                           class_weight, self.patience, self.verbose)
 
     def fit_svm(self, X, y):
-        """(Re)tune and fit the SVM on the embeddings of ``X`` (the head is kept).
+        """(Re)tune and fit the SVM on the embeddings of ``X`` (the head is kept)."""
+        return self.fit_svm_embeddings(self.transform(X), y)
 
+    def fit_svm_embeddings(self, emb, y, sample_weight=None):
+        """(Re)tune and fit the SVM on Dense(1024) embeddings ``emb`` (the head is kept).
+
+        At most ``svm_max_per_class`` rows per class are used (drawn at random).
         ``GridSearchCV`` (3-fold stratified, balanced accuracy) picks ``C`` and
         ``gamma``; the winner is refit with sigmoid (Platt) calibration.
+        ``sample_weight``: per-row weights of the final fit (e.g. adaptation data).
         """
         t0 = time.time()
         y = np.asarray(y)
+        if self.svm_max_per_class:
+            rng = np.random.default_rng(self.random_state)
+            keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[
+                :self.svm_max_per_class] for c in np.unique(y)]))
+            emb, y = emb[keep], y[keep]
+            sample_weight = None if sample_weight is None else np.asarray(sample_weight)[keep]
         classes, counts = np.unique(y, return_counts=True)
         if len(classes) < 2 or counts.min() < 3:
             raise ValueError(
                 "the SVM needs at least 2 classes with 3 or more images each (3-fold search); "
                 f"got {dict(zip(classes.tolist(), counts.tolist()))}")
-        emb = self.transform(X)
         search = GridSearchCV(
             make_pipeline(StandardScaler(), SVC(kernel="rbf", class_weight="balanced")),
             {"svc__C": list(self.svm_C), "svc__gamma": list(self.svm_gamma)},
@@ -208,7 +249,10 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
             StandardScaler(),
             CalibratedClassifierCV(best, method="sigmoid", cv=int(min(5, counts.min())),
                                    ensemble=False, n_jobs=2))
-        self.svm_.fit(emb, y)
+        if sample_weight is None:
+            self.svm_.fit(emb, y)
+        else:
+            self.svm_.fit(emb, y, calibratedclassifiercv__sample_weight=sample_weight)
         self.train_seconds_ = {**getattr(self, "train_seconds_", {}), "svm": time.time() - t0}
         return self
 

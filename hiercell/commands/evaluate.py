@@ -17,8 +17,10 @@ from .options import (cache_dir, cache_option, echo_err, load_model, load_sample
               help="Bundle folder (default: the bundled model).")
 @click.option("--split-csv", type=click.Path(exists=True, dir_okay=False),
               help="CSV with path,split columns (default: DATA/splits.csv if present).")
-@click.option("--subset", default="test", show_default=True,
-              help="Which split to evaluate ('all' for every image).")
+@click.option("--subset", default=None,
+              help="Which split to evaluate: train, val, test or 'all'. Default: 'test' "
+                   "when DATA has splits (a split column or splits.csv), else 'all' (an "
+                   "external labelled set).")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="Folder for metrics.json and confusion-matrix PNGs.")
 @others_option
@@ -26,11 +28,27 @@ from .options import (cache_dir, cache_option, echo_err, load_model, load_sample
 @cache_option
 @precision_option
 def evaluate(data, model_path, split_csv, subset, out, others_per_class, seed, cache, precision):
-    """Evaluate a bundle on DATA: stage 1, stage 2 and end to end."""
+    """Evaluate a bundle on DATA: stage 1, stage 2 and end to end.
+
+    DATA is any layout hiercell reads (PBC-style folder, class-per-folder tree,
+    CSV manifest path,label[,split]), e.g. another lab's labelled set. Stage 1
+    is scored on every cell with a main class (a neutrophil without band or
+    segmented counts there); stage 2 and end to end only when DATA has
+    subclass labels.
+    """
+    from ..data import read_dataset
     from ..features import FeatureCache, extract_trunk_features
     from ..training import evaluate_hierarchy, headline, save_metrics
 
     model = load_model(model_path, precision)
+    if subset is None:
+        try:
+            has_splits = split_csv is not None or any(
+                s.split is not None for s in read_dataset(data))
+        except (FileNotFoundError, ValueError) as exc:
+            raise click.UsageError(str(exc)) from exc
+        subset = "test" if has_splits else "all"
+        echo_err(f"evaluating subset {subset!r}")
     samples = load_samples(data, split_csv, seed)
     if subset != "all":
         samples = [s for s in samples if s.split == subset]

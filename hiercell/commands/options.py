@@ -117,6 +117,14 @@ def training_options(func):
         click.option("--finetune-epochs", default=4, show_default=True, type=click.IntRange(0),
                      help="Epochs with block5 fine-tuned at lr 1e-4 (early stopping on val)."),
         click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1)),
+        click.option("--framing/--no-framing", default=True, show_default=True,
+                     help="Put every cell in the canonical frame (scale, centre, white balance) "
+                          "before VGG16, in training and in the bundle's predictions."),
+        click.option("--augment-views", default=4, show_default=True, type=click.IntRange(0),
+                     help="Augmented image-space views per training image (stain, scale, "
+                          "crop, blur, noise, JPEG, rotation), cached like the images."),
+        click.option("--svm-max-per-class", default=1500, show_default=True,
+                     type=click.IntRange(10), help="Cap on the SVM's training rows per class."),
         others_option,
         click.option("--limit-per-class", default=None, type=click.IntRange(1),
                      help="Use at most N images per label and split (quick runs)."),
@@ -136,4 +144,6 @@ def settings_from_options(masked=False, **opts):
                          backbone_weights=opts["backbone_weights"], seed=opts["seed"],
                          others_per_class=opts["others_per_class"],
                          head_epochs=opts["head_epochs"], finetune_epochs=opts["finetune_epochs"],
-                         batch_size=opts["batch_size"], limit_per_class=opts["limit_per_class"])
+                         batch_size=opts["batch_size"], limit_per_class=opts["limit_per_class"],
+                         framing=opts["framing"], augment_views=opts["augment_views"],
+                         svm_max_per_class=opts["svm_max_per_class"])

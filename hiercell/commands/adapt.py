@@ -1,0 +1,73 @@
+"""``hiercell adapt``: fit a model to a new lab from a few labelled cells."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from .options import echo_err, load_model, precision_option, seed_option
+
+
+@click.command()
+@click.argument("data", type=click.Path(exists=True))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Bundle folder to write (the adapted model).")
+@click.option("--model", "model_path", type=click.Path(exists=True, file_okay=False),
+              help="Base bundle (default: the bundled model).")
+@click.option("--views", default=4, show_default=True, type=click.IntRange(0, 16),
+              help="Augmented views per labelled image.")
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(2, 20),
+              help="Cross-validation folds for the before/after figures (grouped by the "
+                   "manifest's group column when it has one).")
+@seed_option
+@precision_option
+def adapt(data, out, model_path, views, folds, seed, precision):
+    """Adapt a model to a new lab's images from labelled cells in DATA.
+
+    DATA is any layout hiercell reads: a PBC-style folder (labels from file-name
+    prefixes), a class-per-folder tree, or a CSV manifest path,label[,group]
+    (e.g. the corrections exported from the HTML report). Labels may be main
+    classes (neutrophil without band/segmented is fine: stage 1 only) or
+    subclasses (then stage 2 is adapted too). Writes a bundle for --model /
+    hiercell.load(path), with the before/after figures of a cross-validation
+    on DATA in its bundle.json and MODEL_CARD.md.
+    """
+    from ..adapt import (adaptation_record, adapt_model, cross_validate, data_digest,
+                         model_card, trunk_views)
+    from ..bundle import BundleError, save_bundle
+    from ..data import read_dataset
+
+    t0 = time.time()
+    model = load_model(model_path, precision)
+    try:
+        samples = [s for s in read_dataset(data) if s.main is not None]
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    if len(samples) < 2 * folds:
+        raise click.UsageError(f"{data}: {len(samples)} labelled image(s); adaptation needs at "
+                               f"least {2 * folds} (a few dozen per class is better)")
+    maps, ok, errors = trunk_views(model, [s.path for s in samples], views, progress=True)
+    for path, reason in errors.items():
+        echo_err(f"skipped {path}: {reason}")
+    samples = [s for s, good in zip(samples, ok) if good]
+    try:
+        cv = cross_validate(model, maps, samples, k=folds, seed=seed, progress=True)
+        adapted = adapt_model(model, maps, samples, seed=seed, log=echo_err)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    base = model_path or "bundled default model"
+    record = adaptation_record(samples, cv, base, model.info, data_digest(samples), str(data))
+    try:
+        save_bundle(adapted, out, {"adaptation": record, "name": Path(out).name},
+                    extra_files={"MODEL_CARD.md": model_card(record, model.info)})
+    except BundleError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps({"stage1_accuracy_before": round(cv["stage1_accuracy_before"], 4),
+                           "stage1_accuracy_after": round(cv["stage1_accuracy_after"], 4),
+                           "n": cv["n"], "folds": cv["folds"], "fold_kind": cv["fold_kind"]},
+                          indent=2))
+    echo_err(f"adapted bundle written to {out} ({time.time() - t0:.0f} s); use it with "
+             f"hiercell classify --model {out}")
