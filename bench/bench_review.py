@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""How well the review flag and the domain check work (issue: "know when it does not know").
+
+    python bench/bench_review.py --pbc ../shared/data/pbc \
+        --external ../shared/data/external/bccd351/manifest.csv \
+        --external ../shared/data/external/jtsc300/manifest.csv [--model BUNDLE]
+
+Prints, for the bundle (default: the bundled model):
+
+1. PBC test split: share of cells flagged, stage-1 accuracy among unflagged
+   and flagged cells, AUROC of ``review_score`` for wrong against right
+   answers, and the folder domain check on the whole split and on 20 random
+   50-image subsets (how often it fires);
+2. each external labelled set: stage-1 accuracy, share flagged, AUROC wrong
+   against right, mean top probability on right and wrong answers, the
+   domain check;
+3. unknown classes, simulated by holding one class out (protocol): a review
+   scorer is fit on ``--reference`` random training cells and the validation
+   cells of the other classes, and the stage-1 SVM is refit without the class
+   on the bundle's source sample (the network itself still saw the class in
+   training, which this protocol cannot undo without retraining); AUROC of ``review_score`` for held-out-class test
+   cells against the other classes' test cells, and share of them flagged.
+
+Trunk features are cached (``--cache``) so that reruns are quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+import hiercell
+from hiercell.data import read_dataset
+from hiercell.features import FeatureCache, extract_trunk_features
+from hiercell.review import domain_shift, trunk_descriptor
+from hiercell.taxonomy import MAIN_CLASSES
+
+
+def features(model, samples, cache):
+    config = model.trunk_config()
+    res = extract_trunk_features([s.path for s in samples], model.trunk, config,
+                                 FeatureCache(cache, config) if cache else None, progress=True)
+    return res.features, [s for s, ok in zip(samples, res.ok) if ok]
+
+
+def auroc(flag_positive, score):
+    flag_positive = np.asarray(flag_positive, bool)
+    if flag_positive.all() or not flag_positive.any():
+        return float("nan")
+    return float(roc_auc_score(flag_positive, score))
+
+
+def describe(name, model, X, samples):
+    recs = model.hierarchy.predict_records(X)
+    truth = np.array([s.main for s in samples])
+    pred = np.array([r.main_class for r in recs])
+    score = np.array([r.review_score for r in recs])
+    flag = np.array([r.review for r in recs])
+    right = pred == truth
+    top = np.array([r.main_probability for r in recs])
+    shift = domain_shift([r.novelty for r in recs])
+    print(f"\n== {name}: n={len(samples)}")
+    print(f"stage-1 accuracy {right.mean():.4f}; flagged {flag.mean():.3f}; accuracy unflagged "
+          f"{right[~flag].mean():.4f} (n={int((~flag).sum())}), flagged "
+          f"{right[flag].mean() if flag.any() else float('nan'):.4f}")
+    print(f"AUROC review_score wrong-vs-right {auroc(~right, score):.3f}; "
+          f"AUROC 1-top probability {auroc(~right, -top):.3f}; mean top probability right "
+          f"{top[right].mean():.3f}, wrong {top[~right].mean() if (~right).any() else float('nan'):.3f}")
+    print(f"domain check: {shift}")
+    return recs
+
+
+def held_out(model, X_test, test, X_ref, ref, X_val, val, cls):
+    """Review scores of the test cells with class ``cls`` held out (see module doc):
+    reviewer refit on training and validation cells of the other classes, stage-1 SVM
+    refit on the bundle's source sample without ``cls``."""
+    import keras
+
+    from hiercell.backbone import predict_batches
+    from hiercell.review import ReviewScorer
+
+    hier = copy.copy(model.hierarchy)
+    stage = copy.copy(hier.stage1)
+    src = stage.source_sample_
+    keep = src["y"] != cls
+    inputs = keras.Input(shape=(src["gap"].shape[1],))
+    embed = keras.Model(inputs, stage.head_.get_layer("embedding")(inputs))
+    emb = predict_batches(embed, src["gap"][keep].astype(np.float32), 512)
+    stage.svm_max_per_class = None
+    stage.fit_svm_embeddings(emb, src["y"][keep])
+    hier.stage1 = stage
+    ref_keep = np.array([s.main != cls for s in ref])
+    val_keep = np.array([s.main != cls for s in val])
+    p1 = stage.predict_proba(X_val[val_keep])
+    hier.reviewer = ReviewScorer().fit(trunk_descriptor(X_ref[ref_keep]),
+                                       trunk_descriptor(X_val[val_keep]), p1.max(1))
+    recs = hier.predict_records(X_test)
+    score = np.array([r.review_score for r in recs])
+    flag = np.array([r.review for r in recs])
+    unknown = np.array([s.main == cls for s in test])
+    return auroc(unknown, score), float(flag[unknown].mean()), float(flag[~unknown].mean())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--pbc", required=True, help="PBC folder with splits.csv")
+    ap.add_argument("--external", action="append", default=[], help="labelled external set")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--cache", default=None, help="trunk-feature cache folder")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reference", type=int, default=4000,
+                    help="training cells drawn as the held-out protocol's reference")
+    a = ap.parse_args()
+    model = hiercell.load(a.model, precision="auto")
+    if model.hierarchy.reviewer is None:
+        raise SystemExit("this bundle has no review scorer")
+    test = [s for s in read_dataset(a.pbc) if s.split == "test" and s.main is not None]
+    X_test, test = features(model, test, a.cache)
+    recs = describe("PBC test split", model, X_test, test)
+    rng = np.random.default_rng(a.seed)
+    fired = [domain_shift([recs[i].novelty for i in rng.choice(len(recs), 50, replace=False)])["warning"]
+             for _ in range(20)]
+    print(f"domain check on 20 random 50-cell subsets of the test split: fired {sum(fired)} times")
+    for ext in a.external:
+        samples = [s for s in read_dataset(ext) if s.main is not None]
+        X, samples = features(model, samples, a.cache)
+        describe(ext, model, X, samples)
+    print("\n== held-out class (protocol in the module doc)")
+    everything = [s for s in read_dataset(a.pbc) if s.main is not None]
+    ref = [s for s in everything if s.split == "train"]
+    ref = [ref[i] for i in np.sort(rng.permutation(len(ref))[:a.reference])]
+    X_ref, ref = features(model, ref, a.cache)
+    X_val, val = features(model, [s for s in everything if s.split == "val"], a.cache)
+    for cls in ("basophil", "monocyte", "eosinophil", "lymphocyte"):
+        au, flagged_unknown, flagged_known = held_out(model, X_test, test, X_ref, ref, X_val,
+                                                      val, cls)
+        print(f"{cls:12s} AUROC held-out vs known {au:.3f}; flagged: held-out {flagged_unknown:.3f}, "
+              f"known {flagged_known:.3f}")
+
+
+if __name__ == "__main__":
+    main()
