@@ -114,14 +114,14 @@ def adapt_stage(stage, target_maps, target_y, epochs=40, lr=3e-4, seed=0, verbos
     new.source_sample_ = stage.source_sample_
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(shape=(gap.shape[1],))
-    x = inputs
+    x, nodes = inputs, {}
     for name in DENSE_LAYERS:
-        x = new.head_.get_layer(name)(x)
+        x = nodes[name] = new.head_.get_layer(name)(x)
     top = keras.Model(inputs, x)
     top.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy")
     top.fit(gap, y_idx, sample_weight=weight / weight.mean(), batch_size=64, epochs=epochs,
             shuffle=True, verbose=verbose)
-    emb = predict_batches(keras.Model(inputs, new.head_.get_layer("embedding").output), gap, 512)
+    emb = predict_batches(keras.Model(inputs, nodes["embedding"]), gap, 512)
     best_c = (stage.svm_best_params_ or {}).get("svc__C", 1.0)
     new.set_params(svm_C=(best_c,), svm_max_per_class=None)
     new.fit_svm_embeddings(emb, y, sample_weight=weight / weight.mean())

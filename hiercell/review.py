@@ -14,7 +14,10 @@ Built only from what classification already computes (no second network pass):
 
 Each signal is turned into its percentile among in-lab validation cells
 (:class:`ReviewScorer`, fit at training time and stored in the bundle), and the
-``review_score`` is their mean (1.0 for uncertain cells); ``review`` is
+``review_score`` is essentially their maximum (0.98 x maximum + 0.02 x mean;
+1.0 for uncertain cells): a cell novel *or* ambiguous scores high, and where
+every cell is novel (another lab) the mean term still ranks them by
+ambiguity; ``review`` is
 ``review_score >= threshold``, the threshold being the validation quantile
 that flags ``target_rate`` (5 %) of in-lab cells.
 
@@ -34,6 +37,10 @@ import numpy as np
 TARGET_RATE = 0.05
 #: Nearest neighbours averaged in the novelty score.
 K_NEIGHBOURS = 10
+#: Weight of the mean of the two percentiles in the score (the rest is their maximum):
+#: the maximum flags a cell that is either novel or ambiguous; the small mean
+#: term keeps ranking cells by ambiguity where every cell is novel (another lab).
+MIX = 0.02
 #: Domain-shift warning: share of novel cells that fires it (in-lab: ~0.05).
 SHIFT_WARN_SHARE = 0.25
 
@@ -89,16 +96,28 @@ class ReviewScorer:
 
     def fit(self, reference, val_descriptors, val_top_proba):
         self.reference_ = np.asarray(reference, dtype=np.float16)
-        self.novelty_ref_ = np.sort(knn_distance(self.reference_, val_descriptors, self.k))
-        self.ambiguity_ref_ = np.sort(1.0 - np.asarray(val_top_proba, dtype=np.float32))
-        score, _ = self.score(val_descriptors, val_top_proba)
-        self.threshold_ = float(np.quantile(score, 1.0 - self.target_rate))
+        self.val_novelty_ = knn_distance(self.reference_, val_descriptors, self.k)
+        self.val_ambiguity_ = 1.0 - np.asarray(val_top_proba, dtype=np.float32)
+        self.extra_novelty_ = np.zeros(0, dtype=np.float32)
+        self._calibrate()
         return self
+
+    def _calibrate(self):
+        """Percentile tables and threshold from the paired validation signals."""
+        self.novelty_ref_ = np.sort(np.concatenate([self.val_novelty_, self.extra_novelty_]))
+        self.ambiguity_ref_ = np.sort(self.val_ambiguity_)
+        score = self._combine(_percentile_of(self.novelty_ref_, self.val_novelty_),
+                              _percentile_of(self.ambiguity_ref_, self.val_ambiguity_))
+        self.threshold_ = float(np.quantile(score, 1.0 - self.target_rate))
+
+    @staticmethod
+    def _combine(nov, amb):
+        return (1.0 - MIX) * np.maximum(nov, amb) + MIX * 0.5 * (nov + amb)
 
     def with_reference(self, descriptors) -> "ReviewScorer":
         """A copy that also knows the cells ``descriptors`` (e.g. a new lab's labelled
         cells): they join the reference, and their leave-one-out novelty joins the
-        in-lab novelty distribution."""
+        novelty distribution that percentiles are read from."""
         import copy
 
         new = copy.copy(self)
@@ -110,7 +129,8 @@ class ReviewScorer:
             old = 1.0 - d @ self.reference_.astype(np.float32).T
             both = np.concatenate([old, own], axis=1)
             loo = np.partition(both, self.k - 1, axis=1)[:, :self.k].mean(1)
-            new.novelty_ref_ = np.sort(np.concatenate([self.novelty_ref_, loo]))
+            new.extra_novelty_ = np.concatenate([self.extra_novelty_, loo]).astype(np.float32)
+            new._calibrate()
         return new
 
     def novelty(self, descriptors):
@@ -122,7 +142,7 @@ class ReviewScorer:
         percentile of the cell's novelty among in-lab validation cells."""
         nov = _percentile_of(self.novelty_ref_, self.novelty(descriptors))
         amb = _percentile_of(self.ambiguity_ref_, 1.0 - np.asarray(top_proba, dtype=np.float32))
-        score = 0.5 * (nov + amb)
+        score = self._combine(nov, amb)
         if uncertain is not None:
             score = np.where(np.asarray(uncertain, bool), 1.0, score)
         return score.astype(np.float32), nov.astype(np.float32)
@@ -132,18 +152,21 @@ class ReviewScorer:
         return np.asarray(review_score) >= self.threshold_
 
     def to_arrays(self) -> dict:
-        return {"reference": self.reference_, "novelty_ref": self.novelty_ref_.astype(np.float32),
-                "ambiguity_ref": self.ambiguity_ref_.astype(np.float32),
-                "params": np.array([self.k, self.target_rate, self.threshold_], dtype=np.float64)}
+        return {"reference": self.reference_,
+                "val_novelty": self.val_novelty_.astype(np.float32),
+                "val_ambiguity": self.val_ambiguity_.astype(np.float32),
+                "extra_novelty": self.extra_novelty_.astype(np.float32),
+                "params": np.array([self.k, self.target_rate], dtype=np.float64)}
 
     @classmethod
     def from_arrays(cls, arrays) -> "ReviewScorer":
-        k, rate, thr = (float(v) for v in arrays["params"])
+        k, rate = (float(v) for v in arrays["params"][:2])
         self = cls(k=int(k), target_rate=rate)
         self.reference_ = np.asarray(arrays["reference"], dtype=np.float16)
-        self.novelty_ref_ = np.asarray(arrays["novelty_ref"], dtype=np.float32)
-        self.ambiguity_ref_ = np.asarray(arrays["ambiguity_ref"], dtype=np.float32)
-        self.threshold_ = thr
+        self.val_novelty_ = np.asarray(arrays["val_novelty"], dtype=np.float32)
+        self.val_ambiguity_ = np.asarray(arrays["val_ambiguity"], dtype=np.float32)
+        self.extra_novelty_ = np.asarray(arrays["extra_novelty"], dtype=np.float32)
+        self._calibrate()
         return self
 
 

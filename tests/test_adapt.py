@@ -1,0 +1,107 @@
+"""hiercell adapt, evaluate on another lab's labelled set, and what a trained bundle carries."""
+
+import copy
+import csv
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hiercell.adapt import adapt_stage, stage_labels
+from hiercell.bundle import load
+from hiercell.cli import main
+from hiercell.data import read_dataset
+
+from conftest import FIXTURES
+
+
+@pytest.fixture(scope="module")
+def new_lab(tmp_path_factory):
+    """Another 'lab': the fixture cells tinted yellow and shrunk, as a CSV manifest with
+    main-class labels (neutrophils without band/segmented) and a group column."""
+    root = tmp_path_factory.mktemp("newlab")
+    rows = []
+    for k, src in enumerate(sorted(FIXTURES.glob("*/*.jpg"))):
+        label = src.name.split("_")[0]
+        if label in ("BNE", "SNE", "NEUTROPHIL"):
+            label = "NEUTROPHIL"
+        elif label in ("MY", "MMY", "PMY", "IG"):
+            label = "IG"
+        img = cv2.imread(str(src)).astype(np.float32)
+        img[..., 0] *= 0.7  # less blue: a yellow cast
+        for v in range(2):
+            out = cv2.resize(np.clip(img, 0, 255).astype(np.uint8), (120 + 20 * v, 120 + 20 * v))
+            name = f"cell{k}_{v}.png"
+            cv2.imwrite(str(root / name), out)
+            rows.append({"path": name, "label": label, "group": f"patient{k % 3}"})
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, ["path", "label", "group"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root / "manifest.csv"
+
+
+def test_trained_bundle_carries_review_scorer_and_source_samples(tiny_model):
+    assert tiny_model.hierarchy.reviewer is not None
+    for stage in (tiny_model.stage1, tiny_model.stage2):
+        sample = stage.source_sample_
+        assert sample["gap"].shape == (len(sample["y"]), 512)
+        assert set(sample["y"]) <= set(stage.classes_.astype(str))
+    assert tiny_model.preprocess["framing"] == "canonical"
+    recs = tiny_model.predict_records(sorted(FIXTURES.glob("*/*.jpg"))[:4])
+    assert all(0.0 <= r.review_score <= 1.0 and 0.0 <= r.novelty <= 1.0 for r in recs)
+    assert all(r.review == (r.review_score >= tiny_model.hierarchy.reviewer.threshold_)
+               for r in recs)
+
+
+def test_adapt_writes_a_loadable_bundle_with_its_record(tiny_bundle, new_lab, tmp_path):
+    out = tmp_path / "adapted"
+    result = CliRunner().invoke(main, ["adapt", str(new_lab), "--out", str(out), "--model",
+                                       str(tiny_bundle), "--views", "1", "--folds", "3"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout[result.stdout.index("{"):])
+    assert figures["fold_kind"] == "group" and figures["folds"] == 3
+    info = json.loads((out / "bundle.json").read_text())
+    record = info["adaptation"]
+    assert record["base_model"] == str(tiny_bundle)
+    assert record["counts"]["neutrophil"] == 2 * len(list(FIXTURES.glob("neutrophil/*.jpg")))
+    assert record["data_digest"].startswith("sha256:")
+    assert 0 <= record["cross_validation"]["stage1_accuracy_after"] <= 1
+    assert "Before / after" in (out / "MODEL_CARD.md").read_text()
+    base, adapted = load(tiny_bundle), load(out)
+    # stage 1 changed, stage 2 kept (no subclass labels), the lab joined the reference
+    assert not all(np.array_equal(a, b) for a, b in
+                   zip(base.stage1.head_.get_weights(), adapted.stage1.head_.get_weights()))
+    assert all(np.array_equal(a, b) for a, b in
+               zip(base.stage2.head_.get_weights(), adapted.stage2.head_.get_weights()))
+    n_lab = len(read_dataset(new_lab))
+    assert len(adapted.hierarchy.reviewer.reference_) == len(base.hierarchy.reviewer.reference_) + n_lab
+    assert adapted.predict_records([new_lab.parent / "cell0_0.png"])[0].status == "ok"
+
+
+def test_adapt_stage_needs_a_source_sample(tiny_model):
+    stage = copy.copy(tiny_model.stage1)
+    stage.source_sample_ = None
+    with pytest.raises(ValueError, match="no training sample"):
+        adapt_stage(stage, np.zeros((2, 1, 1, 512), np.float32), ["neutrophil", "neutrophil"])
+
+
+def test_stage_labels_route_subclasses_and_others(new_lab):
+    samples = read_dataset(new_lab)
+    idx, y = stage_labels(samples, 2)
+    assert set(y) == {"Others"}  # main-class labels only: no subclass to learn
+    idx1, y1 = stage_labels(samples, 1)
+    assert len(idx1) == len(samples)
+
+
+def test_evaluate_on_an_external_set_scores_stage_1_only(tiny_bundle, new_lab, tmp_path):
+    result = CliRunner().invoke(main, ["evaluate", str(new_lab), "--model", str(tiny_bundle),
+                                       "--out", str(tmp_path / "ev")])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout[result.stdout.index("{"):])
+    assert figures["split"] == "all"
+    assert set(figures) == {"split", "stage1"}
+    assert figures["stage1"]["n"] == len(read_dataset(new_lab))
