@@ -128,17 +128,19 @@ def adapt_stage(stage, target_maps, target_y, epochs=40, lr=3e-4, seed=0, verbos
     return new
 
 
-def trunk_views(model, paths, views=4, progress=None, seed=0):
+def trunk_views(model, paths, views=4, progress=None, cache_dir=None):
     """Trunk maps of ``paths`` as ``model`` sees them (view 0) and of ``views`` augmented
-    views: ``(maps (1 + views, n_ok, h, w, 512), ok mask, errors)``."""
-    from .features import TrunkConfig, extract_trunk_features
+    views: ``(maps (1 + views, n_ok, h, w, 512), ok mask, errors)``; cached in
+    ``cache_dir`` when given."""
+    from .features import FeatureCache, TrunkConfig, extract_trunk_features
 
     config = model.trunk_config()
     out, ok, errors = [], None, {}
     for view in range(views + 1):
         cfg = TrunkConfig(config.input_size, config.masked, config.weights_id, config.layer,
                           config.preprocess, view)
-        res = extract_trunk_features(paths, model.trunk, cfg, None, progress=progress,
+        cache = FeatureCache(cache_dir, cfg) if cache_dir else None
+        res = extract_trunk_features(paths, model.trunk, cfg, cache, progress=progress,
                                      label="adaptation images" if view == 0 else
                                      f"augmented view {view}/{views}")
         if ok is None:

@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""Adaptation to a new lab from a few labelled cells: accuracy against cells per class.
+
+    python bench/bench_adapt.py --external ../shared/data/external/bccd351/manifest.csv \
+        --external ../shared/data/external/jtsc300/manifest.csv --pbc ../shared/data/pbc \
+        [--model BUNDLE] [--per-class 5,10,20,50] [--seeds 3]
+
+For each external labelled set and each n in --per-class, over --seeds random
+draws: adapt the bundle (default: the bundled model) on n labelled cells per
+class of the set (all of a class when it has fewer than 2n; at least one
+cell of every class is left for testing) exactly as ``hiercell adapt`` does,
+and score stage-1 accuracy on the set's other cells, before and after; also
+the adapted model's stage-1 accuracy on the PBC test split (it must not fall
+by more than a point). Prints mean and spread (min-max) over the draws, and
+the seconds one adaptation took. Trunk features are cached in --cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import hiercell
+from hiercell.adapt import adapt_model, trunk_views
+from hiercell.data import read_dataset
+from hiercell.features import FeatureCache, extract_trunk_features
+
+
+def draw(samples, n, rng):
+    """Indices of n cells per class (keeping at least one of each class for testing)."""
+    mains = np.array([s.main for s in samples])
+    pick = []
+    for c in np.unique(mains):
+        members = rng.permutation(np.flatnonzero(mains == c))
+        pick += members[:min(n, len(members) - 1)].tolist()
+    return np.sort(pick)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--external", action="append", required=True)
+    ap.add_argument("--pbc", default=None, help="PBC folder: also score the PBC test split")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--per-class", default="5,10,20,50")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--views", type=int, default=4)
+    ap.add_argument("--cache", default=None)
+    a = ap.parse_args()
+    model = hiercell.load(a.model, precision="auto")
+    X_pbc = y_pbc = None
+    if a.pbc:
+        test = [s for s in read_dataset(a.pbc) if s.split == "test" and s.main is not None]
+        config = model.trunk_config()
+        res = extract_trunk_features([s.path for s in test], model.trunk, config,
+                                     FeatureCache(a.cache, config) if a.cache else None)
+        X_pbc = res.features
+        y_pbc = np.array([s.main for s, ok in zip(test, res.ok) if ok])
+        base_pbc = np.mean(model.stage1.predict(X_pbc) == y_pbc)
+        print(f"PBC test stage-1 accuracy, base model: {base_pbc:.4f} (n={len(y_pbc)})")
+    for ext in a.external:
+        samples = [s for s in read_dataset(ext) if s.main is not None]
+        maps, ok, _ = trunk_views(model, [s.path for s in samples], a.views, cache_dir=a.cache)
+        samples = [s for s, good in zip(samples, ok) if good]
+        truth = np.array([s.main for s in samples])
+        base = np.array([r.main_class for r in model.hierarchy.predict_records(maps[0])])
+        print(f"\n== {ext}: n={len(samples)}, base stage-1 accuracy {np.mean(base == truth):.4f}")
+        print(f"{'per class':>9s} {'n adapt':>7s} {'before':>16s} {'after':>22s} {'PBC test after':>24s} {'s':>5s}")
+        for n in [int(v) for v in a.per_class.split(",")]:
+            rows = []
+            for seed in range(a.seeds):
+                rng = np.random.default_rng(seed)
+                train = draw(samples, n, rng)
+                rest = np.setdiff1d(np.arange(len(samples)), train)
+                t0 = time.time()
+                adapted = adapt_model(model, maps[:, train], [samples[i] for i in train], seed=seed)
+                sec = time.time() - t0
+                after = np.array([r.main_class for r in adapted.hierarchy.predict_records(maps[0, rest])])
+                pbc = (np.mean(adapted.stage1.predict(X_pbc) == y_pbc) if X_pbc is not None
+                       else float("nan"))
+                rows.append((np.mean(base[rest] == truth[rest]), np.mean(after == truth[rest]), pbc,
+                             sec, len(train)))
+            r = np.array(rows)
+            f = lambda col: f"{r[:, col].mean():.3f} [{r[:, col].min():.3f}-{r[:, col].max():.3f}]"
+            print(f"{n:9d} {int(r[:, 4].mean()):7d} {f(0):>16s} {f(1):>22s} {f(2):>24s} {r[:, 3].mean():5.0f}")
+
+
+if __name__ == "__main__":
+    main()
