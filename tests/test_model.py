@@ -265,3 +265,25 @@ def test_save_bundle_refuses_to_overwrite_a_non_bundle_folder(tiny_model, tmp_pa
     with pytest.raises(BundleError, match="not a model bundle"):
         save_bundle(tiny_model, tmp_path)
     assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+def test_format1_bundles_still_load(tiny_bundle, tiny_model, tmp_path):
+    """hiercell 0.1 wrote format 1: ``svm.joblib`` pickled the whole StageClassifier."""
+    import hashlib
+
+    import joblib
+
+    old = tmp_path / "format1"
+    shutil.copytree(tiny_bundle, old)
+    for name, stage in (("stage1", tiny_model.stage1), ("stage2", tiny_model.stage2)):
+        joblib.dump(stage, old / name / "svm.joblib")  # __getstate__ drops the Keras head
+    info = json.loads((old / "bundle.json").read_text())
+    info["format_version"] = 1
+    (old / "bundle.json").write_text(json.dumps(info))
+    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(old).as_posix()}"
+             for p in sorted(old.rglob("*")) if p.is_file() and p.name != "SHA256SUMS"]
+    (old / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    model = load(old)
+    images = sorted(FIXTURES.glob("*/*.jpg"))[:6]
+    np.testing.assert_allclose(model.predict_proba(images), tiny_model.predict_proba(images),
+                               atol=1e-6)
