@@ -43,17 +43,18 @@ def gap_model(head):
     return keras.Model(head.input, head.get_layer("gap").output)
 
 
-def source_sample(stage, X_views, y, per_class=SOURCE_PER_CLASS, seed=0) -> dict:
+def source_sample(stage, X_views, rows, y, per_class=SOURCE_PER_CLASS, seed=0) -> dict:
     """The compact training sample a bundle carries for adaptation: for up to
     ``per_class`` cells per class, the pooled block5 output of each view in
-    ``X_views`` (arrays of trunk maps with rows matching ``y``). Returns
-    ``{"gap": (m, 512) float16, "y": (m,) str}``."""
+    ``X_views`` (arrays of trunk maps; ``rows`` are the cells' rows in them, labelled
+    ``y``). Returns ``{"gap": (m, 512) float16, "y": (m,) str}``."""
     y = np.asarray(y)
+    rows = np.asarray(rows)
     rng = np.random.default_rng(seed)
     pick = np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:per_class]
                                    for c in np.unique(y)]))
     model = gap_model(stage.head_)
-    gap = np.concatenate([predict_batches(model, X[pick], 256) for X in X_views])
+    gap = np.concatenate([predict_batches(model, X[rows[pick]], 256) for X in X_views])
     return {"gap": gap.astype(np.float16), "y": np.tile(y[pick], len(X_views)).astype(str)}
 
 

@@ -92,6 +92,31 @@ class FeatureCache:
             np.save(fh, features.astype(np.float16))
 
 
+class RowView:
+    """Rows ``rows`` of ``array`` without copying them: indexing with an int or a slice
+    gives arrays, indexing with an array of positions gives another ``RowView``.
+
+    Lets training pass a subset of several large feature arrays (augmented views)
+    without holding a copy of each.
+    """
+
+    def __init__(self, array, rows):
+        self.array = array
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.shape = (len(self.rows),) + tuple(array.shape[1:])
+        self.dtype = array.dtype
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self.array[self.rows[key]]
+        if isinstance(key, slice):
+            return self.array[self.rows[key]]
+        return RowView(self.array, self.rows[np.asarray(key)])
+
+
 @dataclass
 class ExtractionResult:
     """Trunk features for the images that could be read, and why others could not."""

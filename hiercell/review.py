@@ -48,14 +48,14 @@ SHIFT_WARN_SHARE = 0.25
 def trunk_descriptor(maps: np.ndarray) -> np.ndarray:
     """``(n, h, w, c)`` trunk maps -> ``(n, 2c)`` float32 novelty descriptors.
 
-    Mean and standard deviation over the central ``0.6 h x 0.6 w`` positions,
-    square root, L2 normalisation.
+    Mean and standard deviation over the central ``0.6 h x 0.6 w`` positions
+    (all positions for maps smaller than 5x5), square root, L2 normalisation.
     """
     maps = np.asarray(maps, dtype=np.float32)
     if maps.ndim != 4:
         raise ValueError(f"trunk maps must be (n, h, w, c), got shape {maps.shape}")
     h, w = maps.shape[1:3]
-    mh, mw = max(1, round(0.2 * h)), max(1, round(0.2 * w))
+    mh, mw = (round(0.2 * h), round(0.2 * w)) if min(h, w) >= 5 else (0, 0)
     centre = maps[:, mh:h - mh, mw:w - mw]
     d = np.concatenate([centre.mean((1, 2)), centre.std((1, 2))], axis=1)
     d = np.sqrt(np.maximum(d, 0.0))
@@ -210,12 +210,15 @@ def domain_shift(novelty, novel_above=0.95, warn_share=SHIFT_WARN_SHARE) -> dict
     return {"score": round(share, 4), "warning": warning, "n": n, "message": message}
 
 
-def fit_reviewer(hierarchy, X_reference, X_val, max_reference=4000, seed=0) -> ReviewScorer:
-    """A :class:`ReviewScorer` for ``hierarchy`` from trunk maps of training cells
-    (``X_reference``, at most ``max_reference`` drawn at random) and of validation
-    cells ``X_val`` (calibration: percentiles and threshold)."""
+def fit_reviewer(hierarchy, X, reference_rows, val_rows, max_reference=4000,
+                 seed=0) -> ReviewScorer:
+    """A :class:`ReviewScorer` for ``hierarchy`` from trunk maps ``X``: at most
+    ``max_reference`` of the training cells ``reference_rows`` (drawn at random) are the
+    reference, the validation cells ``val_rows`` calibrate percentiles and threshold."""
     rng = np.random.default_rng(seed)
-    pick = np.sort(rng.permutation(len(X_reference))[:max_reference])
-    reference = trunk_descriptor(X_reference[pick])
+    reference_rows = np.asarray(reference_rows)
+    pick = np.sort(rng.permutation(len(reference_rows))[:max_reference])
+    reference = trunk_descriptor(X[reference_rows[pick]])
+    X_val = X[np.asarray(val_rows)]
     p1 = hierarchy.stage1.predict_proba(X_val)
     return ReviewScorer().fit(reference, trunk_descriptor(X_val), p1.max(1))

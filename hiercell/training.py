@@ -207,12 +207,11 @@ def attach_review_and_sources(model, X, samples, settings: TrainSettings, X_view
             continue
         idx, y = stage_targets(samples, number, settings.others_per_class, settings.seed)
         tr = idx[split[idx] == "train"]
-        views = [X[tr]] + [v[tr] for v in list(X_views)[:1]]
-        stage.source_sample_ = source_sample(stage, views, y[split[idx] == "train"],
-                                             seed=settings.seed)
+        stage.source_sample_ = source_sample(stage, [X, *list(X_views)[:1]], tr,
+                                             y[split[idx] == "train"], seed=settings.seed)
     train, val = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
     if len(val) and model.stage1 is not None:
-        model.hierarchy.reviewer = fit_reviewer(model.hierarchy, X[train], X[val],
+        model.hierarchy.reviewer = fit_reviewer(model.hierarchy, X, train, val,
                                                 seed=settings.seed)
         log(f"review scorer: threshold {model.hierarchy.reviewer.threshold_:.3f} "
             f"(flags {model.hierarchy.reviewer.target_rate:.0%} of validation cells)")
@@ -330,19 +329,25 @@ def train_bundle(samples, settings: TrainSettings, out, stages=(1, 2), recipe="f
     X = res.features
     X_views = []
     if settings.augment_views and recipe == "features":
-        # views of the training split only, in the rows of X (other rows stay zero)
+        # views of the training split only, addressed by the rows of X (RowView: no
+        # copy per stage); other rows point at row 0 and are never used
+        from .features import RowView
+
         train_rows = np.flatnonzero([s.split == "train" for s in used])
+        position = np.zeros(len(used), dtype=np.int64)
+        position[train_rows] = np.arange(len(train_rows))
         for view in range(1, settings.augment_views + 1):
             vres = trunk_features([used[i].path for i in train_rows], settings, cache_dir,
                                   progress, trunk=backbone[0], view=view,
                                   label=f"augmented view {view}/{settings.augment_views}")
-            V = np.zeros_like(X)
-            V[train_rows[vres.ok]] = vres.features
+            V = np.empty((len(train_rows),) + X.shape[1:], dtype=X.dtype)
+            V[vres.ok] = vres.features
             # a view that failed (it cannot, once the image itself was read) repeats X
-            V[train_rows[~vres.ok]] = X[train_rows[~vres.ok]]
-            X_views.append(V)
+            V[~vres.ok] = X[train_rows[~vres.ok]]
+            X_views.append(RowView(V, position))
     model = fit_hierarchy(X, used, settings, stages, recipe, verbose, log, backbone, X_views)
     attach_review_and_sources(model, X, used, settings, X_views, log)
+    del X_views
     meta = {"training_data": {"source": None if source is None else str(source),
                               "split_csv": None if split_csv is None else str(split_csv),
                               "counts": summarize(used), "excluded_by_mask": excluded,

@@ -18,9 +18,9 @@ def test_masking_reaches_the_network(tiny_model):
     size = model.input_size
     masked = model.features(IMAGES, masked=True)
     plain = model.features(IMAGES, masked=False)
-    np.testing.assert_allclose(masked, run_trunk(model.trunk, prepare_batch(IMAGES, size, True)),
+    np.testing.assert_allclose(masked, run_trunk(model.trunk, prepare_batch(IMAGES, size, True, model.preprocess)),
                                atol=1e-5)
-    np.testing.assert_allclose(plain, run_trunk(model.trunk, prepare_batch(IMAGES, size, False)),
+    np.testing.assert_allclose(plain, run_trunk(model.trunk, prepare_batch(IMAGES, size, False, model.preprocess)),
                                atol=1e-5)
     assert np.abs(masked - plain).mean() > 1e-3 * np.abs(plain).mean()
     # predictions on the masking the stages were not trained for are refused (issue 11)

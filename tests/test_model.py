@@ -20,7 +20,7 @@ from hiercell.records import Prediction
 from hiercell.stage import StageClassifier
 from hiercell.taxonomy import FINE_CLASSES, MAIN_CLASSES, STAGE2_CLASSES
 
-from conftest import TINY, rgb_images
+from conftest import FIXTURES, TINY, rgb_images
 
 S2 = sorted(STAGE2_CLASSES)
 
