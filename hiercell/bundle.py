@@ -40,7 +40,7 @@ from .fileutil import file_digest, json_text
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
 MANIFEST = "SHA256SUMS"
-DEFAULT_MODEL = "pbc-vgg16-svm"
+DEFAULT_MODEL = "pbc-robust-vgg16-svm"
 #: bundle.json keys the loader interprets; every other key goes to ``model.info``.
 _STRUCTURE_KEYS = ("input_size", "masked", "stages", "preprocess")
 #: ``model.info`` keys that describe a loaded model, not the bundle (never saved).

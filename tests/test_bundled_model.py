@@ -34,9 +34,13 @@ def test_default_bundle_is_installed_and_verified():
     assert info["metrics"]["split"] == "test"
 
 
-def test_bundled_model_is_read_by_the_format1_loader():
-    # the bundled model predates format 2 and must keep loading (hiercell.bundle._load_stage_v1)
-    assert verify_bundle(default_bundle_path())["format_version"] == 1
+def test_bundled_model_is_lab_independent_and_knows_when_it_does_not_know(model):
+    assert verify_bundle(default_bundle_path())["format_version"] == 2
+    assert model.preprocess["framing"] == "canonical"
+    assert model.hierarchy.reviewer is not None
+    assert model.stage1.source_sample_["gap"].shape[1] == 512  # what hiercell adapt needs
+    records = model.predict_records([str(p) for p in GOOD])
+    assert all(0 <= r.review_score <= 1 and 0 <= r.novelty <= 1 for r in records)
 
 
 def test_bundled_model_predicts_records_for_paths_and_arrays(model):

@@ -283,7 +283,7 @@ def test_format1_bundles_still_load(tiny_bundle, tiny_model, tmp_path):
     lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(old).as_posix()}"
              for p in sorted(old.rglob("*")) if p.is_file() and p.name != "SHA256SUMS"]
     (old / "SHA256SUMS").write_text("\n".join(lines) + "\n")
-    model = load(old)
+    model = load(old, precision="float32")
     images = sorted(FIXTURES.glob("*/*.jpg"))[:6]
     np.testing.assert_allclose(model.predict_proba(images), tiny_model.predict_proba(images),
                                atol=1e-6)
