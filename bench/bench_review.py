@@ -80,18 +80,29 @@ def held_out(model, X_test, test, X_ref, ref, X_val, val, cls):
     import keras
 
     from hiercell.backbone import predict_batches
-    from hiercell.review import ReviewScorer
 
     hier = copy.copy(model.hierarchy)
-    stage = copy.copy(hier.stage1)
+    stage = hier.stage1  # the SVM is swapped for the run and put back below
+    saved = (stage.svm_, stage.svm_max_per_class, stage.svm_C,
+             stage.svm_best_params_, stage.svm_cv_score_)
     src = stage.source_sample_
     keep = src["y"] != cls
     inputs = keras.Input(shape=(src["gap"].shape[1],))
     embed = keras.Model(inputs, stage.head_.get_layer("embedding")(inputs))
     emb = predict_batches(embed, src["gap"][keep].astype(np.float32), 512)
     stage.svm_max_per_class = None
-    stage.fit_svm_embeddings(emb, src["y"][keep])
-    hier.stage1 = stage
+    stage.svm_C = (saved[3]["svc__C"],)
+    try:
+        stage.fit_svm_embeddings(emb, src["y"][keep])
+        return _held_out_scores(hier, stage, X_test, test, X_ref, ref, X_val, val, cls)
+    finally:
+        (stage.svm_, stage.svm_max_per_class, stage.svm_C,
+         stage.svm_best_params_, stage.svm_cv_score_) = saved
+
+
+def _held_out_scores(hier, stage, X_test, test, X_ref, ref, X_val, val, cls):
+    from hiercell.review import ReviewScorer
+
     ref_keep = np.array([s.main != cls for s in ref])
     val_keep = np.array([s.main != cls for s in val])
     p1 = stage.predict_proba(X_val[val_keep])
