@@ -84,7 +84,7 @@ def held_out(model, X_test, test, X_ref, ref, X_val, val, cls):
     hier = copy.copy(model.hierarchy)
     stage = hier.stage1  # the SVM is swapped for the run and put back below
     saved = (stage.svm_, stage.svm_max_per_class, stage.svm_C,
-             stage.svm_best_params_, stage.svm_cv_score_)
+             stage.svm_best_params_, stage.svm_cv_score_, stage.classes_)
     src = stage.source_sample_
     keep = src["y"] != cls
     inputs = keras.Input(shape=(src["gap"].shape[1],))
@@ -94,10 +94,11 @@ def held_out(model, X_test, test, X_ref, ref, X_val, val, cls):
     stage.svm_C = (saved[3]["svc__C"],)
     try:
         stage.fit_svm_embeddings(emb, src["y"][keep])
+        stage.classes_ = stage.svm_.classes_
         return _held_out_scores(hier, stage, X_test, test, X_ref, ref, X_val, val, cls)
     finally:
         (stage.svm_, stage.svm_max_per_class, stage.svm_C,
-         stage.svm_best_params_, stage.svm_cv_score_) = saved
+         stage.svm_best_params_, stage.svm_cv_score_, stage.classes_) = saved
 
 
 def _held_out_scores(hier, stage, X_test, test, X_ref, ref, X_val, val, cls):
