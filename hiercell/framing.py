@@ -58,13 +58,14 @@ def background_colour(rgb: np.ndarray) -> np.ndarray:
     return np.median(bright, axis=0).astype(np.float32)
 
 
-def locate_cell(rgb: np.ndarray) -> Framing:
-    """Centre, equivalent diameter and background colour of the image's central cell."""
+def locate_cell(rgb: np.ndarray, seg=None) -> Framing:
+    """Centre, equivalent diameter and background colour of the image's central cell;
+    ``seg``: ``segment(rgb)`` when the caller already has it."""
     from .segmentation import segment
 
     h, w = rgb.shape[:2]
     bg = background_colour(rgb)
-    seg = segment(rgb)
+    seg = seg if seg is not None else segment(rgb)
     mask = seg.cell_mask
     area = float(np.count_nonzero(mask))
     if seg.reason in ("empty", "no_central_object") or area < 16:

@@ -63,22 +63,27 @@ def _frame_kwargs(config) -> dict:
             "zoom_range": tuple(config.get("zoom_range", CANONICAL["zoom_range"]))}
 
 
-def _check_rgb(rgb) -> None:
-    check_rgb_image(rgb, "image")
+def _framed_input(rgb, masked):
+    """``(framing, image)``: where the cell is, and the image itself or its masked
+    version; the segmentation runs once for both."""
+    from .framing import locate_cell
+
+    seg = None
+    if masked:
+        from .segmentation import segment
+
+        seg = segment(rgb)
+    return locate_cell(rgb, seg), (seg.masked_image if masked else rgb)
 
 
 def prepare_image(rgb: np.ndarray, input_size: int, masked: bool = False, config=None) -> np.ndarray:
     """One RGB uint8 image ``(H, W, 3)`` -> the ``(input_size, input_size, 3)`` uint8 network input."""
     config = check_config(config)
-    _check_rgb(rgb)
+    check_rgb_image(rgb, "image")
     if config.get("framing") == "canonical":
-        from .framing import canonical_view, locate_cell
+        from .framing import canonical_view
 
-        framing = locate_cell(rgb)
-        if masked:
-            from .segmentation import segment
-
-            rgb = segment(rgb).masked_image
+        framing, rgb = _framed_input(rgb, masked)
         return canonical_view(rgb, input_size, framing, **_frame_kwargs(config))
     if masked:
         from .segmentation import segment
@@ -92,15 +97,10 @@ def augment_view(rgb: np.ndarray, input_size: int, seed, masked: bool = False,
     """One augmented training view (uint8, ``(input_size, input_size, 3)``) of ``rgb``
     in the frame ``config`` asks for; ``seed`` seeds :func:`numpy.random.default_rng`."""
     from .augment import random_view
-    from .framing import locate_cell
 
     config = check_config(config)
-    _check_rgb(rgb)
-    framing = locate_cell(rgb)
-    if masked:
-        from .segmentation import segment
-
-        rgb = segment(rgb).masked_image
+    check_rgb_image(rgb, "image")
+    framing, rgb = _framed_input(rgb, masked)
     if config.get("framing") != "canonical":
         framing = framing.__class__(framing.centre, float("nan"), framing.background)
     return random_view(rgb, framing, input_size, np.random.default_rng(seed),

@@ -8,15 +8,14 @@ from pathlib import Path
 
 import click
 
-from .options import echo_err, load_model, precision_option, seed_option
+from .options import echo_err, load_model, model_option, precision_option, seed_option
 
 
 @click.command()
 @click.argument("data", type=click.Path(exists=True))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="Bundle folder to write (the adapted model).")
-@click.option("--model", "model_path", type=click.Path(exists=True, file_okay=False),
-              help="Base bundle (default: the bundled model).")
+@model_option
 @click.option("--views", default=4, show_default=True, type=click.IntRange(0, 16),
               help="Augmented views per labelled image.")
 @click.option("--folds", default=5, show_default=True, type=click.IntRange(2, 20),

@@ -8,13 +8,12 @@ import sys
 import click
 
 from .options import (cache_dir, cache_option, echo_err, load_model, load_samples,
-                      others_option, precision_option, seed_option)
+                      model_option, others_option, precision_option, seed_option)
 
 
 @click.command()
 @click.argument("data", type=click.Path(exists=True))
-@click.option("--model", "model_path", type=click.Path(exists=True, file_okay=False),
-              help="Bundle folder (default: the bundled model).")
+@model_option
 @click.option("--split-csv", type=click.Path(exists=True, dir_okay=False),
               help="CSV with path,split columns (default: DATA/splits.csv if present).")
 @click.option("--subset", default=None,

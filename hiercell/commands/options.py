@@ -15,6 +15,9 @@ split_csv_option = click.option(
     "--split-csv", type=click.Path(exists=True, dir_okay=False),
     help="CSV with path,split columns (default: DATA/splits.csv if present, else a "
          "stratified 70/10/20 split with --seed).")
+model_option = click.option("--model", "model_path",
+                            type=click.Path(exists=True, file_okay=False),
+                            help="Bundle folder (default: the bundled model).")
 seed_option = click.option("--seed", default=0, show_default=True, type=int)
 others_option = click.option("--others-per-class", default=150, show_default=True,
                              type=click.IntRange(0),

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import click
 
-from .options import echo_err, load_model, load_samples, seed_option
+from .options import echo_err, load_model, load_samples, model_option, seed_option
 
 
 @click.command()
 @click.argument("data", type=click.Path(exists=True))
-@click.option("--model", "model_path", type=click.Path(exists=True, file_okay=False),
-              help="Bundle folder (default: the bundled model).")
+@model_option
 @click.option("--split-csv", type=click.Path(exists=True, dir_okay=False),
               help="CSV with path,split columns (default: DATA/splits.csv if present).")
 @click.option("--images", "n_images", default=300, show_default=True, type=click.IntRange(8),
