@@ -11,8 +11,11 @@ class of the set (all of a class when it has fewer than 2n; at least one
 cell of every class is left for testing) exactly as ``hiercell adapt`` does,
 and score stage-1 accuracy on the set's other cells, before and after; also
 the adapted model's stage-1 accuracy on the PBC test split (it must not fall
-by more than a point). Prints mean and spread (min-max) over the draws, and
-the seconds one adaptation took. Trunk features are cached in --cache.
+by more than a point). Prints mean and spread (min-max) over the draws, the
+seconds one adaptation took, and the share of PBC test cells and of the set's
+other cells that the adapted bundle's domain gate sends to its adapted
+stages, and in how many draws the folder domain check still warns on the
+set's other cells after adapting. Trunk features are cached in --cache.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ import time
 import numpy as np
 
 import hiercell
-from hiercell.adapt import adapt_model, trunk_views
+from hiercell.adapt import BLOCK5_EPOCHS, adapt_model, trunk_views
 from hiercell.data import read_dataset
 from hiercell.features import FeatureCache, extract_trunk_features
+from hiercell.review import domain_shift
 
 
 def draw(samples, n, rng):
@@ -46,6 +50,7 @@ def main():
     ap.add_argument("--per-class", default="5,10,20,50")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--views", type=int, default=4)
+    ap.add_argument("--block5-epochs", type=int, default=BLOCK5_EPOCHS)
     ap.add_argument("--cache", default=None)
     a = ap.parse_args()
     model = hiercell.load(a.model, precision="auto")
@@ -57,7 +62,7 @@ def main():
                                      FeatureCache(a.cache, config) if a.cache else None)
         X_pbc = res.features
         y_pbc = np.array([s.main for s, ok in zip(test, res.ok) if ok])
-        base_pbc = np.mean(model.stage1.predict(X_pbc) == y_pbc)
+        base_pbc = np.mean(model.hierarchy.predict_stage(1, X_pbc) == y_pbc)
         print(f"PBC test stage-1 accuracy, base model: {base_pbc:.4f} (n={len(y_pbc)})")
     for ext in a.external:
         samples = [s for s in read_dataset(ext) if s.main is not None]
@@ -66,7 +71,8 @@ def main():
         truth = np.array([s.main for s in samples])
         base = np.array([r.main_class for r in model.hierarchy.predict_records(maps[0])])
         print(f"\n== {ext}: n={len(samples)}, base stage-1 accuracy {np.mean(base == truth):.4f}")
-        print(f"{'per class':>9s} {'n adapt':>7s} {'before':>16s} {'after':>22s} {'PBC test after':>24s} {'s':>5s}")
+        print(f"{'per class':>9s} {'n adapt':>7s} {'before':>16s} {'after':>22s} {'PBC test after':>24s} "
+              f"{'s':>5s} {'gate: PBC->adapted':>18s} {'rest->adapted':>13s} {'warned':>6s}")
         for n in [int(v) for v in a.per_class.split(",")]:
             rows = []
             for seed in range(a.seeds):
@@ -74,16 +80,24 @@ def main():
                 train = draw(samples, n, rng)
                 rest = np.setdiff1d(np.arange(len(samples)), train)
                 t0 = time.time()
-                adapted = adapt_model(model, maps[:, train], [samples[i] for i in train], seed=seed)
+                adapted = adapt_model(model, maps[:, train], [samples[i] for i in train], seed=seed,
+                                      block5_epochs=a.block5_epochs)
                 sec = time.time() - t0
-                after = np.array([r.main_class for r in adapted.hierarchy.predict_records(maps[0, rest])])
-                pbc = (np.mean(adapted.stage1.predict(X_pbc) == y_pbc) if X_pbc is not None
-                       else float("nan"))
+                recs = adapted.hierarchy.predict_records(maps[0, rest])
+                after = np.array([r.main_class for r in recs])
+                warned = domain_shift([r.novelty for r in recs])["warning"]
+                pbc = (np.mean(adapted.hierarchy.predict_stage(1, X_pbc) == y_pbc)
+                       if X_pbc is not None else float("nan"))
+                gated = (np.mean(adapted.hierarchy.adapted_rows(X_pbc)) if X_pbc is not None
+                         else float("nan"))
                 rows.append((np.mean(base[rest] == truth[rest]), np.mean(after == truth[rest]), pbc,
-                             sec, len(train)))
+                             sec, len(train), gated,
+                             np.mean(adapted.hierarchy.adapted_rows(maps[0, rest])), warned))
             r = np.array(rows)
             f = lambda col: f"{r[:, col].mean():.3f} [{r[:, col].min():.3f}-{r[:, col].max():.3f}]"
-            print(f"{n:9d} {int(r[:, 4].mean()):7d} {f(0):>16s} {f(1):>22s} {f(2):>24s} {r[:, 3].mean():5.0f}")
+            print(f"{n:9d} {int(r[:, 4].mean()):7d} {f(0):>16s} {f(1):>22s} {f(2):>24s} "
+                  f"{r[:, 3].mean():5.0f} {r[:, 5].mean():18.4f} {r[:, 6].mean():13.4f} "
+                  f"{int(r[:, 7].sum())}/{len(r)}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,11 @@ copy of the training data:
 3. the SVM is refit on the new Dense(1024) embeddings of both (the bundle's
    ``C``; new cells weighted like the whole source sample);
 4. the review scorer takes the new cells into its reference, so the lab's
-   normal cells are no longer "novel".
+   normal cells are no longer "novel";
+5. a domain gate (:class:`hiercell.domain.DomainGate`, fit on the trunk
+   descriptors of the base's reference cells against the new lab's) sends each
+   cell to the adapted stages or to the base model, which the adapted bundle
+   keeps: images like the base's training lab keep the base's answers.
 
 :func:`cross_validate` measures what it buys: k folds (grouped by
 ``Sample.group`` when the data has groups, e.g. patients), adapting on the
@@ -34,6 +38,8 @@ from .taxonomy import MAIN_CLASSES, OTHERS, ROUTED_MAIN, SUBCLASSES
 
 #: Cells per class kept in a bundle's source sample (per view).
 SOURCE_PER_CLASS = 250
+#: Epochs of fine-tuning block5 + dense layers on the new lab's cells (0: dense layers only).
+BLOCK5_EPOCHS = 6
 
 
 def gap_model(head):
@@ -84,7 +90,8 @@ def _balanced_weights(y, total):
     return np.array([per[v] for v in y], dtype=np.float32)
 
 
-def adapt_stage(stage, target_maps, target_y, epochs=40, lr=3e-4, seed=0, verbose=0):
+def adapt_stage(stage, target_maps, target_y, epochs=40, lr=3e-4, block5_epochs=0,
+                block5_lr=1e-4, seed=0, verbose=0):
     """A copy of ``stage`` whose dense layers and SVM are refit on its source sample plus
     ``target_maps`` (trunk maps, all views stacked) labelled ``target_y``.
 
@@ -122,11 +129,33 @@ def adapt_stage(stage, target_maps, target_y, epochs=40, lr=3e-4, seed=0, verbos
     top.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy")
     top.fit(gap, y_idx, sample_weight=weight / weight.mean(), batch_size=64, epochs=epochs,
             shuffle=True, verbose=verbose)
+    if block5_epochs:
+        _finetune_on_target(new, target_maps, y_idx[len(src_y):], block5_epochs, block5_lr, seed)
+        gap = np.concatenate([src_gap, predict_batches(gap_model(new.head_), target_maps, 256)])
     emb = predict_batches(keras.Model(inputs, nodes["embedding"]), gap, 512)
-    best_c = (stage.svm_best_params_ or {}).get("svc__C", 1.0)
-    new.set_params(svm_C=(best_c,), svm_max_per_class=None)
+    best = stage.svm_best_params_ or {}
+    new.set_params(svm_C=(best.get("svc__C", 1.0),), svm_gamma=(best.get("svc__gamma", "scale"),),
+                   svm_max_per_class=None)
     new.fit_svm_embeddings(emb, y, sample_weight=weight / weight.mean())
     return new
+
+
+def _finetune_on_target(stage, maps, y_idx, epochs, lr, seed):
+    """Fine-tune ``stage``'s whole head (block5 + dense layers) on the new lab's trunk
+    maps, in the training precision, with random flips / rotations; the weights go back
+    into ``stage.head_`` (float32)."""
+    from .backbone import (augment_feature_maps, build_head, class_weights, fit_keras,
+                           precision_policy, set_block5_trainable, tensor_dataset,
+                           training_precision)
+
+    n = len(stage.classes_)
+    with precision_policy(training_precision("auto")):
+        head = build_head(n, stage.feature_shape_, dropout=stage.dropout, seed=seed)
+        head.set_weights(stage.head_.get_weights())
+        set_block5_trainable(head, True)
+        train = tensor_dataset(maps, y_idx, 32, shuffle_seed=seed).map(augment_feature_maps)
+        fit_keras(head, train, None, epochs, lr, class_weights(y_idx, n), 0, 0)
+    stage.head_.set_weights([w.astype(np.float32) for w in head.get_weights()])
 
 
 def trunk_views(model, paths, views=4, progress=None, cache_dir=None):
@@ -150,11 +179,17 @@ def trunk_views(model, paths, views=4, progress=None, cache_dir=None):
     return np.stack(out), ok, errors
 
 
-def adapt_model(model, maps, samples, seed=0, log=None):
+def adapt_model(model, maps, samples, seed=0, block5_epochs=BLOCK5_EPOCHS, log=None):
     """A copy of ``model`` (an :class:`~hiercell.model.ImageClassifier`) adapted to the
     cells ``samples`` whose trunk maps (all views) are ``maps`` ``(v, n, h, w, 512)``."""
+    from .domain import DomainGate
+    from .hierarchy import HierarchicalClassifier
     from .review import trunk_descriptor
 
+    if getattr(model.hierarchy, "gate", None) is not None:
+        raise ValueError("this model is already adapted to a lab; adapt its base model "
+                         f"({(model.info.get('adaptation') or {}).get('base_model', 'see its card')}) "
+                         "with all your labelled cells instead")
     new = copy.copy(model)
     new.hierarchy = copy.copy(model.hierarchy)
     new.info = copy.deepcopy(model.info)
@@ -171,13 +206,16 @@ def adapt_model(model, maps, samples, seed=0, log=None):
         t0 = time.time()
         target = maps[:, idx].reshape((-1,) + maps.shape[2:])
         setattr(new.hierarchy, attr, adapt_stage(stage, target, np.tile(y, maps.shape[0]),
-                                                 seed=seed))
+                                                 block5_epochs=block5_epochs, seed=seed))
         if log:
             log(f"stage {number}: adapted on {len(idx)} cells x {maps.shape[0]} views "
                 f"in {time.time() - t0:.0f}s")
     reviewer = model.hierarchy.reviewer
     if reviewer is not None:
-        new.hierarchy.reviewer = reviewer.with_reference(trunk_descriptor(maps[0]))
+        target = trunk_descriptor(maps[0])
+        new.hierarchy.reviewer = reviewer.with_reference(target)
+        new.hierarchy.gate = DomainGate().fit(reviewer.reference_, target)
+        new.hierarchy.base = HierarchicalClassifier(model.hierarchy.stage1, model.hierarchy.stage2)
     return new
 
 
@@ -198,7 +236,8 @@ def _folds(samples, k, seed):
     return fold, "stratified"
 
 
-def cross_validate(model, maps, samples, k=5, seed=0, progress=None) -> dict:
+def cross_validate(model, maps, samples, k=5, seed=0, block5_epochs=BLOCK5_EPOCHS,
+                   progress=None) -> dict:
     """Stage-1 accuracy (and fine accuracy where subclasses are labelled) on held-out
     folds, before and after adapting on the other folds. JSON-ready dict."""
     from .progress import tracker
@@ -211,7 +250,8 @@ def cross_validate(model, maps, samples, k=5, seed=0, progress=None) -> dict:
         for f in range(k):
             test = np.flatnonzero(fold == f)
             train = np.flatnonzero(fold != f)
-            adapted = adapt_model(model, maps[:, train], [samples[i] for i in train], seed)
+            adapted = adapt_model(model, maps[:, train], [samples[i] for i in train], seed,
+                                  block5_epochs)
             before[test] = [r.main_class for r in model.hierarchy.predict_records(maps[0, test])]
             after[test] = [r.main_class for r in adapted.hierarchy.predict_records(maps[0, test])]
             update(1)
@@ -237,19 +277,22 @@ def data_digest(samples) -> str:
 
 
 def adaptation_record(samples, cv: dict, base: str, base_info: dict, digest: str,
-                      data: str) -> dict:
-    """What ``bundle.json`` says about an adaptation (key ``adaptation``)."""
+                      data: str, settings: dict | None = None) -> dict:
+    """What ``bundle.json`` says about an adaptation (key ``adaptation``); ``settings``:
+    the options it ran with (views, block5 epochs, folds, seed)."""
     from collections import Counter
 
     return {"base_model": base, "base_model_name": base_info.get("name"),
             "base_training_data": (base_info.get("training_data") or {}).get("source"),
             "data": data, "data_digest": "sha256:" + digest, "n_images": len(samples),
             "counts": dict(sorted(Counter(s.fine or s.main for s in samples).items())),
-            "cross_validation": cv}
+            "settings": settings or {}, "cross_validation": cv}
 
 
 def model_card(record: dict, base_info: dict) -> str:
     """A short Markdown card for an adapted bundle."""
+    import json
+
     cv = record["cross_validation"]
     rows = "\n".join(f"| {c} | {v['n']} | {v['before']:.3f} | {v['after']:.3f} |"
                       for c, v in cv["per_class"].items())
@@ -269,6 +312,11 @@ Stage-1 accuracy **{cv['stage1_accuracy_before']:.3f} before, {cv['stage1_accura
 | class | n | before | after |
 |---|---|---|---|
 {rows}
+
+The adapted bundle keeps its base model: a domain gate (logistic regression
+on frozen trunk statistics) sends each cell that looks like the base's
+training lab to the base model, and the new lab's cells to the adapted
+stages. Settings: {json.dumps(record.get('settings', {}))}.
 
 These figures come from the adaptation data itself (held-out folds): check
 the adapted model on cells of the new lab that were not used here before

@@ -10,6 +10,9 @@ Layout (format 2)::
     stage1/head.npz       block5 + dense head weights (float16)
     stage1/svm.joblib     the fitted scikit-learn pipeline (StandardScaler + calibrated SVC)
     stage2/...            the same for stage 2 (optional)
+    base/stageN/...       adapted bundles only: the base model's stages
+    gate.npz              adapted bundles only: the domain gate that picks, per
+                          cell, the adapted stages or the base's (hiercell.domain)
     SHA256SUMS            digest of every file above
 
 Only scikit-learn objects are pickled: the stage is rebuilt from
@@ -42,7 +45,7 @@ READABLE_FORMATS = (1, 2)
 MANIFEST = "SHA256SUMS"
 DEFAULT_MODEL = "pbc-robust-vgg16-svm"
 #: bundle.json keys the loader interprets; every other key goes to ``model.info``.
-_STRUCTURE_KEYS = ("input_size", "masked", "stages", "preprocess")
+_STRUCTURE_KEYS = ("input_size", "masked", "stages", "base_stages", "preprocess")
 #: ``model.info`` keys that describe a loaded model, not the bundle (never saved).
 _RUNTIME_KEYS = ("trunk_sha256", "precision")
 
@@ -72,8 +75,6 @@ def save_bundle(model, path, metadata: dict | None = None, extra_files: dict | N
 
     The folder is assembled next to ``path`` and moved into place at the end.
     """
-    import joblib
-
     path = Path(path)
     if path.exists() and not (path / MANIFEST).is_file():
         raise BundleError(f"{path} exists and is not a model bundle; refusing to overwrite it")
@@ -82,19 +83,14 @@ def save_bundle(model, path, metadata: dict | None = None, extra_files: dict | N
     os.chmod(tmp, 0o755)
     try:
         _save_weights(model.trunk, tmp / "trunk.npz")
-        stages = {}
-        for name, stage in (("stage1", model.stage1), ("stage2", model.stage2)):
-            if stage is None:
-                continue
-            (tmp / name).mkdir()
-            _save_weights(stage.head_, tmp / name / "head.npz")
-            joblib.dump(stage.svm_, tmp / name / "svm.joblib")  # scikit-learn objects only
-            if getattr(stage, "source_sample_", None) is not None:
-                np.savez_compressed(tmp / name / "source.npz", **stage.source_sample_)
-            stages[name] = stage.fitted_state()
+        stages = _save_stages(model.hierarchy, tmp)
         reviewer = getattr(model.hierarchy, "reviewer", None)
         if reviewer is not None:
             np.savez_compressed(tmp / "review.npz", **reviewer.to_arrays())
+        base_stages = None
+        if getattr(model.hierarchy, "gate", None) is not None:  # an adapted model
+            base_stages = _save_stages(model.hierarchy.base, tmp / "base")
+            np.savez_compressed(tmp / "gate.npz", **model.hierarchy.gate.to_arrays())
         info = {k: v for k, v in model.info.items() if k not in _RUNTIME_KEYS}
         info.update(metadata or {})
         info.update({
@@ -105,6 +101,9 @@ def save_bundle(model, path, metadata: dict | None = None, extra_files: dict | N
             "masked": model.masked,
             "stages": stages,
         })
+        info.pop("base_stages", None)
+        if base_stages is not None:
+            info["base_stages"] = base_stages
         if model.preprocess:
             info["preprocess"] = model.preprocess
         (tmp / "bundle.json").write_text(json_text(info, indent=2))
@@ -124,6 +123,23 @@ def save_bundle(model, path, metadata: dict | None = None, extra_files: dict | N
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _save_stages(hierarchy, folder: Path) -> dict:
+    """Write ``hierarchy``'s stages into ``folder/stageN/``; return their fitted states."""
+    import joblib
+
+    stages = {}
+    for name, stage in (("stage1", hierarchy.stage1), ("stage2", hierarchy.stage2)):
+        if stage is None:
+            continue
+        (folder / name).mkdir(parents=True)
+        _save_weights(stage.head_, folder / name / "head.npz")
+        joblib.dump(stage.svm_, folder / name / "svm.joblib")  # scikit-learn objects only
+        if getattr(stage, "source_sample_", None) is not None:
+            np.savez_compressed(folder / name / "source.npz", **stage.source_sample_)
+        stages[name] = stage.fitted_state()
+    return stages
 
 
 def library_versions() -> dict:
@@ -198,12 +214,18 @@ def verify_bundle(path) -> dict:
                           f"{json.dumps(size)}")
     if not isinstance(info["masked"], bool):
         raise BundleError(f"{where}: masked must be true or false, got {json.dumps(info['masked'])}")
-    stages = info["stages"]
-    if not isinstance(stages, dict) or "stage1" not in stages \
-            or not set(stages) <= {"stage1", "stage2"} \
-            or not all(isinstance(v, dict) for v in stages.values()):
-        raise BundleError(f"{where}: stages must map stage1 (and optionally stage2) to their "
-                          f"state, got {sorted(stages) if isinstance(stages, dict) else stages!r}")
+    for key in ("stages", "base_stages"):
+        stages = info.get(key)
+        if key == "base_stages" and stages is None:
+            continue
+        if not isinstance(stages, dict) or "stage1" not in stages \
+                or not set(stages) <= {"stage1", "stage2"} \
+                or not all(isinstance(v, dict) for v in stages.values()):
+            raise BundleError(f"{where}: {key} must map stage1 (and optionally stage2) to their "
+                              f"state, got {sorted(stages) if isinstance(stages, dict) else stages!r}")
+    if ("base_stages" in info) != ("gate.npz" in listed):
+        raise BundleError(f"{path}: an adapted bundle needs both base_stages in bundle.json "
+                          "and gate.npz (one is missing)")
     return info
 
 
@@ -251,12 +273,8 @@ def load_bundle(path, precision: str = "auto"):
             trunk = vgg16_trunk(size)
         trunk.set_weights(_read_weights(path / "trunk.npz"))
     load_stage = _load_stage_v1 if info["format_version"] == 1 else _load_stage_v2
-    stages = {name: load_stage(path / name, info["stages"][name]) if name in info["stages"] else None
-              for name in ("stage1", "stage2")}
     head_policy = INFERENCE_POLICIES[precision] or training_precision("auto")  # int8: as auto
-    for stage in stages.values():
-        if stage is not None:  # the heads' block5 runs in the same precision as the trunk
-            stage._head_policy = head_policy
+    stages = _load_stages(path, info["stages"], load_stage, head_policy)
     extra = {k: v for k, v in info.items() if k not in _STRUCTURE_KEYS}
     extra["trunk_sha256"] = trunk_sha256
     extra["precision"] = precision
@@ -266,10 +284,29 @@ def load_bundle(path, precision: str = "auto"):
 
         with np.load(path / "review.npz", allow_pickle=False) as arrays:
             reviewer = ReviewScorer.from_arrays(arrays)
-    hierarchy = HierarchicalClassifier(stages["stage1"], stages["stage2"], reviewer)
+    base = gate = None
+    if "base_stages" in info:
+        from .domain import DomainGate
+
+        base_stages = _load_stages(path / "base", info["base_stages"], load_stage, head_policy)
+        base = HierarchicalClassifier(base_stages["stage1"], base_stages["stage2"])
+        with np.load(path / "gate.npz", allow_pickle=False) as arrays:
+            gate = DomainGate.from_arrays(arrays)
+    hierarchy = HierarchicalClassifier(stages["stage1"], stages["stage2"], reviewer, base, gate)
     return ImageClassifier(trunk, hierarchy,
                            input_size=size, masked=bool(info["masked"]),
                            preprocess=info.get("preprocess") or None, info=extra)
+
+
+def _load_stages(folder: Path, states: dict, load_stage, head_policy) -> dict:
+    """``{"stage1": ..., "stage2": ... or None}`` from ``folder/stageN/``; the heads'
+    block5 runs in ``head_policy``, the trunk's precision."""
+    stages = {name: load_stage(folder / name, states[name]) if name in states else None
+              for name in ("stage1", "stage2")}
+    for stage in stages.values():
+        if stage is not None:
+            stage._head_policy = head_policy
+    return stages
 
 
 def _load_stage_v2(folder: Path, state: dict):

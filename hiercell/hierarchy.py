@@ -63,12 +63,19 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
     reviewer : ReviewScorer or None
         Fills the records' ``review_score``, ``review`` and ``novelty`` (see
         :mod:`hiercell.review`); ``None`` leaves them empty.
+    base : HierarchicalClassifier or None
+        An adapted model's base model (see :mod:`hiercell.adapt`): it answers for
+        the cells that ``gate`` sends back to the base's training lab.
+    gate : DomainGate or None
+        Picks, per cell, the adapted stages or ``base`` (:mod:`hiercell.domain`).
     """
 
-    def __init__(self, stage1=None, stage2=None, reviewer=None):
+    def __init__(self, stage1=None, stage2=None, reviewer=None, base=None, gate=None):
         self.stage1 = stage1
         self.stage2 = stage2
         self.reviewer = reviewer
+        self.base = base
+        self.gate = gate
 
     @property
     def classes_(self):
@@ -76,14 +83,47 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         classes for a model without stage 2)."""
         return np.array(FINE_CLASSES if self.stage2 is not None else MAIN_CLASSES)
 
+    def adapted_rows(self, X):
+        """``True`` for the rows of ``X`` answered by this model's own (adapted) stages,
+        ``False`` for those the domain gate hands to :attr:`base`; all ``True`` without
+        a gate."""
+        if self.gate is None or self.base is None:
+            return np.ones(len(X), dtype=bool)
+        from .review import trunk_descriptor
+
+        return self.gate.predict(trunk_descriptor(X))
+
+    def stage_proba(self, number, X, own=None):
+        """Probabilities of stage ``number`` (1 or 2) over that stage's ``classes_``, each
+        row from the adapted stage or the base's as the gate decides (``own``: the
+        :meth:`adapted_rows` mask, when already known)."""
+        stage = self.stage1 if number == 1 else self.stage2
+        own = self.adapted_rows(X) if own is None else own
+        if own.all():
+            return stage.predict_proba(X)
+        fallback = self.base.stage1 if number == 1 else self.base.stage2
+        out = np.empty((len(X), len(stage.classes_)))
+        for rows, model in ((own, stage), (~own, fallback)):
+            if rows.any():
+                out[rows] = _reorder(model.predict_proba(X[rows]), model.classes_,
+                                     [str(c) for c in stage.classes_])
+        return out
+
+    def predict_stage(self, number, X):
+        """Most probable class of stage ``number`` per row (the stage alone, as trained:
+        stage 2 on every row given)."""
+        stage = self.stage1 if number == 1 else self.stage2
+        return stage.classes_[self.stage_proba(number, X).argmax(1)]
+
     def _stage_probas(self, X):
-        p1 = _reorder(self.stage1.predict_proba(X), self.stage1.classes_, MAIN_CLASSES)
+        own = self.adapted_rows(X)
+        p1 = _reorder(self.stage_proba(1, X, own), self.stage1.classes_, MAIN_CLASSES)
         if self.stage2 is None:
             return p1, None
         p2 = np.full((len(X), len(self.stage2.classes_)), np.nan)
         routed = np.isin(np.asarray(MAIN_CLASSES)[p1.argmax(1)], ROUTED_MAIN)
         if routed.any():
-            p2[routed] = self.stage2.predict_proba(X[routed])
+            p2[routed] = self.stage_proba(2, X[routed], own[routed])
         return p1, p2
 
     def _stage2_classes(self):

@@ -219,7 +219,8 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
 
         At most ``svm_max_per_class`` rows per class are used (drawn at random).
         ``GridSearchCV`` (3-fold stratified, balanced accuracy) picks ``C`` and
-        ``gamma``; the winner is refit with sigmoid (Platt) calibration.
+        ``gamma`` (skipped when the grid holds one setting; ``svm_cv_score_`` is then
+        ``None``); the winner is refit with sigmoid (Platt) calibration.
         ``sample_weight``: per-row weights of the final fit (e.g. adaptation data).
         """
         t0 = time.time()
@@ -235,16 +236,20 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(
                 "the SVM needs at least 2 classes with 3 or more images each (3-fold search); "
                 f"got {dict(zip(classes.tolist(), counts.tolist()))}")
-        search = GridSearchCV(
-            make_pipeline(StandardScaler(), SVC(kernel="rbf", class_weight="balanced")),
-            {"svc__C": list(self.svm_C), "svc__gamma": list(self.svm_gamma)},
-            cv=StratifiedKFold(3, shuffle=True, random_state=self.random_state),
-            scoring="balanced_accuracy", n_jobs=2, refit=False)
-        search.fit(emb, y)
-        self.svm_best_params_ = search.best_params_
-        self.svm_cv_score_ = float(search.best_score_)
-        best = SVC(kernel="rbf", class_weight="balanced", C=search.best_params_["svc__C"],
-                   gamma=search.best_params_["svc__gamma"])
+        grid = {"svc__C": list(self.svm_C), "svc__gamma": list(self.svm_gamma)}
+        if len(grid["svc__C"]) * len(grid["svc__gamma"]) > 1:
+            search = GridSearchCV(
+                make_pipeline(StandardScaler(), SVC(kernel="rbf", class_weight="balanced")),
+                grid, cv=StratifiedKFold(3, shuffle=True, random_state=self.random_state),
+                scoring="balanced_accuracy", n_jobs=2, refit=False)
+            search.fit(emb, y)
+            self.svm_best_params_ = search.best_params_
+            self.svm_cv_score_ = float(search.best_score_)
+        else:  # one setting: nothing to search (e.g. adaptation keeps the base's C)
+            self.svm_best_params_ = {k: v[0] for k, v in grid.items()}
+            self.svm_cv_score_ = None
+        best = SVC(kernel="rbf", class_weight="balanced", C=self.svm_best_params_["svc__C"],
+                   gamma=self.svm_best_params_["svc__gamma"])
         self.svm_ = make_pipeline(
             StandardScaler(),
             CalibratedClassifierCV(best, method="sigmoid", cv=int(min(5, counts.min())),

@@ -240,7 +240,7 @@ def evaluate_hierarchy(model, X, samples, others_per_class=150, seed=0) -> dict:
     out = {}
     idx1 = np.array([i for i, s in enumerate(samples) if s.main is not None], dtype=int)
     if clf.stage1 is not None and len(idx1):
-        y1_pred = [str(c) for c in clf.stage1.predict(X[idx1])]
+        y1_pred = [str(c) for c in clf.predict_stage(1, X[idx1])]
         y1_true = [samples[i].main for i in idx1]
         out["stage1"] = {**classification_summary(y1_true, y1_pred, list(MAIN_CLASSES)),
                          "y_true": y1_true, "y_pred": y1_pred, "paths": _paths(samples, idx1)}
@@ -248,7 +248,7 @@ def evaluate_hierarchy(model, X, samples, others_per_class=150, seed=0) -> dict:
     if clf.stage2 is not None and has_subclasses:
         idx2, y2 = stage_targets(samples, 2, others_per_class, seed)
         if len(idx2):
-            y2_pred = [str(c) for c in clf.stage2.predict(X[idx2])]
+            y2_pred = [str(c) for c in clf.predict_stage(2, X[idx2])]
             out["stage2"] = {**classification_summary(list(y2), y2_pred, list(STAGE2_CLASSES)),
                              "y_true": list(y2), "y_pred": y2_pred, "paths": _paths(samples, idx2)}
     idx3 = np.array([i for i, s in enumerate(samples) if s.fine is not None], dtype=int)

@@ -14,8 +14,9 @@ from hiercell.adapt import adapt_stage, stage_labels
 from hiercell.bundle import load
 from hiercell.cli import main
 from hiercell.data import read_dataset
+from hiercell.hierarchy import HierarchicalClassifier
 
-from conftest import FIXTURES
+from conftest import FIXTURES, rgb_images
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,32 @@ def test_adapt_writes_a_loadable_bundle_with_its_record(tiny_bundle, new_lab, tm
     n_lab = len(read_dataset(new_lab))
     assert len(adapted.hierarchy.reviewer.reference_) == len(base.hierarchy.reviewer.reference_) + n_lab
     assert adapted.predict_records([new_lab.parent / "cell0_0.png"])[0].status == "ok"
+    # the domain gate: each cell is answered by the adapted stages or by the base model
+    # (kept whole in the bundle), as the gate decides
+    assert info["base_stages"].keys() == info["stages"].keys()
+    hier = adapted.hierarchy
+    X = adapted.features(rgb_images(sorted(FIXTURES.glob("*/*.jpg"))))
+    own_stages = HierarchicalClassifier(hier.stage1, hier.stage2)
+    answers = {name: [(r.label, r.probability) for r in clf.predict_records(X)]
+               for name, clf in (("base", base.hierarchy), ("adapted", own_stages))}
+    assert answers["base"] != answers["adapted"]
+    gate = hier.gate
+    try:
+        for threshold, expected in ((1.01, "base"), (0.0, "adapted")):
+            gate.threshold = threshold
+            assert [(r.label, r.probability) for r in hier.predict_records(X)] == answers[expected]
+        gate.threshold = 0.5
+        own = hier.adapted_rows(X)
+        mixed = [(r.label, r.probability) for r in hier.predict_records(X)]
+        expected = [answers["adapted" if o else "base"][i] for i, o in enumerate(own)]
+        assert [m[0] for m in mixed] == [e[0] for e in expected]  # subsets batch differently:
+        np.testing.assert_allclose([m[1] for m in mixed], [e[1] for e in expected], atol=1e-3)
+    finally:
+        gate.threshold = 0.5
+    # an adapted bundle is not adapted again (its base is, with all the cells)
+    again = CliRunner().invoke(main, ["adapt", str(new_lab), "--out", str(tmp_path / "again"),
+                                      "--model", str(out), "--views", "0", "--folds", "3"])
+    assert again.exit_code != 0 and "already adapted" in again.output
 
 
 def test_adapt_stage_needs_a_source_sample(tiny_model):
@@ -105,3 +132,17 @@ def test_evaluate_on_an_external_set_scores_stage_1_only(tiny_bundle, new_lab, t
     assert figures["split"] == "all"
     assert set(figures) == {"split", "stage1"}
     assert figures["stage1"]["n"] == len(read_dataset(new_lab))
+
+
+def test_domain_gate_separates_labs_and_round_trips():
+    from hiercell.domain import DomainGate
+
+    rng = np.random.default_rng(0)
+    source = rng.normal(0.0, 1.0, (300, 16))
+    target = rng.normal(0.0, 1.0, (40, 16)) + 1.5
+    gate = DomainGate().fit(source, target)
+    assert gate.predict(source).mean() < 0.05 and gate.predict(target).mean() > 0.95
+    again = DomainGate.from_arrays(gate.to_arrays())
+    np.testing.assert_array_equal(again.predict_proba(target), gate.predict_proba(target))
+    with pytest.raises(ValueError, match="both labs"):
+        DomainGate().fit(source, target[:0])

@@ -489,10 +489,12 @@ def test_bundle_manifest_paths_and_messages(tiny_bundle, tmp_path):
         fh.write(f"{digest}  ../outside\n")
     with pytest.raises(BundleError, match="not a file inside the bundle"):
         verify_bundle(b)
-    for field, value, message in (("format_version", "1", "must be an integer"),
+    for k, (field, value, message) in enumerate((("format_version", "1", "must be an integer"),
                                   ("input_size", 0, "input_size must be"),
-                                  ("masked", "no", "masked must be")):
-        b = _copy_bundle(tiny_bundle, tmp_path / f"b_{field}")
+                                  ("masked", "no", "masked must be"),
+                                  ("base_stages", {"stage1": {}}, "needs both base_stages"),
+                                  ("base_stages", ["stage1"], "base_stages must map"))):
+        b = _copy_bundle(tiny_bundle, tmp_path / f"b_{k}_{field}")
         _rewrite(b, lambda info: info.update({field: value}))
         with pytest.raises(BundleError, match=message) as err:
             verify_bundle(b)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..adapt import BLOCK5_EPOCHS
 from .options import echo_err, load_model, model_option, precision_option, seed_option
 
 
@@ -21,9 +22,13 @@ from .options import echo_err, load_model, model_option, precision_option, seed_
 @click.option("--folds", default=5, show_default=True, type=click.IntRange(2, 20),
               help="Cross-validation folds for the before/after figures (grouped by the "
                    "manifest's group column when it has one).")
+@click.option("--block5-epochs", default=BLOCK5_EPOCHS, show_default=True,
+              type=click.IntRange(0),
+              help="Epochs of fine-tuning block5 and the dense layers on the new lab's cells "
+                   "(0: refit the dense layers and the SVM only; faster).")
 @seed_option
 @precision_option
-def adapt(data, out, model_path, views, folds, seed, precision):
+def adapt(data, out, model_path, views, folds, block5_epochs, seed, precision):
     """Adapt a model to a new lab's images from labelled cells in DATA.
 
     DATA is any layout hiercell reads: a PBC-style folder (labels from file-name
@@ -53,12 +58,16 @@ def adapt(data, out, model_path, views, folds, seed, precision):
         echo_err(f"skipped {path}: {reason}")
     samples = [s for s, good in zip(samples, ok) if good]
     try:
-        cv = cross_validate(model, maps, samples, k=folds, seed=seed, progress=True)
-        adapted = adapt_model(model, maps, samples, seed=seed, log=echo_err)
+        cv = cross_validate(model, maps, samples, k=folds, seed=seed,
+                            block5_epochs=block5_epochs, progress=True)
+        adapted = adapt_model(model, maps, samples, seed=seed, block5_epochs=block5_epochs,
+                              log=echo_err)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     base = model_path or "bundled default model"
-    record = adaptation_record(samples, cv, base, model.info, data_digest(samples), str(data))
+    record = adaptation_record(samples, cv, base, model.info, data_digest(samples), str(data),
+                               {"views": views, "block5_epochs": block5_epochs, "folds": folds,
+                                "seed": seed})
     try:
         save_bundle(adapted, out, {"adaptation": record, "name": Path(out).name},
                     extra_files={"MODEL_CARD.md": model_card(record, model.info)})
