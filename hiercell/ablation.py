@@ -24,8 +24,8 @@ from pathlib import Path
 
 from .ablation_report import ArmResult, compare_arms, write_ablation_report
 from .taxonomy import MAIN_CLASSES, STAGE2_CLASSES
-from .training import (TrainSettings, evaluate_hierarchy, exclude_mask_failures, fit_hierarchy,
-                       starting_backbone, trunk_features)
+from .training import (TrainSettings, augmented_views, evaluate_hierarchy, exclude_mask_failures,
+                       fit_hierarchy, starting_backbone, trunk_features)
 
 ARMS = ("unmasked", "masked")
 
@@ -103,8 +103,10 @@ def run(samples, out_dir, settings: TrainSettings | None = None, stages=(1, 2), 
         X = _features([s.path for s in samples], arm_settings, cache_dir, progress,
                       backbone[0], f"{arm}: VGG16 trunk features")
         log(f"{arm}: training stages {stages}")
+        views = augmented_views(X, samples, arm_settings, cache_dir, progress, backbone[0])
         model = fit_hierarchy(X, samples, arm_settings, stages=stages, verbose=0,
-                              log=log, backbone=backbone)
+                              log=log, backbone=backbone, X_views=views)
+        del views
         test = [i for i, s in enumerate(samples) if s.split == "test"]
         evaluations[arm] = evaluate_hierarchy(model, X[test], [samples[i] for i in test],
                                               settings.others_per_class, settings.seed)

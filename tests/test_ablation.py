@@ -179,3 +179,25 @@ def test_external_names_are_short_and_distinct(tmp_path):
     other.write_text("path,label\n")
     assert ablation.external_name(other) == "lab_two"
     assert ablation.external_name(tmp_path / "bccd351") == "bccd351"
+
+
+def test_ablate_arms_train_on_the_augmented_views_asked_for(tiny_data, tmp_path, monkeypatch):
+    seen = []
+    real = ablation.fit_hierarchy
+
+    def spy(X, samples, settings, **kwargs):
+        views = list(kwargs.get("X_views", ()))
+        train = [i for i, s in enumerate(samples) if s.split == "train"]
+        seen.append((settings.masked, len(views),
+                     views[0][train].shape == (len(train),) + X.shape[1:] if views else None))
+        return real(X, samples, settings, **kwargs)
+
+    monkeypatch.setattr(ablation, "fit_hierarchy", spy)
+    args = [a for a in TINY if a != "--quiet"]
+    result = CliRunner().invoke(main, ["ablate", str(tiny_data), "--out", str(tmp_path / "a"),
+                                       "--cache", str(tmp_path / "cache"), "--limit-per-class",
+                                       "4", "--n-boot", "100", "--stages", "1", *args,
+                                       "--augment-views", "2"])
+    assert result.exit_code == 0, result.output
+    assert [s[:2] for s in seen] == [(False, 2), (True, 2)]
+    assert all(s[2] for s in seen)  # one view row per training image, shaped like X
