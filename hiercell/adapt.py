@@ -177,7 +177,8 @@ def adapt_model(model, maps, samples, seed=0, log=None):
                 f"in {time.time() - t0:.0f}s")
     reviewer = model.hierarchy.reviewer
     if reviewer is not None:
-        new.hierarchy.reviewer = reviewer.with_reference(trunk_descriptor(maps[0]))
+        new.hierarchy.reviewer = reviewer.with_reference(trunk_descriptor(maps[0]),
+                                                         [s.main for s in samples])
     return new
 
 

@@ -196,8 +196,9 @@ def fit_hierarchy(X, samples, settings: TrainSettings, stages=(1, 2), recipe="fe
 def attach_review_and_sources(model, X, samples, settings: TrainSettings, X_views=(), log=print):
     """Give a freshly fitted ``model`` what a bundle carries besides its weights: per stage
     a compact sample of its training cells for ``hiercell adapt``
-    (:func:`hiercell.adapt.source_sample`) and a review scorer calibrated on the
-    validation split (:func:`hiercell.review.fit_reviewer`)."""
+    (:func:`hiercell.adapt.source_sample`) and a review scorer fit and calibrated on
+    the validation split (:func:`hiercell.review.fit_reviewer`; ``X_views`` cover the
+    training split only, so no shifted views: ``tools/refit_review.py`` adds them)."""
     from .adapt import source_sample
     from .review import fit_reviewer
 
@@ -212,8 +213,10 @@ def attach_review_and_sources(model, X, samples, settings: TrainSettings, X_view
     train, val = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
     if len(val) and model.stage1 is not None:
         model.hierarchy.reviewer = fit_reviewer(model.hierarchy, X, train, val,
-                                                seed=settings.seed)
-        log(f"review scorer: threshold {model.hierarchy.reviewer.threshold_:.3f} "
+                                                seed=settings.seed,
+                                                labels=[s.main for s in samples])
+        kind = "learned" if model.hierarchy.reviewer.learned else "legacy rule"
+        log(f"review scorer ({kind}): threshold {model.hierarchy.reviewer.threshold_:.3f} "
             f"(flags {model.hierarchy.reviewer.target_rate:.0%} of validation cells)")
     else:
         log("no validation split: the model gets no review scorer")
