@@ -15,8 +15,10 @@ Prints, for the bundle (default: the bundled model):
    against right, mean top probability on right and wrong answers, the
    domain check;
 3. unknown classes, simulated by holding one class out (protocol): a review
-   scorer is fit on ``--reference`` random training cells and the validation
-   cells of the other classes, and the stage-1 SVM is refit without the class
+   scorer is fit as the bundle's is (:func:`hiercell.review.fit_reviewer`, the
+   kind the bundle holds: learned or legacy) on ``--reference`` random training
+   cells and the validation cells of the other classes (with ``--views``
+   shifted views of them), and the stage-1 SVM is refit without the class
    on the bundle's source sample (the network itself still saw the class in
    training, which this protocol cannot undo without retraining); AUROC of ``review_score`` for held-out-class test
    cells against the other classes' test cells, and share of them flagged.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -35,12 +38,12 @@ from sklearn.metrics import roc_auc_score
 import hiercell
 from hiercell.data import read_dataset
 from hiercell.features import FeatureCache, extract_trunk_features
-from hiercell.review import domain_shift, trunk_descriptor
+from hiercell.review import domain_shift
 from hiercell.taxonomy import MAIN_CLASSES
 
 
-def features(model, samples, cache):
-    config = model.trunk_config()
+def features(model, samples, cache, view=0):
+    config = dataclasses.replace(model.trunk_config(), view=view)
     res = extract_trunk_features([s.path for s in samples], model.trunk, config,
                                  FeatureCache(cache, config) if cache else None, progress=True)
     return res.features, [s for s, ok in zip(samples, res.ok) if ok]
@@ -73,7 +76,7 @@ def describe(name, model, X, samples):
     return recs
 
 
-def held_out(model, X_test, test, X_ref, ref, X_val, val, cls):
+def held_out(model, X_test, test, X_ref, ref, X_val, val, cls, val_views=()):
     """Review scores of the test cells with class ``cls`` held out (see module doc):
     reviewer refit on training and validation cells of the other classes, stage-1 SVM
     refit on the bundle's source sample without ``cls``."""
@@ -95,20 +98,24 @@ def held_out(model, X_test, test, X_ref, ref, X_val, val, cls):
     try:
         stage.fit_svm_embeddings(emb, src["y"][keep])
         stage.classes_ = stage.svm_.classes_
-        return _held_out_scores(hier, stage, X_test, test, X_ref, ref, X_val, val, cls)
+        return _held_out_scores(hier, X_test, test, X_ref, ref, X_val, val, cls, val_views,
+                                learned=model.hierarchy.reviewer.learned)
     finally:
         (stage.svm_, stage.svm_max_per_class, stage.svm_C,
          stage.svm_best_params_, stage.svm_cv_score_, stage.classes_) = saved
 
 
-def _held_out_scores(hier, stage, X_test, test, X_ref, ref, X_val, val, cls):
-    from hiercell.review import ReviewScorer
+def _held_out_scores(hier, X_test, test, X_ref, ref, X_val, val, cls, val_views, learned):
+    from hiercell.review import fit_reviewer
 
     ref_keep = np.array([s.main != cls for s in ref])
     val_keep = np.array([s.main != cls for s in val])
-    p1 = stage.predict_proba(X_val[val_keep])
-    hier.reviewer = ReviewScorer().fit(trunk_descriptor(X_ref[ref_keep]),
-                                       trunk_descriptor(X_val[val_keep]), p1.max(1))
+    X = np.concatenate([X_ref[ref_keep], X_val[val_keep]])
+    labels = [s.main for s in ref if s.main != cls] + [s.main for s in val if s.main != cls]
+    n_ref = int(ref_keep.sum())
+    hier.reviewer = fit_reviewer(hier, X, np.arange(n_ref), np.arange(n_ref, len(X)),
+                                 max_reference=len(X), labels=labels if learned else None,
+                                 shifted=[v[val_keep] for v in val_views] if learned else ())
     recs = hier.predict_records(X_test)
     score = np.array([r.review_score for r in recs])
     flag = np.array([r.review for r in recs])
@@ -125,10 +132,15 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reference", type=int, default=4000,
                     help="training cells drawn as the held-out protocol's reference")
+    ap.add_argument("--views", type=int, default=3,
+                    help="shifted views of the validation cells for the held-out refit "
+                         "(learned scorers; as tools/refit_review.py)")
     a = ap.parse_args()
     model = hiercell.load(a.model, precision="auto")
     if model.hierarchy.reviewer is None:
         raise SystemExit("this bundle has no review scorer")
+    print(f"review scorer: {'learned' if model.hierarchy.reviewer.learned else 'legacy'}, "
+          f"threshold {model.hierarchy.reviewer.threshold_:.4f}")
     test = [s for s in read_dataset(a.pbc) if s.split == "test" and s.main is not None]
     X_test, test = features(model, test, a.cache)
     recs = describe("PBC test split", model, X_test, test)
@@ -146,9 +158,16 @@ def main():
     ref = [ref[i] for i in np.sort(rng.permutation(len(ref))[:a.reference])]
     X_ref, ref = features(model, ref, a.cache)
     X_val, val = features(model, [s for s in everything if s.split == "val"], a.cache)
+    views = []
+    if model.hierarchy.reviewer.learned:
+        for v in range(1, a.views + 1):
+            X_v, kept = features(model, val, a.cache, view=v)
+            if len(kept) != len(val):
+                raise SystemExit("a validation image failed in a shifted view")
+            views.append(X_v)
     for cls in ("basophil", "monocyte", "eosinophil", "lymphocyte"):
         au, flagged_unknown, flagged_known = held_out(model, X_test, test, X_ref, ref, X_val,
-                                                      val, cls)
+                                                      val, cls, views)
         print(f"{cls:12s} AUROC held-out vs known {au:.3f}; flagged: held-out {flagged_unknown:.3f}, "
               f"known {flagged_known:.3f}")
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark of ``hiercell.segmentation`` on a folder of class sub-folders (PBC).
 
-    python bench/bench_segmentation.py --data /work/shared/data/pbc --sheet bench/segmentation_sheet.png
+    python bench/bench_segmentation.py --data ../shared/data/pbc --sheet bench/segmentation_sheet.png
 
 Prints (1) the speed of ``segment()`` on one core (``cv2.setNumThreads(1)``;
 images decoded beforehand, so decoding is not counted) on a random sample of

@@ -6,7 +6,12 @@ the same order) into a JSON-ready dict; ``write_ablation_report`` writes
 stage and arm. The overall result layout is::
 
     {"setup": {...free-form, given by the caller...},
-     "stages": {"1": compare_arms(...), "2": compare_arms(...)}}   # "2" optional
+     "stages": {"1": compare_arms(...), "2": compare_arms(...)},   # "2" optional
+     "external": {name: {"stage1": compare_arms(...), ...counts}}}  # optional
+
+``external`` holds the same paired comparison on other labs' labelled sets (stage 1),
+next to free-form counts (e.g. the images the segmentation flagged); it adds one
+``confusion_ext_<name>_<arm>.png`` per set and arm.
 
 Differences are always ``arm b - arm a`` (with a = unmasked, b = masked:
 positive means masking helped).
@@ -230,13 +235,14 @@ def conclusion(stage: dict) -> str:
             f"McNemar {_p(mc['p_value'])}, {mc['a_only'] + mc['b_only']} discordant images; {f1_txt}.")
 
 
-def _stage_md(key: str, st: dict, pngs: dict) -> list[str]:
+def _stage_md(key: str, st: dict, pngs: dict, title: str | None = None,
+              intro: list | None = None, noun: str = "test images") -> list[str]:
     a, b = st["arms"]
     sa, sb = st["summary"][a], st["summary"][b]
     alpha = st["alpha"]
     ci = f"{100 * (1 - alpha):g} % CI"
-    out = [f"## Stage {key}", "",
-           f"{st['n']} test images, {len(st['labels'])} classes; {st['n_boot']} bootstrap "
+    out = [title or f"## Stage {key}", ""] + list(intro or []) + [
+           f"{st['n']} {noun}, {len(st['labels'])} classes; {st['n_boot']} bootstrap "
            f"resamples (seed {st['seed']}), {ci} by percentile bootstrap; differences are "
            f"{b} − {a}.", "",
            "### Per-class precision / recall / F1", "",
@@ -278,12 +284,26 @@ def _stage_sort_key(k: str):
     return (0, int(k)) if str(k).isdigit() else (1, str(k))
 
 
+def _external_intro(ext: dict) -> list[str]:
+    """The counts of an external set (everything but its comparison) as Markdown bullets."""
+    out = []
+    for key, val in to_jsonable(ext).items():
+        if key == "stage1":
+            continue
+        if isinstance(val, dict):
+            val = ", ".join(f"{k} {v}" for k, v in val.items()) or "none"
+        out.append(f"- **{_md(_human(key))}**: {_md(val)}")
+    return out + [""] if out else []
+
+
 def write_ablation_report(result: dict, out_dir) -> dict:
     """Write ``ablation.json``, ``ablation.md`` and ``confusion_<stage>_<arm>.png`` to ``out_dir``.
 
-    ``result`` is ``{"setup": {...}, "stages": {"1": compare_arms(...), "2": ...}}``;
-    a missing (or ``None``) stage is reported as not evaluated. Every file is
-    written atomically. Returns ``{"json": path, "md": path, "png": [paths]}``.
+    ``result`` is ``{"setup": {...}, "stages": {"1": compare_arms(...), "2": ...}}``,
+    optionally with ``"external": {name: {"stage1": compare_arms(...), ...}}``
+    (``confusion_ext_<name>_<arm>.png``); a missing (or ``None``) stage is reported
+    as not evaluated. Every file is written atomically. Returns
+    ``{"json": path, "md": path, "png": [paths]}``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -305,20 +325,44 @@ def write_ablation_report(result: dict, out_dir) -> dict:
                                                 out_dir / name, title=title))
             pngs[key][arm] = name
 
-    md = ["# Ablation: " + " vs ".join(next(iter(stages.values()))["arms"]) if stages else "# Ablation",
+    external = {str(k): v for k, v in (result.get("external") or {}).items()}
+    ext_pngs = {}
+    for name, ext in external.items():
+        st = ext["stage1"]
+        ext_pngs[name] = {}
+        for arm in st["arms"]:
+            png = f"confusion_ext_{name}_{arm}.png"
+            summ = st["summary"][arm]
+            title = (f"{name} stage 1 - {arm} (n={summ['n']}, acc {summ['accuracy']:.3f}, "
+                     f"macro-F1 {summ['macro_f1']:.3f})")
+            written.append(confusion_matrix_png(summ["confusion_matrix"], summ["labels"],
+                                                out_dir / png, title=title))
+            ext_pngs[name][arm] = png
+
+    first = next(iter(stages.values()), None) or next(
+        (e["stage1"] for e in external.values()), None)
+    md = ["# Ablation: " + " vs ".join(first["arms"]) if first else "# Ablation",
           "", "## Setup", ""]
     md += _setup_md(result.get("setup") or {})
-    if stages:
+    if stages or external:
         md += ["", "## Conclusions", ""]
         md += [f"- Stage {k}: {conclusion(stages[k])}" for k in keys if k in stages]
+        md += [f"- External set {_md(name)}, stage 1: {conclusion(ext['stage1'])}"
+               for name, ext in external.items()]
     md.append("")
     for key in keys:
         if key in stages:
             md += _stage_md(key, stages[key], pngs[key])
         else:
             md += [f"## Stage {key}", "", "Not evaluated (no result for this stage).", ""]
+    for name, ext in external.items():
+        md += _stage_md("1", ext["stage1"], ext_pngs[name],
+                        title=f"## External set {_md(name)}: stage 1",
+                        intro=_external_intro(ext), noun=f"images of {_md(name)}")
 
     payload = to_jsonable({**result, "stages": stages})
+    if not external:
+        payload.pop("external", None)
     json_path = atomic_write_bytes(out_dir / "ablation.json",
                                    (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode())
     md_path = atomic_write_bytes(out_dir / "ablation.md", "\n".join(md).encode())

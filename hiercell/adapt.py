@@ -213,7 +213,7 @@ def adapt_model(model, maps, samples, seed=0, block5_epochs=BLOCK5_EPOCHS, log=N
     reviewer = model.hierarchy.reviewer
     if reviewer is not None:
         target = trunk_descriptor(maps[0])
-        new.hierarchy.reviewer = reviewer.with_reference(target)
+        new.hierarchy.reviewer = reviewer.with_reference(target, [s.main for s in samples])
         new.hierarchy.gate = DomainGate().fit(reviewer.reference_, target)
         new.hierarchy.base = HierarchicalClassifier(model.hierarchy.stage1, model.hierarchy.stage2)
     return new

@@ -142,6 +142,23 @@ def _save_stages(hierarchy, folder: Path) -> dict:
     return stages
 
 
+def replace_reviewer(path, reviewer) -> Path:
+    """Rewrite the review scorer (``review.npz``) of the bundle at ``path`` and its line
+    in ``SHA256SUMS``; the rest of the bundle is untouched (checked first)."""
+    from .atomic import atomic_open
+
+    path = Path(path)
+    verify_bundle(path)
+    with atomic_open(path / "review.npz", "wb") as fh:
+        np.savez_compressed(fh, **reviewer.to_arrays())
+    lines = [ln for ln in (path / MANIFEST).read_text().splitlines()
+             if ln.strip() and ln.split(None, 1)[1].strip() != "review.npz"]
+    lines.append(f"{_sha256(path / 'review.npz')}  review.npz")
+    with atomic_open(path / MANIFEST, "w") as fh:
+        fh.write("\n".join(sorted(lines, key=lambda ln: ln.split(None, 1)[1])) + "\n")
+    return path
+
+
 def library_versions() -> dict:
     """Versions of the libraries whose objects a bundle pickles or whose weights it holds."""
     import sklearn

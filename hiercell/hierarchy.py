@@ -153,7 +153,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         classes = [str(c) for c in self.classes_]
         paths = list(paths) if paths is not None else [None] * len(X)
         decisions = route(p1, p2, s2)
-        review = self.review_scores(X, p1, [d.uncertain for d in decisions])
+        review = self.review_scores(X, p1, decisions)
         out = []
         for i, d in enumerate(decisions):
             order = np.argsort(-fine[i])[:top_k]
@@ -170,17 +170,25 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
             out.append(rec)
         return out
 
-    def review_scores(self, X, p1=None, uncertain=None):
+    def decide(self, X):
+        """``(p1, decisions)``: stage-1 probabilities over :data:`MAIN_CLASSES` and one
+        routed :class:`Decision` per row of ``X``."""
+        p1, p2 = self._stage_probas(X)
+        return p1, route(p1, p2, self._stage2_classes())
+
+    def review_scores(self, X, p1=None, decisions=None):
         """``(review_score, review, novelty)`` arrays for trunk features ``X`` (see
-        :mod:`hiercell.review`), or ``None`` without a reviewer."""
+        :mod:`hiercell.review`), or ``None`` without a reviewer; ``p1`` and ``decisions``
+        as :meth:`decide` gives them (computed when not given)."""
         if self.reviewer is None:
             return None
         from .review import trunk_descriptor
 
-        if p1 is None:
-            p1, p2 = self._stage_probas(X)
-            uncertain = [d.uncertain for d in route(p1, p2, self._stage2_classes())]
-        score, novelty = self.reviewer.score(trunk_descriptor(X), p1.max(1), uncertain)
+        if p1 is None or decisions is None:
+            p1, decisions = self.decide(X)
+        score, novelty = self.reviewer.score(
+            trunk_descriptor(X), p1.max(1), [d.uncertain for d in decisions],
+            answers=[d.main for d in decisions], proba=[d.main_p for d in decisions])
         return score, self.reviewer.flag(score), novelty
 
 

@@ -1,25 +1,40 @@
 """Know when the model does not know: a review score per cell, a domain check per folder.
 
 Built only from what classification already computes (no second network pass):
+the stage-1 probabilities, the routed main class and a descriptor of the VGG16
+trunk's ``block4_pool`` map -- mean and standard deviation over the central
+6x6 positions (the cell, in the canonical frame), square-rooted and
+L2-normalised (:func:`trunk_descriptor`). These are frozen ImageNet features,
+not trained to separate the 8 classes, so a cell unlike every training cell
+stays far from them (fine-tuned features map it onto a class). Against a
+reference of training cells with their classes, per cell (:func:`neighbour_signals`):
 
-* **novelty**: mean cosine distance to the ``k`` nearest training cells in a
-  descriptor of the VGG16 trunk's ``block4_pool`` map -- mean and standard
-  deviation over the central 6x6 positions (the cell, in the canonical frame),
-  square-rooted and L2-normalised (:func:`trunk_descriptor`). These are frozen
-  ImageNet features, not trained to separate the 8 classes, so a cell unlike
-  every training cell stays far from them (fine-tuned features map it onto a
-  class);
-* **ambiguity**: one minus the top stage-1 probability;
-* stage 2 answering ``Others`` (``uncertain``).
+* **novelty**: mean cosine distance to the ``k`` nearest reference cells;
+* **class distance ratio**: mean distance to the ``k`` nearest cells of the
+  answered class over that to the nearest other class (above 1: the cell looks
+  more like another class than like its answer);
+* **neighbour vote**: share of the ``k`` nearest cells of the answered class;
+* **probability** of the answered main class.
 
-Each signal is turned into its percentile among in-lab validation cells
-(:class:`ReviewScorer`, fit at training time and stored in the bundle), and the
-``review_score`` is essentially their maximum (0.98 x maximum + 0.02 x mean;
-1.0 for uncertain cells): a cell novel *or* ambiguous scores high, and where
-every cell is novel (another lab) the mean term still ranks them by
-ambiguity; ``review`` is
-``review_score >= threshold``, the threshold being the validation quantile
-that flags ``target_rate`` (5 %) of in-lab cells.
+:class:`ReviewScorer` (fit at training time, stored in the bundle) combines
+them with a logistic regression that predicts a wrong answer, fit on in-lab
+validation cells and, where given, on synthetically shifted views of them
+(colour, scale, blur: :func:`hiercell.preprocess.augment_view`); other labs'
+images are never used. The ``review_score`` is its log-odds ``z`` squashed
+into (0, 1) as ``0.5 + 0.5 z / (1 + |z|)`` (:meth:`ReviewScorer.wrongness`:
+no saturation, so cells far outside the in-lab range keep their ranking),
+except that cells more novel than ``novel_gate`` (99 %) of in-lab
+cells, and uncertain cells (stage 2 answered ``Others``), are lifted into the
+flagged band: ``threshold + (1 - threshold) x wrongness``, so they are
+always flagged and still ranked among themselves (in another lab's folder,
+where nearly every cell is novel, the ranking is the learned one). ``review``
+is ``review_score >= threshold``, the threshold flagging ``target_rate`` (5 %)
+of in-lab validation cells, lifted ones included.
+
+Scorers fit without classes (and ``review.npz`` files from before the learned
+combination) use the earlier rule: novelty and ambiguity (1 - top stage-1
+probability) as percentiles among validation cells, score 0.98 x maximum +
+0.02 x mean, 1.0 for uncertain cells.
 
 Per folder, :func:`domain_shift` is the share of cells whose novelty is
 above the 95th in-lab percentile (about 0.05 for images like the training
@@ -35,14 +50,19 @@ import numpy as np
 
 #: Share of in-lab validation cells flagged for review at the default threshold.
 TARGET_RATE = 0.05
-#: Nearest neighbours averaged in the novelty score.
+#: Nearest neighbours averaged in the novelty and class-distance signals.
 K_NEIGHBOURS = 10
-#: Weight of the mean of the two percentiles in the score (the rest is their maximum):
-#: the maximum flags a cell that is either novel or ambiguous; the small mean
-#: term keeps ranking cells by ambiguity where every cell is novel (another lab).
+#: Legacy rule: weight of the mean of the two percentiles in the score (the rest is
+#: their maximum).
 MIX = 0.02
+#: Cells more novel than this share of in-lab cells are always flagged.
+NOVEL_GATE = 0.99
 #: Domain-shift warning: share of novel cells that fires it (in-lab: ~0.05).
 SHIFT_WARN_SHARE = 0.25
+#: Fewest wrong (and right) validation answers the learned combination is fit on.
+MIN_ANSWERS = 5
+#: What the learned combination reads, in order (see :func:`neighbour_signals`).
+SIGNALS = ("log_novelty", "log_class_distance_ratio", "neighbour_vote", "log_probability")
 
 
 def trunk_descriptor(maps: np.ndarray) -> np.ndarray:
@@ -75,54 +95,187 @@ def knn_distance(reference: np.ndarray, queries: np.ndarray, k: int = K_NEIGHBOU
     return out
 
 
+def neighbour_signals(reference, reference_labels, queries, answers, k=K_NEIGHBOURS,
+                      chunk=512) -> np.ndarray:
+    """``(n, 3)`` float64: novelty, class distance ratio and neighbour vote (module doc).
+
+    ``reference_labels``: class per reference row (``""``: no class); ``answers``: the
+    answered class per query. An answer without reference cells is 1.0 away (the
+    largest cosine distance between descriptors) and gets no votes.
+    """
+    reference = np.asarray(reference, dtype=np.float32)
+    queries = np.asarray(queries, dtype=np.float32)
+    labels = np.asarray(reference_labels, dtype=str)
+    answers = np.asarray(answers, dtype=str)
+    classes = [c for c in np.unique(labels) if c]
+    k = int(min(k, len(reference)))
+    out = np.empty((len(queries), 3), dtype=np.float64)
+    for i in range(0, len(queries), chunk):
+        dist = 1.0 - queries[i:i + chunk] @ reference.T
+        ans = answers[i:i + chunk]
+        near = np.argpartition(dist, k - 1, axis=1)[:, :k]
+        own = np.ones(len(dist))
+        other = np.ones(len(dist))
+        for c in classes:
+            cols = labels == c
+            kc = int(min(k, cols.sum()))
+            d_c = np.partition(dist[:, cols], kc - 1, axis=1)[:, :kc].mean(1)
+            own = np.where(ans == c, d_c, own)
+            other = np.where(ans != c, np.minimum(other, d_c), other)
+        out[i:i + chunk, 0] = np.take_along_axis(dist, near, 1).mean(1)
+        out[i:i + chunk, 1] = np.maximum(own, 1e-6) / np.maximum(other, 1e-6)
+        out[i:i + chunk, 2] = (labels[near] == ans[:, None]).mean(1)
+    return out
+
+
 def _percentile_of(sorted_ref: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Share of ``sorted_ref`` below each value, in [0, 1]."""
     return np.searchsorted(sorted_ref, values, side="right") / max(len(sorted_ref), 1)
 
 
 class ReviewScorer:
-    """Review score from trunk novelty and stage-1 ambiguity (see module doc).
+    """Review score from trunk neighbours and stage-1 probabilities (see module doc).
 
-    ``fit(reference, val_descriptors, val_top_proba)``: ``reference`` are
-    training-cell descriptors (:func:`trunk_descriptor`); the validation
-    arrays (in-lab cells not in ``reference``) calibrate the percentiles and
-    the threshold. ``score(descriptors, top_proba, uncertain)`` returns
+    ``fit(reference, val_descriptors, val_top_proba, reference_labels, val_answers,
+    val_proba, val_wrong, shifted)``: ``reference`` are training-cell descriptors
+    (:func:`trunk_descriptor`) with their classes ``reference_labels``; the
+    validation arrays (in-lab cells not in ``reference``) calibrate the novelty
+    percentiles and the threshold, and with ``shifted`` (tuples ``(descriptors,
+    answers, proba, wrong)`` of shifted views) train the logistic regression:
+    ``*_answers`` the answered main classes, ``*_proba`` their probabilities,
+    ``*_wrong`` whether the answers are wrong; ``val_uncertain`` marks the
+    validation cells stage 2 called ``Others`` (flagged anyway: counted in the
+    threshold's share). Without ``reference_labels`` the legacy rule is fit
+    (module doc).
+
+    ``score(descriptors, top_proba, uncertain, answers, proba)`` returns
     ``(review_score, novelty)``: novelty as its percentile among in-lab cells.
+
+    Parameters
+    ----------
+    k : int
+        Nearest neighbours per signal.
+    target_rate : float
+        Share of validation cells the threshold flags.
+    novel_gate : float
+        Novelty percentile above which a cell is always flagged.
+    C : float
+        Inverse regularisation of the logistic regression.
     """
 
-    def __init__(self, k=K_NEIGHBOURS, target_rate=TARGET_RATE):
+    def __init__(self, k=K_NEIGHBOURS, target_rate=TARGET_RATE, novel_gate=NOVEL_GATE, C=1.0):
         self.k = k
         self.target_rate = target_rate
+        self.novel_gate = novel_gate
+        self.C = C
 
-    def fit(self, reference, val_descriptors, val_top_proba):
+    @property
+    def learned(self) -> bool:
+        """Whether the learned combination is used (else the legacy rule)."""
+        return getattr(self, "coef_", None) is not None
+
+    def fit(self, reference, val_descriptors, val_top_proba, reference_labels=None,
+            val_answers=None, val_proba=None, val_wrong=None, shifted=(), val_uncertain=None):
         self.reference_ = np.asarray(reference, dtype=np.float16)
         self.val_novelty_ = knn_distance(self.reference_, val_descriptors, self.k)
         self.val_ambiguity_ = 1.0 - np.asarray(val_top_proba, dtype=np.float32)
         self.extra_novelty_ = np.zeros(0, dtype=np.float32)
+        self.reference_labels_ = self.coef_ = None
+        n = len(self.val_novelty_)
+        self.val_uncertain_ = (np.zeros(n, bool) if val_uncertain is None
+                               else np.asarray(val_uncertain, bool))
+        if reference_labels is not None:
+            self._fit_combination(reference_labels, val_descriptors, val_answers, val_proba,
+                                  val_wrong, shifted)
         self._calibrate()
         return self
 
+    def _fit_combination(self, reference_labels, val_descriptors, val_answers, val_proba,
+                         val_wrong, shifted):
+        """The logistic regression over :data:`SIGNALS` that predicts a wrong answer."""
+        from sklearn.linear_model import LogisticRegression
+
+        labels = np.asarray(reference_labels, dtype=str)
+        if len(labels) != len(self.reference_):
+            raise ValueError("reference_labels must give one class per reference row")
+        if val_answers is None or val_proba is None or val_wrong is None:
+            raise ValueError("the learned combination needs val_answers, val_proba and val_wrong")
+        self.reference_labels_ = labels
+        sets = [(val_descriptors, val_answers, val_proba, val_wrong), *shifted]
+        S = [self.signals(d, a, p) for d, a, p, _ in sets]
+        y = np.concatenate([np.asarray(w, bool) for *_, w in sets])
+        if y.all() or not y.any():
+            raise ValueError("the learned combination needs right and wrong answers")
+        X = np.vstack(S)
+        self.signal_mean_, self.signal_scale_ = X.mean(0), X.std(0) + 1e-9
+        lr = LogisticRegression(C=self.C, max_iter=1000).fit(
+            (X - self.signal_mean_) / self.signal_scale_, y)
+        self.coef_, self.intercept_ = lr.coef_[0].astype(np.float64), float(lr.intercept_[0])
+        self.val_signals_ = S[0]
+
+    def signals(self, descriptors, answers, proba) -> np.ndarray:
+        """``(n, 4)`` :data:`SIGNALS` per cell (the learned combination's input)."""
+        return self._signals(self._neighbours(descriptors, answers), proba)
+
+    def _neighbours(self, descriptors, answers):
+        return neighbour_signals(self.reference_, self.reference_labels_, descriptors,
+                                 answers, self.k)
+
+    @staticmethod
+    def _signals(nb, proba):
+        p = np.asarray(proba, dtype=np.float64)
+        return np.column_stack([np.log(nb[:, 0] + 1e-6), np.log(nb[:, 1]), nb[:, 2],
+                                np.log(np.clip(p, 0, 1) + 1e-4)])
+
+    def decision_function(self, signals) -> np.ndarray:
+        """The logistic regression's log-odds of a wrong answer from :meth:`signals`."""
+        z = ((np.asarray(signals) - self.signal_mean_) / self.signal_scale_) @ self.coef_
+        return z + self.intercept_
+
+    def wrongness(self, signals) -> np.ndarray:
+        """:meth:`decision_function` squashed into (0, 1) by ``0.5 + 0.5 z / (1 + |z|)``:
+        monotone, 0.5 where the odds are even, and slow enough in the tails (float64)
+        that cells far outside the in-lab range keep distinct, ordered scores."""
+        z = self.decision_function(signals)
+        return 0.5 + 0.5 * z / (1.0 + np.abs(z))
+
     def _calibrate(self):
-        """Percentile tables and threshold from the paired validation signals."""
+        """Percentile tables and threshold from the validation cells."""
         self.novelty_ref_ = np.sort(np.concatenate([self.val_novelty_, self.extra_novelty_]))
         self.ambiguity_ref_ = np.sort(self.val_ambiguity_)
-        score = self._combine(_percentile_of(self.novelty_ref_, self.val_novelty_),
-                              _percentile_of(self.ambiguity_ref_, self.val_ambiguity_))
-        self.threshold_ = float(np.quantile(score, 1.0 - self.target_rate))
+        nov = _percentile_of(self.novelty_ref_, self.val_novelty_)
+        if not self.learned:
+            score = self._combine(nov, _percentile_of(self.ambiguity_ref_, self.val_ambiguity_))
+            self.threshold_ = float(np.quantile(score, 1.0 - self.target_rate))
+            return
+        # the threshold t flags target_rate of val: the lifted cells (novel beyond the
+        # gate, or uncertain: always flagged) plus the others whose wrongness reaches t
+        u = self.wrongness(self.val_signals_)
+        gated = (nov > self.novel_gate) | self.val_uncertain_
+        room = int(round(self.target_rate * len(u))) - int(gated.sum())
+        rest = np.sort(u[~gated])[::-1]
+        self.threshold_ = (1.0 if room <= 0 or not len(rest)
+                           else float(rest[min(room, len(rest)) - 1]))
 
     @staticmethod
     def _combine(nov, amb):
         return (1.0 - MIX) * np.maximum(nov, amb) + MIX * 0.5 * (nov + amb)
 
-    def with_reference(self, descriptors) -> "ReviewScorer":
+    def with_reference(self, descriptors, labels=None) -> "ReviewScorer":
         """A copy that also knows the cells ``descriptors`` (e.g. a new lab's labelled
-        cells): they join the reference, and their leave-one-out novelty joins the
-        novelty distribution that percentiles are read from."""
+        cells, classes ``labels``; ``None`` entries: no class): they join the reference,
+        and their leave-one-out novelty joins the novelty distribution that percentiles
+        are read from."""
         import copy
 
         new = copy.copy(self)
         d = np.asarray(descriptors, dtype=np.float32)
         new.reference_ = np.concatenate([self.reference_, d.astype(np.float16)])
+        if self.learned:
+            if labels is None:
+                raise ValueError("this scorer knows the reference cells' classes: give labels")
+            labels = np.array(["" if c is None else str(c) for c in labels])
+            new.reference_labels_ = np.concatenate([self.reference_labels_, labels])
         if len(d) > self.k:
             own = 1.0 - d @ d.T
             np.fill_diagonal(own, np.inf)
@@ -137,35 +290,72 @@ class ReviewScorer:
         """Raw novelty (mean cosine distance to the k nearest reference cells)."""
         return knn_distance(self.reference_, descriptors, self.k)
 
-    def score(self, descriptors, top_proba, uncertain=None):
+    def score(self, descriptors, top_proba, uncertain=None, answers=None, proba=None):
         """``(review_score, novelty)`` per cell, both in [0, 1]; ``novelty`` is the
-        percentile of the cell's novelty among in-lab validation cells."""
-        nov = _percentile_of(self.novelty_ref_, self.novelty(descriptors))
-        amb = _percentile_of(self.ambiguity_ref_, 1.0 - np.asarray(top_proba, dtype=np.float32))
-        score = self._combine(nov, amb)
-        if uncertain is not None:
+        percentile of the cell's novelty among in-lab validation cells. ``answers`` (the
+        answered main classes) and ``proba`` (their probabilities) are needed by the
+        learned combination."""
+        if not self.learned:
+            nov = _percentile_of(self.novelty_ref_, self.novelty(descriptors))
+            amb = _percentile_of(self.ambiguity_ref_,
+                                 1.0 - np.asarray(top_proba, dtype=np.float32))
+            score = self._combine(nov, amb).astype(np.float32)
+        else:
+            if answers is None or proba is None:
+                raise ValueError("this scorer needs the answered classes and their probabilities")
+            nb = self._neighbours(descriptors, answers)
+            nov = _percentile_of(self.novelty_ref_, nb[:, 0].astype(np.float32))
+            u = self.wrongness(self._signals(nb, proba))
+            lifted = nov > self.novel_gate
+            if uncertain is not None:
+                lifted |= np.asarray(uncertain, bool)
+            t = self.threshold_
+            score = np.where(lifted, t + (1.0 - t) * u, u)
+        if uncertain is not None and not self.learned:
             score = np.where(np.asarray(uncertain, bool), 1.0, score)
-        return score.astype(np.float32), nov.astype(np.float32)
+        return np.clip(score, 0.0, 1.0), nov.astype(np.float32)
 
     def flag(self, review_score):
         """``review_score >= threshold_``."""
         return np.asarray(review_score) >= self.threshold_
 
     def to_arrays(self) -> dict:
-        return {"reference": self.reference_,
-                "val_novelty": self.val_novelty_.astype(np.float32),
-                "val_ambiguity": self.val_ambiguity_.astype(np.float32),
-                "extra_novelty": self.extra_novelty_.astype(np.float32),
-                "params": np.array([self.k, self.target_rate], dtype=np.float64)}
+        out = {"reference": self.reference_,
+               "val_novelty": self.val_novelty_.astype(np.float32),
+               "val_ambiguity": self.val_ambiguity_.astype(np.float32),
+               "extra_novelty": self.extra_novelty_.astype(np.float32),
+               "params": np.array([self.k, self.target_rate, self.novel_gate, self.C],
+                                  dtype=np.float64)}
+        if self.learned:
+            out.update(reference_labels=self.reference_labels_.astype(str),
+                       val_uncertain=self.val_uncertain_.astype(bool),
+                       val_signals=self.val_signals_.astype(np.float64),
+                       signal_mean=self.signal_mean_, signal_scale=self.signal_scale_,
+                       coef=self.coef_, intercept=np.array([self.intercept_]))
+        return out
 
     @classmethod
     def from_arrays(cls, arrays) -> "ReviewScorer":
-        k, rate = (float(v) for v in arrays["params"][:2])
-        self = cls(k=int(k), target_rate=rate)
+        """The scorer :meth:`to_arrays` saved (also files from before the learned
+        combination: they keep the legacy rule)."""
+        params = [float(v) for v in arrays["params"]]
+        self = cls(k=int(params[0]), target_rate=params[1])
+        if len(params) >= 4:
+            self.novel_gate, self.C = params[2], params[3]
         self.reference_ = np.asarray(arrays["reference"], dtype=np.float16)
         self.val_novelty_ = np.asarray(arrays["val_novelty"], dtype=np.float32)
         self.val_ambiguity_ = np.asarray(arrays["val_ambiguity"], dtype=np.float32)
         self.extra_novelty_ = np.asarray(arrays["extra_novelty"], dtype=np.float32)
+        self.reference_labels_ = self.coef_ = None
+        self.val_uncertain_ = np.zeros(len(self.val_novelty_), bool)
+        if "coef" in arrays:
+            self.reference_labels_ = np.asarray(arrays["reference_labels"]).astype(str)
+            self.val_uncertain_ = np.asarray(arrays["val_uncertain"], dtype=bool)
+            self.val_signals_ = np.asarray(arrays["val_signals"], dtype=np.float64)
+            self.signal_mean_ = np.asarray(arrays["signal_mean"], dtype=np.float64)
+            self.signal_scale_ = np.asarray(arrays["signal_scale"], dtype=np.float64)
+            self.coef_ = np.asarray(arrays["coef"], dtype=np.float64)
+            self.intercept_ = float(np.asarray(arrays["intercept"]).ravel()[0])
         self._calibrate()
         return self
 
@@ -210,15 +400,44 @@ def domain_shift(novelty, novel_above=0.95, warn_share=SHIFT_WARN_SHARE) -> dict
     return {"score": round(share, 4), "warning": warning, "n": n, "message": message}
 
 
-def fit_reviewer(hierarchy, X, reference_rows, val_rows, max_reference=4000,
-                 seed=0) -> ReviewScorer:
+def fit_reviewer(hierarchy, X, reference_rows, val_rows, max_reference=4000, seed=0,
+                 labels=None, shifted=()) -> ReviewScorer:
     """A :class:`ReviewScorer` for ``hierarchy`` from trunk maps ``X``: at most
     ``max_reference`` of the training cells ``reference_rows`` (drawn at random) are the
-    reference, the validation cells ``val_rows`` calibrate percentiles and threshold."""
+    reference, the validation cells ``val_rows`` calibrate percentiles and threshold.
+
+    With ``labels`` (main class per row of ``X``) the learned combination is fit on the
+    validation cells and on ``shifted``: trunk maps of shifted views of the validation
+    cells, one array per view, rows in the order of ``val_rows``; without labels, or
+    with fewer than :data:`MIN_ANSWERS` wrong (or right) answers among them, the legacy
+    rule.
+    """
     rng = np.random.default_rng(seed)
     reference_rows = np.asarray(reference_rows)
+    val_rows = np.asarray(val_rows)
     pick = np.sort(rng.permutation(len(reference_rows))[:max_reference])
     reference = trunk_descriptor(X[reference_rows[pick]])
-    X_val = X[np.asarray(val_rows)]
+    X_val = X[val_rows]
     p1 = hierarchy.stage1.predict_proba(X_val)
-    return ReviewScorer().fit(reference, trunk_descriptor(X_val), p1.max(1))
+    if labels is None:
+        return ReviewScorer().fit(reference, trunk_descriptor(X_val), p1.max(1))
+    labels = np.array(["" if c is None else str(c) for c in labels])
+    truth = labels[val_rows]
+    (d, answers, proba, wrong, uncertain), *views = [_answers(hierarchy, maps, truth)
+                                                     for maps in [X_val, *shifted]]
+    n_wrong = int(wrong.sum() + sum(v[3].sum() for v in views))
+    if min(n_wrong, len(wrong) + sum(len(v[3]) for v in views) - n_wrong) < MIN_ANSWERS:
+        return ReviewScorer().fit(reference, d, p1.max(1))  # too few to learn from
+    return ReviewScorer().fit(reference, d, p1.max(1), labels[reference_rows[pick]], answers,
+                              proba, wrong, shifted=[v[:4] for v in views],
+                              val_uncertain=uncertain)
+
+
+def _answers(hierarchy, maps, truth):
+    """``(descriptors, answered main classes, their probabilities, wrong, uncertain)`` of
+    trunk maps."""
+    _, decisions = hierarchy.decide(maps)
+    answers = np.array([d.main for d in decisions])
+    proba = np.array([d.main_p for d in decisions])
+    uncertain = np.array([d.uncertain for d in decisions])
+    return trunk_descriptor(maps), answers, proba, answers != truth, uncertain

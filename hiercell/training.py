@@ -196,8 +196,9 @@ def fit_hierarchy(X, samples, settings: TrainSettings, stages=(1, 2), recipe="fe
 def attach_review_and_sources(model, X, samples, settings: TrainSettings, X_views=(), log=print):
     """Give a freshly fitted ``model`` what a bundle carries besides its weights: per stage
     a compact sample of its training cells for ``hiercell adapt``
-    (:func:`hiercell.adapt.source_sample`) and a review scorer calibrated on the
-    validation split (:func:`hiercell.review.fit_reviewer`)."""
+    (:func:`hiercell.adapt.source_sample`) and a review scorer fit and calibrated on
+    the validation split (:func:`hiercell.review.fit_reviewer`; ``X_views`` cover the
+    training split only, so no shifted views: ``tools/refit_review.py`` adds them)."""
     from .adapt import source_sample
     from .review import fit_reviewer
 
@@ -212,8 +213,10 @@ def attach_review_and_sources(model, X, samples, settings: TrainSettings, X_view
     train, val = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
     if len(val) and model.stage1 is not None:
         model.hierarchy.reviewer = fit_reviewer(model.hierarchy, X, train, val,
-                                                seed=settings.seed)
-        log(f"review scorer: threshold {model.hierarchy.reviewer.threshold_:.3f} "
+                                                seed=settings.seed,
+                                                labels=[s.main for s in samples])
+        kind = "learned" if model.hierarchy.reviewer.learned else "legacy rule"
+        log(f"review scorer ({kind}): threshold {model.hierarchy.reviewer.threshold_:.3f} "
             f"(flags {model.hierarchy.reviewer.target_rate:.0%} of validation cells)")
     else:
         log("no validation split: the model gets no review scorer")
@@ -298,6 +301,30 @@ def save_metrics(metrics: dict, out_dir, prefix="") -> Path:
 # --------------------------------------------------------------------------- the whole job
 
 
+def augmented_views(X, samples, settings: TrainSettings, cache_dir=None, progress=None,
+                    trunk=None) -> list:
+    """Trunk features of ``settings.augment_views`` augmented views of the training-split
+    rows of ``samples`` (whose features are ``X``), as :class:`~hiercell.features.RowView`
+    arrays addressed by the rows of ``X`` (no copy per stage; rows of other splits
+    point at row 0 and are never used)."""
+    from .features import RowView
+
+    train_rows = np.flatnonzero([s.split == "train" for s in samples])
+    position = np.zeros(len(samples), dtype=np.int64)
+    position[train_rows] = np.arange(len(train_rows))
+    views = []
+    for view in range(1, settings.augment_views + 1):
+        vres = trunk_features([samples[i].path for i in train_rows], settings, cache_dir,
+                              progress, trunk=trunk, view=view,
+                              label=f"augmented view {view}/{settings.augment_views}")
+        V = np.empty((len(train_rows),) + X.shape[1:], dtype=X.dtype)
+        V[vres.ok] = vres.features
+        # a view that failed (it cannot, once the image itself was read) repeats X
+        V[~vres.ok] = X[train_rows[~vres.ok]]
+        views.append(RowView(V, position))
+    return views
+
+
 def train_bundle(samples, settings: TrainSettings, out, stages=(1, 2), recipe="features",
                  cache_dir=None, source=None, split_csv=None, verbose=1, log=print,
                  progress=None):
@@ -327,24 +354,8 @@ def train_bundle(samples, settings: TrainSettings, out, stages=(1, 2), recipe="f
         log(f"skipped {path}: {reason}")
     used = [s for s, ok in zip(used, res.ok) if ok]
     X = res.features
-    X_views = []
-    if settings.augment_views and recipe == "features":
-        # views of the training split only, addressed by the rows of X (RowView: no
-        # copy per stage); other rows point at row 0 and are never used
-        from .features import RowView
-
-        train_rows = np.flatnonzero([s.split == "train" for s in used])
-        position = np.zeros(len(used), dtype=np.int64)
-        position[train_rows] = np.arange(len(train_rows))
-        for view in range(1, settings.augment_views + 1):
-            vres = trunk_features([used[i].path for i in train_rows], settings, cache_dir,
-                                  progress, trunk=backbone[0], view=view,
-                                  label=f"augmented view {view}/{settings.augment_views}")
-            V = np.empty((len(train_rows),) + X.shape[1:], dtype=X.dtype)
-            V[vres.ok] = vres.features
-            # a view that failed (it cannot, once the image itself was read) repeats X
-            V[~vres.ok] = X[train_rows[~vres.ok]]
-            X_views.append(RowView(V, position))
+    X_views = (augmented_views(X, used, settings, cache_dir, progress, backbone[0])
+               if recipe == "features" else [])
     model = fit_hierarchy(X, used, settings, stages, recipe, verbose, log, backbone, X_views)
     attach_review_and_sources(model, X, used, settings, X_views, log)
     del X_views

@@ -122,3 +122,28 @@ def test_write_report_missing_stage2_and_no_difference(tmp_path):
     assert set(json.loads((tmp_path / "ablation.json").read_text())["stages"]) == {"1"}
     write_ablation_report({"setup": {"data": "x"}}, tmp_path / "empty")  # no stages at all
     assert "Not evaluated" in (tmp_path / "empty" / "ablation.md").read_text()
+
+
+def test_write_report_with_an_external_set(tmp_path):
+    s1 = compare_arms(*_arms(STAGE1, n=80), n_boot=100)
+    ext = compare_arms(*_arms(STAGE1, n=90, acc_a=0.3, acc_b=0.9, seed=5), n_boot=100)
+    result = {"setup": SETUP, "stages": {"1": s1},
+              "external": {"lab_b": {"images_scored": 90, "excluded_by_mask_per_class": {"LY": 2},
+                                     "stage1": ext}}}
+    write_ablation_report(result, tmp_path)
+    assert (tmp_path / "confusion_ext_lab_b_masked.png").is_file()
+    assert (tmp_path / "confusion_ext_lab_b_unmasked.png").is_file()
+    data = json.loads((tmp_path / "ablation.json").read_text())
+    assert data["external"]["lab_b"]["excluded_by_mask_per_class"] == {"LY": 2}
+    assert data["external"]["lab_b"]["stage1"]["n"] == 90
+    md = (tmp_path / "ablation.md").read_text()
+    section = md[md.index("## External set lab_b: stage 1"):]
+    assert "- **excluded by mask per class**: LY 2" in section
+    assert "90 images of lab_b" in section and "confusion_ext_lab_b_masked.png" in section
+    # the external conclusion is its own: masked far better there, not on the test split
+    assert f"- External set lab_b, stage 1: {conclusion(ext)}" in md
+    assert conclusion(ext).startswith("Masked is significantly more accurate")
+    # a report without external sets has no such key or section
+    write_ablation_report({"setup": SETUP, "stages": {"1": s1}}, tmp_path / "plain")
+    assert "external" not in json.loads((tmp_path / "plain" / "ablation.json").read_text())
+    assert "External set" not in (tmp_path / "plain" / "ablation.md").read_text()

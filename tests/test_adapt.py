@@ -15,6 +15,7 @@ from hiercell.bundle import load
 from hiercell.cli import main
 from hiercell.data import read_dataset
 from hiercell.hierarchy import HierarchicalClassifier
+from hiercell.taxonomy import MAIN_CLASSES
 
 from conftest import FIXTURES, rgb_images
 
@@ -58,6 +59,26 @@ def test_trained_bundle_carries_review_scorer_and_source_samples(tiny_model):
                for r in recs)
 
 
+def test_replace_reviewer_rewrites_only_review_npz(tiny_bundle, tmp_path):
+    from hiercell.bundle import BundleError, replace_reviewer, verify_bundle
+
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_bundle, out)
+    reviewer = copy.copy(load(out).hierarchy.reviewer)
+    reviewer.target_rate = 0.2
+    reviewer._calibrate()
+    before = {ln.split()[1]: ln.split()[0] for ln in (out / "SHA256SUMS").read_text().splitlines()}
+    replace_reviewer(out, reviewer)
+    verify_bundle(out)
+    after = {ln.split()[1]: ln.split()[0] for ln in (out / "SHA256SUMS").read_text().splitlines()}
+    assert {k for k in before if before[k] != after[k]} == {"review.npz"}
+    again = load(out).hierarchy.reviewer
+    assert again.target_rate == 0.2 and again.threshold_ == pytest.approx(reviewer.threshold_)
+    (out / "review.npz").write_bytes(b"tampered")
+    with pytest.raises(BundleError, match="review.npz"):
+        replace_reviewer(out, reviewer)
+
+
 def test_adapt_writes_a_loadable_bundle_with_its_record(tiny_bundle, new_lab, tmp_path):
     out = tmp_path / "adapted"
     result = CliRunner().invoke(main, ["adapt", str(new_lab), "--out", str(out), "--model",
@@ -80,6 +101,8 @@ def test_adapt_writes_a_loadable_bundle_with_its_record(tiny_bundle, new_lab, tm
                zip(base.stage2.head_.get_weights(), adapted.stage2.head_.get_weights()))
     n_lab = len(read_dataset(new_lab))
     assert len(adapted.hierarchy.reviewer.reference_) == len(base.hierarchy.reviewer.reference_) + n_lab
+    if adapted.hierarchy.reviewer.learned:  # the lab's cells joined with their classes
+        assert adapted.hierarchy.reviewer.reference_labels_[-1] in MAIN_CLASSES
     assert adapted.predict_records([new_lab.parent / "cell0_0.png"])[0].status == "ok"
     # the domain gate: each cell is answered by the adapted stages or by the base model
     # (kept whole in the bundle), as the gate decides

@@ -38,6 +38,7 @@ def test_bundled_model_is_lab_independent_and_knows_when_it_does_not_know(model)
     assert verify_bundle(default_bundle_path())["format_version"] == 2
     assert model.preprocess["framing"] == "canonical"
     assert model.hierarchy.reviewer is not None
+    assert model.hierarchy.reviewer.learned  # refit by tools/refit_review.py
     assert model.stage1.source_sample_["gap"].shape[1] == 512  # what hiercell adapt needs
     records = model.predict_records([str(p) for p in GOOD])
     assert all(0 <= r.review_score <= 1 and 0 <= r.novelty <= 1 for r in records)

@@ -2,8 +2,10 @@
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
-from hiercell.review import ReviewScorer, domain_shift, knn_distance, trunk_descriptor
+from hiercell.review import (ReviewScorer, domain_shift, knn_distance, neighbour_signals,
+                             trunk_descriptor)
 
 
 def unit(x):
@@ -73,3 +75,105 @@ def test_domain_shift_fires_on_novel_folders_only():
     assert shifted["warning"] and shifted["score"] == 0.8 and "hiercell adapt" in shifted["message"]
     assert not domain_shift([0.99, 0.99, 0.5])["warning"]  # too few cells to tell
     assert domain_shift([None, None])["score"] is None
+
+
+# --------------------------------------------------------------------------- learned combination
+
+CLASSES = np.array(["basophil", "lymphocyte", "monocyte"])
+
+
+@pytest.fixture
+def learned():
+    """Three classes, each a cluster of descriptors; the answer is the true class except
+    for a share of cells answered as another class (wrong, and less probable)."""
+    rng = np.random.default_rng(5)
+    centres = rng.random((3, 64))
+
+    def cells(n, wrong_share=0.1, spread=0.05):
+        y = rng.integers(0, 3, n)
+        d = unit(centres[y] + spread * rng.standard_normal((n, 64)))
+        wrong = rng.random(n) < wrong_share
+        answer = np.where(wrong, (y + 1) % 3, y)
+        proba = np.where(wrong, rng.uniform(0.4, 0.9, n), rng.uniform(0.6, 1.0, n))
+        return d, CLASSES[answer], proba, wrong, CLASSES[y]
+
+    ref, _, _, _, ref_y = cells(900, 0.0)
+    val = cells(600)
+    shifted = [cells(600, 0.3, spread=0.08)[:4]]
+    s = ReviewScorer(k=5).fit(ref, val[0], val[2], ref_y, *val[1:4], shifted=shifted,
+                              val_uncertain=np.arange(600) < 6)
+    return s, cells, rng
+
+
+def test_learned_scorer_ranks_wrong_answers_high_and_flags_5_percent(learned):
+    s, cells, _ = learned
+    assert s.learned and s.coef_.shape == (4,)
+    assert s.coef_[1] > 0  # answered class farther than another class: suspicious
+    d, answers, proba, wrong, _ = cells(3000)
+    score, novelty = s.score(d, proba, None, answers, proba)
+    assert 0.03 < s.flag(score).mean() < 0.07
+    assert score[wrong].mean() > score[~wrong].mean()
+    assert roc_auc_score(wrong, score) > 0.9
+    assert ((novelty >= 0) & (novelty <= 1)).all()
+
+
+def test_learned_scorer_keeps_ranking_novel_cells_and_flags_them(learned):
+    s, cells, rng = learned
+    d, answers, proba, wrong, _ = cells(400, 0.5)
+    far = unit(d + 0.6 * rng.standard_normal(d.shape))  # another lab: every cell novel
+    score, novelty = s.score(far, proba, None, answers, proba)
+    assert novelty.min() > 0.95 and s.flag(score).all()
+    assert (score < 1.0).all() and len(np.unique(score)) == len(score)  # no saturation
+    u = s.decision_function(s.signals(far, answers, proba))
+    assert np.array_equal(np.argsort(score, kind="stable"), np.argsort(u, kind="stable"))
+    assert domain_shift(novelty)["warning"]
+
+
+def test_learned_scorer_flags_uncertain_cells_below_one(learned):
+    s, cells, _ = learned
+    d, answers, proba, _, _ = cells(50, 0.0)
+    score, _ = s.score(d, proba, np.arange(50) < 25, answers, proba)
+    assert s.flag(score[:25]).all() and (score[:25] < 1.0).all()
+    with pytest.raises(ValueError, match="answered classes"):
+        s.score(d, proba)
+
+
+def test_learned_scorer_round_trip_and_old_files_stay_legacy(learned, scorer):
+    s, cells, rng = learned
+    again = ReviewScorer.from_arrays(s.to_arrays())
+    assert again.learned and again.threshold_ == pytest.approx(s.threshold_)
+    d, answers, proba, _, _ = cells(40)
+    np.testing.assert_allclose(again.score(d, proba, None, answers, proba)[0],
+                               s.score(d, proba, None, answers, proba)[0], atol=1e-6)
+    # a review.npz from before the learned combination: its five arrays, two params
+    legacy, known, _ = scorer
+    old = {k: v for k, v in legacy.to_arrays().items()}
+    old["params"] = old["params"][:2]
+    loaded = ReviewScorer.from_arrays(old)
+    assert not loaded.learned and loaded.threshold_ == pytest.approx(legacy.threshold_)
+    q = known(20)
+    np.testing.assert_allclose(loaded.score(q, np.full(20, 0.9))[0],
+                               legacy.score(q, np.full(20, 0.9))[0])
+
+
+def test_learned_scorer_with_reference_needs_the_new_cells_classes(learned):
+    s, cells, rng = learned
+    d, answers, proba, _, y = cells(60, 0.0)
+    lab = unit(d + 0.6 * rng.standard_normal(d.shape))
+    with pytest.raises(ValueError, match="labels"):
+        s.with_reference(lab[10:])
+    before = s.score(lab[:10], proba[:10], None, answers[:10], proba[:10])[1]
+    new = s.with_reference(lab[10:], list(y[10:-1]) + [None])
+    after = new.score(lab[:10], proba[:10], None, answers[:10], proba[:10])[1]
+    assert len(new.reference_labels_) == len(new.reference_) and new.reference_labels_[-1] == ""
+    assert before.min() > 0.95 and after.mean() < before.mean()
+
+
+def test_neighbour_signals_of_a_cell_answered_against_its_neighbours():
+    ref = unit(np.array([[1.0, 0.0, 0.0]] * 5 + [[0.0, 1.0, 0.0]] * 5))
+    labels = ["a"] * 5 + ["b"] * 5
+    q = unit(np.array([[1.0, 0.05, 0.0], [1.0, 0.05, 0.0], [0.0, 0.0, 1.0]]))
+    nb = neighbour_signals(ref, labels, q, ["a", "b", "c"], k=3)
+    assert nb[0, 1] < 1.0 < nb[1, 1]  # answered "b" while looking like "a"
+    assert (nb[0, 2], nb[1, 2]) == (1.0, 0.0)
+    assert nb[2, 1] >= 1.0 and nb[2, 2] == 0.0  # a class without reference cells

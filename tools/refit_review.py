@@ -1,0 +1,60 @@
+"""Refit a bundle's review scorer (``review.npz``) on its training data; the network and
+the SVMs are untouched.
+
+    python tools/refit_review.py --pbc ../shared/data/pbc --cache .cache/features \\
+        [--model models/pbc-robust-vgg16-svm] [--views 3]
+
+The reference is 4,000 random training cells (seed 0); the learned combination
+(:func:`hiercell.review.fit_reviewer`) is fit on the validation cells and on
+``--views`` augmented views of them (:func:`hiercell.preprocess.augment_view`).
+Other labs' images are never read. Trunk features are cached (``--cache``).
+"""
+
+import argparse
+import dataclasses
+
+import numpy as np
+
+import hiercell
+from hiercell.bundle import default_bundle_path, replace_reviewer
+from hiercell.data import read_dataset
+from hiercell.features import FeatureCache, extract_trunk_features
+from hiercell.review import SIGNALS, fit_reviewer
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--pbc", required=True, help="PBC folder with splits.csv")
+    ap.add_argument("--model", default=None, help="bundle folder (default: the bundled model)")
+    ap.add_argument("--cache", default=None, help="trunk-feature cache folder")
+    ap.add_argument("--views", type=int, default=3, help="shifted views of the validation cells")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    a.model = a.model or str(default_bundle_path())
+    model = hiercell.load(a.model, precision="auto")
+    samples = [s for s in read_dataset(a.pbc) if s.main is not None and s.split in ("train", "val")]
+    base = model.trunk_config()
+
+    def maps(subset, view=0):
+        cfg = dataclasses.replace(base, view=view)
+        res = extract_trunk_features([s.path for s in subset], model.trunk, cfg,
+                                     FeatureCache(a.cache, cfg) if a.cache else None,
+                                     progress=True, label=f"trunk features, view {view}")
+        if not res.ok.all():
+            raise SystemExit(f"{(~res.ok).sum()} images could not be read: {res.errors}")
+        return res.features
+
+    X = maps(samples)
+    split = np.array([s.split for s in samples])
+    train, val = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
+    val_samples = [samples[i] for i in val]
+    shifted = [maps(val_samples, v) for v in range(1, a.views + 1)]
+    reviewer = fit_reviewer(model.hierarchy, X, train, val, seed=a.seed,
+                            labels=[s.main for s in samples], shifted=shifted)
+    replace_reviewer(a.model, reviewer)
+    print(f"{a.model}: review scorer refit; threshold {reviewer.threshold_:.4f}; weights "
+          + ", ".join(f"{n} {w:+.2f}" for n, w in zip(SIGNALS, reviewer.coef_)))
+
+
+if __name__ == "__main__":
+    main()
