@@ -4,7 +4,7 @@ When OpenVINO is installed (``pip install "hiercell[fast]"``), :func:`hiercell.l
 runs the VGG16 trunk (blocks 1-4) and each stage's embedding (block5, pooling,
 GAP, Dense(1024)) through OpenVINO graphs made here, op by op, from the arrays of
 ``trunk.npz`` and ``stageN/head.npz``; nothing imports TensorFlow, so a run starts
-in a fraction of the time. The layers and weight order are those of
+in about half the time. The layers and weight order are those of
 :func:`hiercell.backbone.vgg16_trunk` and :func:`hiercell.backbone.build_head`.
 
 Precisions: ``float32`` (``INFERENCE_PRECISION_HINT`` f32) and ``bfloat16`` (bf16,
