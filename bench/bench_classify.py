@@ -1,7 +1,7 @@
 """End-to-end classification speed against plain Keras VGG16 ``predict``, in one run.
 
     python bench/bench_classify.py --images ../shared/data/pbc --n 320 [--model BUNDLE]
-                                   [--rounds 3] [--precisions float32,bfloat16]
+                                   [--rounds 3] [--precisions float32,bfloat16,bfloat16@keras]
                                    [--weights vgg16_..._notop.h5] [--memory]
 
 Pipelines, all at the bundle's input size, on the same ``--n`` image files:
@@ -11,7 +11,9 @@ Pipelines, all at the bundle's input size, on the same ``--n`` image files:
   whole VGG16 conv base, blocks 1-5, float32: what a user would write);
 * ``hiercell-PRECISION``: :func:`hiercell.classify_folder` end to end with the trunk
   in that precision (decode + prepare in threads overlapping inference, trunk,
-  stage 1 head + SVM on every cell, stage 2 on neutrophils/IGs, CSV written).
+  stage 1 head + SVM on every cell, stage 2 on neutrophils/IGs, CSV written), on
+  the engine ``hiercell.load`` picks (OpenVINO where installed, else Keras);
+  ``--precisions bfloat16@keras`` names the engine (``keras`` or ``openvino``).
 
 Timing: one warm-up call of each pipeline (graph tracing, kernel selection), then
 ``--rounds`` rounds that run every pipeline once, in turn, in this one process; the
@@ -127,16 +129,22 @@ def keras_plain(files, size, weights):
     return run
 
 
-def hiercell_pipeline(files, model_path, precision, tmp):
+def split_name(name: str) -> tuple:
+    """``hiercell-PRECISION[@ENGINE]`` -> ``(precision, engine or None)``."""
+    precision, _, engine = name.split("-", 1)[1].partition("@")
+    return precision, engine or None
+
+
+def hiercell_pipeline(files, model_path, precision, engine, tmp):
     import hiercell
 
-    model = hiercell.load(model_path, precision=precision)
-    out = Path(tmp) / f"r-{precision}.csv"
+    model = hiercell.load(model_path, precision=precision, engine=engine)
+    out = Path(tmp) / f"r-{precision}-{engine}.csv"
 
     def run():
         hiercell.classify_folder(files, model=model, out=out, progress=False)
 
-    return run, model.info["precision"]
+    return run, f"{model.info['precision']} on {model.info['engine']}"
 
 
 def build(names, files, size, args, tmp):
@@ -145,8 +153,9 @@ def build(names, files, size, args, tmp):
         if name == "keras-plain":
             runs[name] = keras_plain(files, size, args.weights)
         else:
-            run, used = hiercell_pipeline(files, args.model, name.split("-", 1)[1], tmp)
+            run, used = hiercell_pipeline(files, args.model, *split_name(name), tmp)
             runs[name] = run
+            print(f"{name}: {used}", flush=True)
     return runs
 
 
@@ -226,22 +235,23 @@ def main():
 
     memory = {name: peak_memory(name, args, size) for name in names} if args.memory else {}
     base = len(files) / statistics.median(times["keras-plain"])
-    print(f"\n{'pipeline':<20} {'images/s':>9} {'vs Keras':>9} {'GFLOP/s':>8} {'of peak':>8}"
+    print(f"\n{'pipeline':<24} {'images/s':>9} {'vs Keras':>9} {'GFLOP/s':>8} {'of peak':>8}"
           + (f" {'peak RSS':>9}" if memory else ""))
     table = {}
     for name in names:
         rate = len(files) / statistics.median(times[name])
-        precision = "float32" if name == "keras-plain" else name.split("-", 1)[1]
+        precision = "float32" if name == "keras-plain" else split_name(name)[0]
         peak, how = peak_gflops(precision)
         table[name] = {"images_per_s": rate, "ratio": rate / base, "gflops": rate * gflop,
                        "peak_gflops": peak, "peak_how": how, "peak_rss_mib": memory.get(name),
                        "seconds": times[name]}
-        print(f"{name:<20} {rate:>9.1f} {rate / base:>8.2f}x {rate * gflop:>8.0f} "
+        print(f"{name:<24} {rate:>9.1f} {rate / base:>8.2f}x {rate * gflop:>8.0f} "
               f"{100 * rate * gflop / peak if peak else float('nan'):>7.1f}%"
               + (f" {memory[name]:>6.0f} MiB" if memory else ""))
     print("\npeaks: " + "; ".join(sorted({f"{p}: {peak_gflops(p)[0]:.0f} GFLOP/s = "
                                           f"{peak_gflops(p)[1]}" for p in
-                                          ["float32", *args.precisions.split(",")]})))
+                                          ["float32", *(p.split("@")[0] for p in
+                                                        args.precisions.split(","))]})))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"n": len(files), "input_size": size, "gflop_per_image": gflop,

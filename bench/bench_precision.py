@@ -1,9 +1,11 @@
 """Test-split accuracy of a bundle in each trunk precision, side by side.
 
     python bench/bench_precision.py --data ../shared/data/pbc --model BUNDLE [--subset test]
-                                    [--precisions float32,bfloat16] [--json out.json]
+                                    [--precisions float32,bfloat16,bfloat16@keras]
+                                    [--json out.json]
 
-For each precision the bundle is loaded with ``hiercell.load(BUNDLE, precision=...)``,
+For each precision the bundle is loaded with ``hiercell.load(BUNDLE, precision=...)``
+(``PRECISION@ENGINE``: with ``engine=ENGINE``; rows are named ``precision@engine``),
 the trunk features of the subset are computed afresh (no feature cache unless
 ``--cache`` is given; the cache keys features by precision anyway), and
 :func:`hiercell.training.evaluate_hierarchy` gives stage 1, stage 2 and end-to-end
@@ -26,13 +28,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def evaluate(model_path, precision, samples, cache=None, others_per_class=150, seed=0):
-    """``(metrics, seconds, images/s of the trunk)`` of one precision."""
+def evaluate(model_path, precision, samples, cache=None, others_per_class=150, seed=0,
+             engine=None):
+    """``(name, metrics, seconds, images/s of the trunk)`` of one precision."""
     import hiercell
     from hiercell.features import FeatureCache, extract_trunk_features
     from hiercell.training import evaluate_hierarchy
 
-    model = hiercell.load(model_path, precision=precision)
+    model = hiercell.load(model_path, precision=precision, engine=engine)
     config = model.trunk_config()
     t0 = time.perf_counter()
     res = extract_trunk_features([s.path for s in samples], model.trunk, config,
@@ -41,7 +44,8 @@ def evaluate(model_path, precision, samples, cache=None, others_per_class=150, s
     seconds = time.perf_counter() - t0
     kept = [s for s, ok in zip(samples, res.ok) if ok]
     metrics = evaluate_hierarchy(model, res.features, kept, others_per_class, seed)
-    return model.info["precision"], metrics, seconds, len(kept) / seconds
+    used = f"{model.info['precision']}@{model.info['engine']}"
+    return used, metrics, seconds, len(kept) / seconds
 
 
 def main(argv=None):
@@ -53,7 +57,9 @@ def main(argv=None):
     ap.add_argument("--subset", default="test", help="Split to evaluate ('all': every image).")
     ap.add_argument("--split-csv", default=None)
     ap.add_argument("--precisions", default="float32,bfloat16",
-                    help="Comma-separated trunk precisions; the first is the reference.")
+                    help="Comma-separated trunk precisions, each optionally @keras or "
+                         "@openvino (default: the engine hiercell.load picks); the first is "
+                         "the reference.")
     ap.add_argument("--limit", type=int, default=None, help="At most N images (quick check).")
     ap.add_argument("--cache", default=None, help="Feature cache folder (default: none).")
     ap.add_argument("--json", default=None, help="Also write the headline figures here.")
@@ -73,14 +79,16 @@ def main(argv=None):
 
     results = {}
     for requested in args.precisions.split(","):
-        used, metrics, seconds, rate = evaluate(args.model, requested.strip(), samples, args.cache)
+        precision, _, engine = requested.strip().partition("@")
+        used, metrics, seconds, rate = evaluate(args.model, precision, samples, args.cache,
+                                                engine=engine or None)
         results[used] = {"metrics": metrics, "seconds": seconds, "trunk_images_per_s": rate}
         print(f"{used}: trunk features in {seconds:.0f} s ({rate:.1f} images/s)", flush=True)
 
-    print(f"\n{'precision':<10} {'evaluation':<11} {'accuracy':>9} {'macro-F1':>9} {'n':>6}")
+    print(f"\n{'precision':<18} {'evaluation':<11} {'accuracy':>9} {'macro-F1':>9} {'n':>6}")
     for used, r in results.items():
         for name, h in headline(r["metrics"]).items():
-            print(f"{used:<10} {name:<11} {h['accuracy']:>9.4f} {h['macro_f1']:>9.4f} {h['n']:>6}")
+            print(f"{used:<18} {name:<11} {h['accuracy']:>9.4f} {h['macro_f1']:>9.4f} {h['n']:>6}")
     ref_name = next(iter(results))
     ref = results[ref_name]["metrics"]
     print(f"\ndifference to {ref_name} (points; changed predictions)")
@@ -89,7 +97,7 @@ def main(argv=None):
             if name not in ref:
                 continue
             changed = sum(a != b for a, b in zip(ref[name]["y_pred"], m["y_pred"]))
-            print(f"{used:<10} {name:<11} accuracy {100 * (m['accuracy'] - ref[name]['accuracy']):+.2f}"
+            print(f"{used:<18} {name:<11} accuracy {100 * (m['accuracy'] - ref[name]['accuracy']):+.2f}"
                   f"  macro-F1 {100 * (m['macro_f1'] - ref[name]['macro_f1']):+.2f}"
                   f"  changed {changed}/{m['n']}")
     if args.json:

@@ -45,17 +45,19 @@ def _map_checkout_folders():
 _map_checkout_folders()
 
 
-def load(path=None, precision="auto"):
+def load(path=None, precision="auto", engine=None):
     """The :class:`~hiercell.model.ImageClassifier` of a bundle (default: the bundled model).
 
     ``precision``: the VGG16 trunk's inference precision, ``"auto"`` (default: bfloat16
     on a CPU with native bf16, mixed float16 on a GPU, float32 elsewhere),
     ``"float32"``, ``"bfloat16"`` or ``"float16"`` (see :func:`hiercell.bundle.load_bundle`);
-    ``model.info["precision"]`` is the one used.
+    ``model.info["precision"]`` is the one used. ``engine``: ``"keras"``, ``"openvino"``
+    or ``None`` (``$HIERCELL_ENGINE``, else OpenVINO where installed, on a CPU);
+    ``model.info["engine"]`` is the one used.
     """
     from .bundle import load as _load
 
-    return _load(path, precision)
+    return _load(path, precision, engine)
 
 
 def classify_folder(*args, **kwargs):

@@ -289,6 +289,12 @@ def native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def has_gpu_device() -> bool:
+    """Whether this machine shows a GPU device node (NVIDIA or AMD): checked without
+    TensorFlow, which then tells whether it can use it."""
+    return any(Path(p).exists() for p in ("/dev/nvidia0", "/dev/kfd"))
+
+
 def training_precision(precision="auto") -> str:
     """The Keras dtype policy name that ``precision`` stands for on this machine.
 
@@ -317,8 +323,9 @@ def inference_precision(precision="auto") -> str:
     more than 0.1 point on the bundled model (``bench/bench_precision.py``). ``"int8"``
     (never chosen by ``"auto"``) is the OpenVINO trunk of :mod:`hiercell.fast`.
     """
-    if precision == "auto":
-        precision = training_precision("auto").replace("mixed_", "")
+    if precision == "auto":  # no GPU device node: decided without importing TensorFlow
+        precision = (training_precision("auto").replace("mixed_", "") if has_gpu_device()
+                     else "bfloat16" if native_bf16() else "float32")
     if precision not in INFERENCE_POLICIES:
         raise ValueError(f"precision must be one of {', '.join(INFERENCE_POLICIES)} or 'auto', "
                          f"not {precision!r}")

@@ -258,7 +258,7 @@ def _inside(root: Path, name: str) -> bool:
         return False
 
 
-def load_bundle(path, precision: str = "auto"):
+def load_bundle(path, precision: str = "auto", engine: str | None = None):
     """Load a verified bundle as a :class:`~hiercell.model.ImageClassifier`.
 
     ``precision`` is the compute precision of the network at inference (the VGG16
@@ -269,11 +269,16 @@ def load_bundle(path, precision: str = "auto"):
     see :func:`hiercell.backbone.inference_precision`), or ``"int8"`` (the OpenVINO
     trunk of :mod:`hiercell.fast`, made by ``hiercell quantize``). ``model.info["precision"]``
     says which one was used.
+
+    ``engine``: what runs the network at inference, ``"keras"`` or ``"openvino"``
+    (:mod:`hiercell.ovnet`, no TensorFlow); ``None`` = ``$HIERCELL_ENGINE`` or ``"auto"``
+    (OpenVINO where installed, on a CPU; see :func:`hiercell.ovnet.resolve_engine`).
+    ``model.info["engine"]`` says which one was used.
     """
-    from .backbone import (INFERENCE_POLICIES, inference_precision, precision_policy,
-                           training_precision, vgg16_trunk)
+    from .backbone import inference_precision
     from .hierarchy import HierarchicalClassifier
     from .model import ImageClassifier
+    from .ovnet import resolve_engine
 
     path = Path(path)
     info = verify_bundle(path)
@@ -281,20 +286,21 @@ def load_bundle(path, precision: str = "auto"):
     size = int(info["input_size"])
     precision = inference_precision(precision)
     trunk_sha256 = _sha256(path / "trunk.npz")
+    # the heads of an int8 model run as "auto" would (on OpenVINO, which int8 needs anyway)
+    head_precision = inference_precision("auto") if precision == "int8" else precision
+    engine = resolve_engine(engine, head_precision)
     if precision == "int8":
         from .fast import load_int8_trunk
 
         trunk = load_int8_trunk(trunk_sha256)
     else:
-        with precision_policy(INFERENCE_POLICIES[precision]):
-            trunk = vgg16_trunk(size)
-        trunk.set_weights(_read_weights(path / "trunk.npz"))
+        trunk = _load_trunk(path / "trunk.npz", size, precision, engine)
     load_stage = _load_stage_v1 if info["format_version"] == 1 else _load_stage_v2
-    head_policy = INFERENCE_POLICIES[precision] or training_precision("auto")  # int8: as auto
-    stages = _load_stages(path, info["stages"], load_stage, head_policy)
+    stages = _load_stages(path, info["stages"], load_stage, head_precision, engine)
     extra = {k: v for k, v in info.items() if k not in _STRUCTURE_KEYS}
     extra["trunk_sha256"] = trunk_sha256
     extra["precision"] = precision
+    extra["engine"] = engine
     reviewer = None
     if (path / "review.npz").is_file():
         from .review import ReviewScorer
@@ -305,7 +311,8 @@ def load_bundle(path, precision: str = "auto"):
     if "base_stages" in info:
         from .domain import DomainGate
 
-        base_stages = _load_stages(path / "base", info["base_stages"], load_stage, head_policy)
+        base_stages = _load_stages(path / "base", info["base_stages"], load_stage,
+                                   head_precision, engine)
         base = HierarchicalClassifier(base_stages["stage1"], base_stages["stage2"])
         with np.load(path / "gate.npz", allow_pickle=False) as arrays:
             gate = DomainGate.from_arrays(arrays)
@@ -315,15 +322,43 @@ def load_bundle(path, precision: str = "auto"):
                            preprocess=info.get("preprocess") or None, info=extra)
 
 
-def _load_stages(folder: Path, states: dict, load_stage, head_policy) -> dict:
-    """``{"stage1": ..., "stage2": ... or None}`` from ``folder/stageN/``; the heads'
-    block5 runs in ``head_policy``, the trunk's precision."""
+def _load_stages(folder: Path, states: dict, load_stage, precision: str, engine: str) -> dict:
+    """``{"stage1": ..., "stage2": ... or None}`` from ``folder/stageN/``; the heads
+    run in ``precision`` (the trunk's) on ``engine``."""
     stages = {name: load_stage(folder / name, states[name]) if name in states else None
               for name in ("stage1", "stage2")}
     for stage in stages.values():
         if stage is not None:
-            stage._head_policy = head_policy
+            _set_head_precision(stage, precision, engine)
     return stages
+
+
+def _load_trunk(path: Path, size: int, precision: str, engine: str):
+    """The float32/bfloat16/float16 trunk of ``trunk.npz``, run by ``engine``."""
+    if engine == "openvino":
+        from .ovnet import Trunk
+
+        return Trunk(_read_weights(path), size, precision)
+    from .backbone import INFERENCE_POLICIES, precision_policy, vgg16_trunk
+
+    with precision_policy(INFERENCE_POLICIES[precision]):
+        trunk = vgg16_trunk(size)
+    trunk.set_weights(_read_weights(path))
+    return trunk
+
+
+def _set_head_precision(stage, precision: str, engine: str) -> None:
+    """Make ``stage`` embed in ``precision``: through OpenVINO (its Keras head, built on
+    first use for Grad-CAM or training, stays float32) or through its Keras head."""
+    from .backbone import INFERENCE_POLICIES
+
+    if engine == "openvino":
+        from .ovnet import Embedder
+
+        stage._fast_embedder = Embedder(stage.__dict__.get("_head_source") or stage.head_
+                                        .get_weights(), stage.feature_shape_, precision)
+    else:
+        stage._head_policy = INFERENCE_POLICIES[precision]
 
 
 def _load_stage_v2(folder: Path, state: dict):
@@ -377,7 +412,9 @@ def _warn_on_version_mismatch(path, saved: dict) -> None:
     """Warn when the pickled SVMs were written by another scikit-learn/numpy major.minor."""
     import warnings
 
-    now = library_versions()
+    import sklearn
+
+    now = {"numpy": np.__version__, "scikit-learn": sklearn.__version__}  # not TensorFlow's
     for lib in ("scikit-learn", "numpy"):
         if lib in saved and saved[lib].split(".")[:2] != now[lib].split(".")[:2]:
             warnings.warn(f"{path}: written with {lib} {saved[lib]}, running {lib} {now[lib]}; "
@@ -392,9 +429,9 @@ def default_bundle_path() -> Path:
     return Path(str(files("hiercell.models"))) / DEFAULT_MODEL
 
 
-def load(path=None, precision: str = "auto"):
+def load(path=None, precision: str = "auto", engine: str | None = None):
     """The hierarchical classifier of bundle ``path`` (default: the bundled model)."""
     path = default_bundle_path() if path is None else Path(path)
     if not path.exists():
         raise BundleError(f"model bundle not found: {path}")
-    return load_bundle(path, precision)
+    return load_bundle(path, precision, engine)

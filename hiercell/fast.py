@@ -4,19 +4,19 @@ The trunk (VGG16 blocks 1-4, ~87 % of the network's work) is converted to
 OpenVINO and quantized to int8 by NNCF's post-training quantization, calibrated
 on training images (:func:`quantize_trunk`, ``hiercell quantize DATA``). On CPUs
 with AMX or AVX512-VNNI int8 it runs about twice as fast as the bfloat16 trunk;
-the stage heads and SVMs stay as they are (float32).
+the stage heads run as ``auto`` would (:mod:`hiercell.ovnet`), the SVMs as they are.
 
 The quantized trunk is stored under the feature cache folder, keyed by the SHA-256
 of the bundle's ``trunk.npz`` (:func:`int8_dir`), so it only ever serves the trunk
 it was made from; ``hiercell.load(bundle, precision="int8")`` and
 ``hiercell classify --precision int8`` use it, and say how to make it when it is
-missing. OpenVINO is needed to run it, NNCF (and TensorFlow) only to make it.
+missing. OpenVINO is needed to run it, NNCF only to make it (from the float32 graph
+of :func:`hiercell.ovnet.trunk_graph`).
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ import numpy as np
 from .atomic import atomic_write_text
 from .fileutil import json_text
 
-INSTALL_HINT = 'the int8 trunk needs OpenVINO: pip install "hiercell[fast]"'
+from .ovnet import INSTALL_HINT, trunk_graph
 
 
 class Int8TrunkMissing(FileNotFoundError):
@@ -83,7 +83,7 @@ def quantize_trunk(model, images, cache_dir=None, batch_size: int = 1) -> Path:
         import nncf
     except ImportError as exc:
         raise ImportError('quantizing needs NNCF: pip install "hiercell[fast]"') from exc
-    from .backbone import vgg_input
+    from .backbone import trunk_output_shape, vgg_input
     from .io import load_image
 
     digest = model.info.get("trunk_sha256")
@@ -92,15 +92,13 @@ def quantize_trunk(model, images, cache_dir=None, batch_size: int = 1) -> Path:
                          "(hiercell.load(bundle, precision='float32'))")
     rgb = [img if isinstance(img, np.ndarray) else load_image(img) for img in images]
     calib = [vgg_input(model.prepare([img])) for img in rgb]
-    with tempfile.TemporaryDirectory() as tmp:
-        model.trunk.export(str(Path(tmp) / "trunk"), verbose=False)
-        float_model = ov.convert_model(str(Path(tmp) / "trunk"))
+    float_model = trunk_graph(model.trunk.get_weights(), model.input_size)  # Keras or OpenVINO
     quantized = nncf.quantize(float_model, nncf.Dataset(calib), subset_size=len(calib),
                               preset=nncf.QuantizationPreset.PERFORMANCE)
     folder = int8_dir(digest, cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(folder / "trunk.xml"))
-    shape = [int(d) for d in model.trunk.output.shape[1:]]
+    shape = list(trunk_output_shape(model.trunk))
     atomic_write_text(folder / "int8.json", json_text({
         "trunk_sha256": digest, "input_size": model.input_size, "output_shape": shape,
         "calibration_images": len(calib), "openvino": ov.__version__,

@@ -65,7 +65,7 @@ class ImageClassifier:
 
     Parameters
     ----------
-    trunk : keras.Model
+    trunk : keras.Model or hiercell.ovnet.Trunk (anything with ``predict_batch``)
         Frozen VGG16 blocks 1-4 (input ``(input_size, input_size, 3)``).
     hierarchy : HierarchicalClassifier
     input_size : int
@@ -104,6 +104,8 @@ class ImageClassifier:
     def trunk_config(self) -> TrunkConfig:
         """What this model's trunk features depend on (the feature-cache key)."""
         weights = f"{self.info.get('trunk_sha256', 'unsaved')}:{self.info.get('precision', 'float32')}"
+        if self.info.get("engine") == "openvino" and self.info.get("precision") != "int8":
+            weights += ":openvino"  # other rounding than Keras': never share a cache
         return TrunkConfig(self.input_size, self.masked, weights, preprocess=self.preprocess)
 
     # -- images -> features ----------------------------------------------------

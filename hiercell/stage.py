@@ -50,6 +50,7 @@ from .backbone import (DENSE_LAYERS, augment_feature_maps, build_head, class_wei
                        embedding_model, fit_keras, multiview_dataset, precision_policy,
                        predict_batches, set_block5_trainable, tensor_dataset,
                        training_precision)
+from .svmpredict import predict_proba as svm_predict_proba
 
 #: Fitted attributes kept in ``bundle.json`` (JSON-ready), besides ``classes_`` and the weights.
 _STATE_KEYS = ("feature_shape_", "svm_best_params_", "svm_cv_score_", "precision_",
@@ -270,7 +271,11 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
 
     # -- inference ----------------------------------------------------------
     def transform(self, X, batch_size=256):
-        """Dense(1024) embeddings of trunk features, ``(n, 1024)`` float32."""
+        """Dense(1024) embeddings of trunk features, ``(n, 1024)`` float32 (through the
+        OpenVINO embedder a bundle's loader gave, else the Keras head)."""
+        fast = self.__dict__.get("_fast_embedder")
+        if fast is not None:
+            return fast(X, batch_size)
         model = getattr(self, "_embedder", None)
         if model is None or model.input is not self.head_.input:
             model = self._embedder = embedding_model(self.head_)
@@ -281,8 +286,9 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         return predict_batches(self.head_, X, batch_size)
 
     def predict_proba(self, X):
-        """Calibrated class probabilities from the SVM, ``(n, n_classes)``."""
-        return self.svm_.predict_proba(self.transform(X))
+        """Calibrated class probabilities from the SVM, ``(n, n_classes)`` (the kernel as
+        one matrix product: :func:`hiercell.svmpredict.predict_proba`)."""
+        return svm_predict_proba(self.svm_, self.transform(X))
 
     def predict(self, X):
         """Most probable class per row (by the SVM's decision)."""
@@ -335,13 +341,14 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         return head
 
     @head_.setter
-    def head_(self, head):
+    def head_(self, head):  # new weights: an embedder of the old ones must go
         self.__dict__.pop("_head_source", None)
+        self.__dict__.pop("_fast_embedder", None)
         self._head = head
 
     def __getstate__(self):  # keras models are saved by the bundle, not pickled
         state = self.__dict__.copy()
-        for key in ("_embedder", "_head", "_head_source", "_t0"):
+        for key in ("_embedder", "_fast_embedder", "_head", "_head_source", "_t0"):
             state.pop(key, None)
         state["block5_weights"] = None  # only the starting point; the trained weights are in head_
         return state

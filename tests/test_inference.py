@@ -53,7 +53,7 @@ def test_gradcam_is_not_empty_and_follows_the_masking(tiny_model):
 
 
 def test_bfloat16_trunk(tiny_bundle, tiny_model):
-    fast = load(tiny_bundle, precision="bfloat16")
+    fast = load(tiny_bundle, precision="bfloat16", engine="keras")  # Keras: its dtype policies
     assert fast.info["precision"] == "bfloat16"
     assert fast.trunk.layers[1].dtype_policy.name == "mixed_bfloat16"
     assert fast.stage1.head_.get_layer("block5_conv1").dtype_policy.name == "mixed_bfloat16"
