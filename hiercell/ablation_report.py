@@ -310,34 +310,25 @@ def write_ablation_report(result: dict, out_dir) -> dict:
     stages = {str(k): v for k, v in (result.get("stages") or {}).items() if v is not None}
     keys = sorted(set(stages) | {"1", "2"}, key=_stage_sort_key)
 
-    pngs, written = {}, []
-    for key in keys:
-        st = stages.get(key)
-        if st is None:
-            continue
-        pngs[key] = {}
-        for arm in st["arms"]:
-            name = f"confusion_{key}_{arm}.png"
-            summ = st["summary"][arm]
-            title = (f"Stage {key} - {arm} (n={summ['n']}, acc {summ['accuracy']:.3f}, "
-                     f"macro-F1 {summ['macro_f1']:.3f})")
-            written.append(confusion_matrix_png(summ["confusion_matrix"], summ["labels"],
-                                                out_dir / name, title=title))
-            pngs[key][arm] = name
+    written = []
 
-    external = {str(k): v for k, v in (result.get("external") or {}).items()}
-    ext_pngs = {}
-    for name, ext in external.items():
-        st = ext["stage1"]
-        ext_pngs[name] = {}
+    def arm_pngs(st, stem, heading):
+        """One confusion-matrix PNG per arm of the comparison ``st``: ``{arm: file name}``."""
+        names = {}
         for arm in st["arms"]:
-            png = f"confusion_ext_{name}_{arm}.png"
+            names[arm] = f"{stem}_{arm}.png"
             summ = st["summary"][arm]
-            title = (f"{name} stage 1 - {arm} (n={summ['n']}, acc {summ['accuracy']:.3f}, "
+            title = (f"{heading} - {arm} (n={summ['n']}, acc {summ['accuracy']:.3f}, "
                      f"macro-F1 {summ['macro_f1']:.3f})")
             written.append(confusion_matrix_png(summ["confusion_matrix"], summ["labels"],
-                                                out_dir / png, title=title))
-            ext_pngs[name][arm] = png
+                                                out_dir / names[arm], title=title))
+        return names
+
+    pngs = {key: arm_pngs(stages[key], f"confusion_{key}", f"Stage {key}")
+            for key in keys if stages.get(key) is not None}
+    external = {str(k): v for k, v in (result.get("external") or {}).items()}
+    ext_pngs = {name: arm_pngs(ext["stage1"], f"confusion_ext_{name}", f"{name} stage 1")
+                for name, ext in external.items()}
 
     first = next(iter(stages.values()), None) or next(
         (e["stage1"] for e in external.values()), None)
