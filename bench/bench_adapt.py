@@ -15,7 +15,8 @@ by more than a point). Prints mean and spread (min-max) over the draws, the
 seconds one adaptation took, and the share of PBC test cells and of the set's
 other cells that the adapted bundle's domain gate sends to its adapted
 stages, and in how many draws the folder domain check still warns on the
-set's other cells after adapting. Trunk features are cached in --cache.
+set's other cells after adapting, and the share of them flagged for review.
+Trunk features are cached in --cache.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def main():
         base = np.array([r.main_class for r in model.hierarchy.predict_records(maps[0])])
         print(f"\n== {ext}: n={len(samples)}, base stage-1 accuracy {np.mean(base == truth):.4f}")
         print(f"{'per class':>9s} {'n adapt':>7s} {'before':>16s} {'after':>22s} {'PBC test after':>24s} "
-              f"{'s':>5s} {'gate: PBC->adapted':>18s} {'rest->adapted':>13s} {'warned':>6s}")
+              f"{'s':>5s} {'gate: PBC->adapted':>18s} {'rest->adapted':>13s} {'warned':>6s} {'flagged':>7s}")
         for n in [int(v) for v in a.per_class.split(",")]:
             rows = []
             for seed in range(a.seeds):
@@ -86,18 +87,19 @@ def main():
                 recs = adapted.hierarchy.predict_records(maps[0, rest])
                 after = np.array([r.main_class for r in recs])
                 warned = domain_shift([r.novelty for r in recs])["warning"]
+                flagged = np.mean([r.review for r in recs])
                 pbc = (np.mean(adapted.hierarchy.predict_stage(1, X_pbc) == y_pbc)
                        if X_pbc is not None else float("nan"))
                 gated = (np.mean(adapted.hierarchy.adapted_rows(X_pbc)) if X_pbc is not None
                          else float("nan"))
                 rows.append((np.mean(base[rest] == truth[rest]), np.mean(after == truth[rest]), pbc,
                              sec, len(train), gated,
-                             np.mean(adapted.hierarchy.adapted_rows(maps[0, rest])), warned))
+                             np.mean(adapted.hierarchy.adapted_rows(maps[0, rest])), warned, flagged))
             r = np.array(rows)
             f = lambda col: f"{r[:, col].mean():.3f} [{r[:, col].min():.3f}-{r[:, col].max():.3f}]"
             print(f"{n:9d} {int(r[:, 4].mean()):7d} {f(0):>16s} {f(1):>22s} {f(2):>24s} "
                   f"{r[:, 3].mean():5.0f} {r[:, 5].mean():18.4f} {r[:, 6].mean():13.4f} "
-                  f"{int(r[:, 7].sum())}/{len(r)}")
+                  f"{int(r[:, 7].sum())}/{len(r)} {r[:, 8].mean():7.3f}")
 
 
 if __name__ == "__main__":

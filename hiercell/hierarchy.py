@@ -186,9 +186,11 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
 
         if p1 is None or decisions is None:
             p1, decisions = self.decide(X)
+        own_lab = self.adapted_rows(X) if self.gate is not None else None
         score, novelty = self.reviewer.score(
             trunk_descriptor(X), p1.max(1), [d.uncertain for d in decisions],
-            answers=[d.main for d in decisions], proba=[d.main_p for d in decisions])
+            answers=[d.main for d in decisions], proba=[d.main_p for d in decisions],
+            own_lab=own_lab)
         return score, self.reviewer.flag(score), novelty
 
 

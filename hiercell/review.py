@@ -40,6 +40,9 @@ Per folder, :func:`domain_shift` is the share of cells whose novelty is
 above the 95th in-lab percentile (about 0.05 for images like the training
 data) and warns when it is far above that. Records carry the novelty as a
 percentile (``Prediction.novelty``), so the check runs on results files too.
+In a model adapted to a new lab (:mod:`hiercell.adapt`), the cells its domain
+gate gives to the adapted stages read their novelty percentile among the new
+lab's labelled cells instead (``score(..., own_lab=)``).
 """
 
 from __future__ import annotations
@@ -290,13 +293,25 @@ class ReviewScorer:
         """Raw novelty (mean cosine distance to the k nearest reference cells)."""
         return knn_distance(self.reference_, descriptors, self.k)
 
-    def score(self, descriptors, top_proba, uncertain=None, answers=None, proba=None):
+    def _novelty_percentile(self, raw, own_lab=None):
+        """Percentile of raw novelties among in-lab validation cells; rows of ``own_lab``
+        (cells an adapted model answers as the new lab's) among the new lab's own
+        leave-one-out novelties (:meth:`with_reference`), when it has more than 2k."""
+        nov = _percentile_of(self.novelty_ref_, raw)
+        if own_lab is not None and len(self.extra_novelty_) > 2 * self.k:
+            own_lab = np.asarray(own_lab, bool)
+            nov[own_lab] = _percentile_of(np.sort(self.extra_novelty_), raw[own_lab])
+        return nov
+
+    def score(self, descriptors, top_proba, uncertain=None, answers=None, proba=None,
+              own_lab=None):
         """``(review_score, novelty)`` per cell, both in [0, 1]; ``novelty`` is the
-        percentile of the cell's novelty among in-lab validation cells. ``answers`` (the
+        percentile of the cell's novelty among in-lab validation cells (for the rows of
+        ``own_lab``, among the adapted-to lab's labelled cells). ``answers`` (the
         answered main classes) and ``proba`` (their probabilities) are needed by the
         learned combination."""
         if not self.learned:
-            nov = _percentile_of(self.novelty_ref_, self.novelty(descriptors))
+            nov = self._novelty_percentile(self.novelty(descriptors), own_lab)
             amb = _percentile_of(self.ambiguity_ref_,
                                  1.0 - np.asarray(top_proba, dtype=np.float32))
             score = self._combine(nov, amb).astype(np.float32)
@@ -304,7 +319,7 @@ class ReviewScorer:
             if answers is None or proba is None:
                 raise ValueError("this scorer needs the answered classes and their probabilities")
             nb = self._neighbours(descriptors, answers)
-            nov = _percentile_of(self.novelty_ref_, nb[:, 0].astype(np.float32))
+            nov = self._novelty_percentile(nb[:, 0].astype(np.float32), own_lab)
             u = self.wrongness(self._signals(nb, proba))
             lifted = nov > self.novel_gate
             if uncertain is not None:

@@ -177,3 +177,23 @@ def test_neighbour_signals_of_a_cell_answered_against_its_neighbours():
     assert nb[0, 1] < 1.0 < nb[1, 1]  # answered "b" while looking like "a"
     assert (nb[0, 2], nb[1, 2]) == (1.0, 0.0)
     assert nb[2, 1] >= 1.0 and nb[2, 2] == 0.0  # a class without reference cells
+
+
+def test_a_new_labs_cells_are_novel_against_its_own_labelled_cells(learned):
+    """After adapting (with_reference), cells the adapted model answers as the new lab's
+    (``own_lab``) read their novelty among the lab's own cells: ordinary ones stop
+    being novel and the folder stops warning."""
+    s, cells, rng = learned
+    d, answers, proba, _, y = cells(400, 0.0)
+    lab = unit(d + 0.6 * rng.standard_normal(d.shape))
+    new = s.with_reference(lab[:200], y[:200])
+    rest = slice(200, None)
+    args = (proba[rest], None, answers[rest], proba[rest])
+    pbc_scale = new.score(lab[rest], *args)[1]
+    own = new.score(lab[rest], *args, own_lab=np.ones(200, bool))
+    assert domain_shift(pbc_scale)["warning"] and not domain_shift(own[1])["warning"]
+    assert np.mean(own[1] > 0.95) < 0.15 < np.mean(pbc_scale > 0.95)
+    assert new.flag(own[0]).mean() <= new.flag(new.score(lab[rest], *args)[0]).mean()
+    # without the lab's cells in the reference, own_lab changes nothing
+    np.testing.assert_array_equal(s.score(lab[rest], *args, own_lab=np.ones(200, bool))[1],
+                                  s.score(lab[rest], *args)[1])

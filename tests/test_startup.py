@@ -19,11 +19,13 @@ HEAVY = ("tensorflow", "keras", "openvino", "sklearn")
 
 
 def modules_after(code: str, cwd) -> dict:
-    """Run ``code`` in a fresh interpreter; which of :data:`HEAVY` it imported."""
+    """Run ``code`` in a fresh interpreter (engine chosen as by default: no
+    ``HIERCELL_ENGINE``); which of :data:`HEAVY` it imported."""
     script = (f"import sys, json\n{code}\n"
               f"print(json.dumps({{m: m in sys.modules for m in {HEAVY!r}}}))")
+    env = {k: v for k, v in os.environ.items() if k != "HIERCELL_ENGINE"}
     out = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True,
-                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT),
+                         text=True, env={**env, "PYTHONPATH": str(ROOT),
                                          "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
