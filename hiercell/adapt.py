@@ -9,9 +9,10 @@ copy of the training data:
 1. the new lab's labelled cells go through the trunk as the bundle sees them
    (its canonical frame) and as ``views`` augmented views;
 2. per stage with labels for it, the dense layers of the head (Dense(1024),
-   Dense(512), softmax; block5 is kept) are trained further on the source
-   sample plus the new cells, each domain weighing the same in the loss
-   (class-balanced within it);
+   Dense(512), softmax) are trained further on the source sample plus the new
+   cells, each domain weighing the same in the loss (class-balanced within it);
+   then block5 and the dense layers are fine-tuned on the new cells' trunk maps
+   (``block5_epochs``; 0 keeps block5);
 3. the SVM is refit on the new Dense(1024) embeddings of both (the bundle's
    ``C``; new cells weighted like the whole source sample);
 4. the review scorer takes the new cells into its reference, so the lab's
@@ -93,13 +94,14 @@ def _balanced_weights(y, total):
 def adapt_stage(stage, target_maps, target_y, epochs=40, lr=3e-4, block5_epochs=0,
                 block5_lr=1e-4, seed=0, verbose=0):
     """A copy of ``stage`` whose dense layers and SVM are refit on its source sample plus
-    ``target_maps`` (trunk maps, all views stacked) labelled ``target_y``.
+    ``target_maps`` (trunk maps, all views stacked) labelled ``target_y``; with
+    ``block5_epochs``, block5 and the dense layers are fine-tuned on ``target_maps`` in
+    between (:func:`_finetune_on_target`).
 
     Target classes the stage does not know are dropped; the stage keeps its classes.
     """
     import keras
 
-    from .backbone import build_head
     from .stage import StageClassifier
 
     if getattr(stage, "source_sample_", None) is None:

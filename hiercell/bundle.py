@@ -88,7 +88,7 @@ def save_bundle(model, path, metadata: dict | None = None, extra_files: dict | N
         if reviewer is not None:
             np.savez_compressed(tmp / "review.npz", **reviewer.to_arrays())
         base_stages = None
-        if getattr(model.hierarchy, "gate", None) is not None:  # an adapted model
+        if getattr(model.hierarchy, "adapted", False):
             base_stages = _save_stages(model.hierarchy.base, tmp / "base")
             np.savez_compressed(tmp / "gate.npz", **model.hierarchy.gate.to_arrays())
         info = {k: v for k, v in model.info.items() if k not in _RUNTIME_KEYS}

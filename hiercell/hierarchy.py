@@ -83,11 +83,16 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         classes for a model without stage 2)."""
         return np.array(FINE_CLASSES if self.stage2 is not None else MAIN_CLASSES)
 
+    @property
+    def adapted(self) -> bool:
+        """Whether this is an adapted model (a domain gate and a base to fall back to)."""
+        return self.gate is not None and self.base is not None
+
     def adapted_rows(self, X):
         """``True`` for the rows of ``X`` answered by this model's own (adapted) stages,
         ``False`` for those the domain gate hands to :attr:`base`; all ``True`` without
         a gate."""
-        if self.gate is None or self.base is None:
+        if not self.adapted:
             return np.ones(len(X), dtype=bool)
         from .review import trunk_descriptor
 
@@ -115,8 +120,8 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         stage = self.stage1 if number == 1 else self.stage2
         return stage.classes_[self.stage_proba(number, X).argmax(1)]
 
-    def _stage_probas(self, X):
-        own = self.adapted_rows(X)
+    def _stage_probas(self, X, own=None):
+        own = self.adapted_rows(X) if own is None else own
         p1 = _reorder(self.stage_proba(1, X, own), self.stage1.classes_, MAIN_CLASSES)
         if self.stage2 is None:
             return p1, None
@@ -147,13 +152,14 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         subclass, and stage 1's probability of the main class otherwise
         (which is also its end-to-end probability).
         """
-        p1, p2 = self._stage_probas(X)
+        own = self.adapted_rows(X)  # the gate decides once for both stages and the review
+        p1, p2 = self._stage_probas(X, own)
         s2 = self._stage2_classes()
         fine = combine_probabilities(p1, p2, s2)
         classes = [str(c) for c in self.classes_]
         paths = list(paths) if paths is not None else [None] * len(X)
         decisions = route(p1, p2, s2)
-        review = self.review_scores(X, p1, decisions)
+        review = self.review_scores(X, p1, decisions, own)
         out = []
         for i, d in enumerate(decisions):
             order = np.argsort(-fine[i])[:top_k]
@@ -176,21 +182,23 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         p1, p2 = self._stage_probas(X)
         return p1, route(p1, p2, self._stage2_classes())
 
-    def review_scores(self, X, p1=None, decisions=None):
+    def review_scores(self, X, p1=None, decisions=None, own=None):
         """``(review_score, review, novelty)`` arrays for trunk features ``X`` (see
         :mod:`hiercell.review`), or ``None`` without a reviewer; ``p1`` and ``decisions``
-        as :meth:`decide` gives them (computed when not given)."""
+        as :meth:`decide` gives them, ``own`` as :meth:`adapted_rows` (computed when not
+        given)."""
         if self.reviewer is None:
             return None
         from .review import trunk_descriptor
 
         if p1 is None or decisions is None:
             p1, decisions = self.decide(X)
-        own_lab = self.adapted_rows(X) if self.gate is not None else None
+        if self.adapted and own is None:
+            own = self.adapted_rows(X)
         score, novelty = self.reviewer.score(
             trunk_descriptor(X), p1.max(1), [d.uncertain for d in decisions],
             answers=[d.main for d in decisions], proba=[d.main_p for d in decisions],
-            own_lab=own_lab)
+            own_lab=own if self.adapted else None)
         return score, self.reviewer.flag(score), novelty
 
 

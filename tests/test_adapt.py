@@ -169,3 +169,17 @@ def test_domain_gate_separates_labs_and_round_trips():
     np.testing.assert_array_equal(again.predict_proba(target), gate.predict_proba(target))
     with pytest.raises(ValueError, match="both labs"):
         DomainGate().fit(source, target[:0])
+
+
+def test_adapt_on_unreadable_images_says_so(tiny_bundle, tmp_path):
+    rows = ["path,label"]
+    for i in range(8):
+        (tmp_path / f"c{i}.png").write_text("not an image")
+        rows.append(f"c{i}.png,LY")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    result = CliRunner().invoke(main, ["adapt", str(tmp_path / "manifest.csv"), "--out",
+                                       str(tmp_path / "out"), "--model", str(tiny_bundle),
+                                       "--views", "0", "--folds", "3"])
+    assert result.exit_code == 2
+    assert "0 readable labelled image(s)" in result.output and "c0.png" in result.output
+    assert not (tmp_path / "out").exists()

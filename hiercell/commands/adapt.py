@@ -50,13 +50,12 @@ def adapt(data, out, model_path, views, folds, block5_epochs, seed, precision):
         samples = [s for s in read_dataset(data) if s.main is not None]
     except (FileNotFoundError, ValueError) as exc:
         raise click.UsageError(str(exc)) from exc
-    if len(samples) < 2 * folds:
-        raise click.UsageError(f"{data}: {len(samples)} labelled image(s); adaptation needs at "
-                               f"least {2 * folds} (a few dozen per class is better)")
+    _check_enough(data, len(samples), folds, "labelled")
     maps, ok, errors = trunk_views(model, [s.path for s in samples], views, progress=True)
     for path, reason in errors.items():
         echo_err(f"skipped {path}: {reason}")
     samples = [s for s, good in zip(samples, ok) if good]
+    _check_enough(data, len(samples), folds, "readable labelled")
     try:
         cv = cross_validate(model, maps, samples, k=folds, seed=seed,
                             block5_epochs=block5_epochs, progress=True)
@@ -79,3 +78,9 @@ def adapt(data, out, model_path, views, folds, block5_epochs, seed, precision):
                           indent=2))
     echo_err(f"adapted bundle written to {out} ({time.time() - t0:.0f} s); use it with "
              f"hiercell classify --model {out}")
+
+
+def _check_enough(data, n, folds, what):
+    if n < 2 * folds:
+        raise click.UsageError(f"{data}: {n} {what} image(s); adaptation needs at least "
+                               f"{2 * folds} (a few dozen per class is better)")
