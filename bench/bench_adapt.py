@@ -3,7 +3,7 @@
 
     python bench/bench_adapt.py --external ../shared/data/external/bccd351/manifest.csv \
         --external ../shared/data/external/jtsc300/manifest.csv --pbc ../shared/data/pbc \
-        [--model BUNDLE] [--per-class 5,10,20,50] [--seeds 3]
+        [--model BUNDLE] [--per-class 5,10,20,50] [--seeds 3] [--align]
 
 For each external labelled set and each n in --per-class, over --seeds random
 draws: adapt the bundle (default: the bundled model) on n labelled cells per
@@ -52,6 +52,8 @@ def main():
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--views", type=int, default=4)
     ap.add_argument("--block5-epochs", type=int, default=BLOCK5_EPOCHS)
+    ap.add_argument("--align", action="store_true",
+                    help="adapt on lab-aligned trunk maps (hiercell.alignment; not the default)")
     ap.add_argument("--cache", default=None)
     a = ap.parse_args()
     model = hiercell.load(a.model, precision="auto")
@@ -82,7 +84,7 @@ def main():
                 rest = np.setdiff1d(np.arange(len(samples)), train)
                 t0 = time.time()
                 adapted = adapt_model(model, maps[:, train], [samples[i] for i in train], seed=seed,
-                                      block5_epochs=a.block5_epochs)
+                                      block5_epochs=a.block5_epochs, align=a.align)
                 sec = time.time() - t0
                 recs = adapted.hierarchy.predict_records(maps[0, rest])
                 after = np.array([r.main_class for r in recs])

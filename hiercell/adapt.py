@@ -41,6 +41,14 @@ from .taxonomy import MAIN_CLASSES, OTHERS, ROUTED_MAIN, SUBCLASSES
 SOURCE_PER_CLASS = 250
 #: Epochs of fine-tuning block5 + dense layers on the new lab's cells (0: dense layers only).
 BLOCK5_EPOCHS = 6
+#: Batch size and learning rate of the dense-layer refit on pooled features (batch 256 at
+#: 1e-3 took 41-44 s per adaptation against 47-65 s for 64 at 3e-4, same accuracy within
+#: the spread over draws: bench/bench_adapt.py).
+DENSE_BATCH, DENSE_LR = 256, 1e-3
+#: Whether the adapted stages work on lab-aligned trunk maps (:mod:`hiercell.alignment`):
+#: off, since it did worse (20 cells per class, 3 draws: bccd351 0.693 against 0.760,
+#: jtsc300 0.827 against 0.847; ``bench/bench_adapt.py --align``).
+ALIGN = False
 
 
 def gap_model(head):
@@ -91,7 +99,7 @@ def _balanced_weights(y, total):
     return np.array([per[v] for v in y], dtype=np.float32)
 
 
-def adapt_stage(stage, target_maps, target_y, epochs=40, lr=3e-4, block5_epochs=0,
+def adapt_stage(stage, target_maps, target_y, epochs=40, lr=DENSE_LR, block5_epochs=0,
                 block5_lr=1e-4, seed=0, verbose=0):
     """A copy of ``stage`` whose dense layers and SVM are refit on its source sample plus
     ``target_maps`` (trunk maps, all views stacked) labelled ``target_y``; with
@@ -129,8 +137,8 @@ def adapt_stage(stage, target_maps, target_y, epochs=40, lr=3e-4, block5_epochs=
         x = nodes[name] = new.head_.get_layer(name)(x)
     top = keras.Model(inputs, x)
     top.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy")
-    top.fit(gap, y_idx, sample_weight=weight / weight.mean(), batch_size=64, epochs=epochs,
-            shuffle=True, verbose=verbose)
+    top.fit(gap, y_idx, sample_weight=weight / weight.mean(), batch_size=DENSE_BATCH,
+            epochs=epochs, shuffle=True, verbose=verbose)
     if block5_epochs:
         _finetune_on_target(new, target_maps, y_idx[len(src_y):], block5_epochs, block5_lr, seed)
         gap = np.concatenate([src_gap, predict_batches(gap_model(new.head_), target_maps, 256)])
@@ -181,9 +189,14 @@ def trunk_views(model, paths, views=4, progress=None, cache_dir=None):
     return np.stack(out), ok, errors
 
 
-def adapt_model(model, maps, samples, seed=0, block5_epochs=BLOCK5_EPOCHS, log=None):
+def adapt_model(model, maps, samples, seed=0, block5_epochs=BLOCK5_EPOCHS, log=None,
+                align=ALIGN):
     """A copy of ``model`` (an :class:`~hiercell.model.ImageClassifier`) adapted to the
-    cells ``samples`` whose trunk maps (all views) are ``maps`` ``(v, n, h, w, 512)``."""
+    cells ``samples`` whose trunk maps (all views) are ``maps`` ``(v, n, h, w, 512)``;
+    with ``align`` (and a model that has a training-lab reference), the adapted stages
+    work on maps shifted onto that reference by the cells' own mean
+    (:mod:`hiercell.alignment`)."""
+    from .alignment import LabAlignment
     from .domain import DomainGate
     from .hierarchy import HierarchicalClassifier
     from .review import trunk_descriptor
@@ -195,6 +208,14 @@ def adapt_model(model, maps, samples, seed=0, block5_epochs=BLOCK5_EPOCHS, log=N
     new = copy.copy(model)
     new.hierarchy = copy.copy(model.hierarchy)
     new.info = copy.deepcopy(model.info)
+    raw_view0 = maps[0]
+    alignment = model.hierarchy.alignment
+    if alignment is not None:  # the adapted stages learn from (and see) the aligned maps
+        alignment = LabAlignment(alignment.reference_mean)
+        if align and len(raw_view0) >= LabAlignment.MIN_CELLS:
+            alignment.fit(raw_view0)
+            maps = np.stack([alignment.transform(view) for view in maps])
+        new.hierarchy.alignment = alignment
     for number, attr in ((1, "stage1"), (2, "stage2")):
         stage = getattr(model.hierarchy, attr)
         if stage is None:
@@ -214,7 +235,7 @@ def adapt_model(model, maps, samples, seed=0, block5_epochs=BLOCK5_EPOCHS, log=N
                 f"in {time.time() - t0:.0f}s")
     reviewer = model.hierarchy.reviewer
     if reviewer is not None:
-        target = trunk_descriptor(maps[0])
+        target = trunk_descriptor(raw_view0)
         new.hierarchy.reviewer = reviewer.with_reference(target, [s.main for s in samples])
         new.hierarchy.gate = DomainGate().fit(reviewer.reference_, target)
         new.hierarchy.base = HierarchicalClassifier(model.hierarchy.stage1, model.hierarchy.stage2)
@@ -238,7 +259,7 @@ def _folds(samples, k, seed):
     return fold, "stratified"
 
 
-def cross_validate(model, maps, samples, k=5, seed=0, block5_epochs=BLOCK5_EPOCHS,
+def cross_validate(model, maps, samples, k=3, seed=0, block5_epochs=BLOCK5_EPOCHS,
                    progress=None) -> dict:
     """Stage-1 accuracy (and fine accuracy where subclasses are labelled) on held-out
     folds, before and after adapting on the other folds. JSON-ready dict."""

@@ -11,6 +11,9 @@ Layout (format 2)::
     stage1/svm.joblib     the fitted scikit-learn pipeline (StandardScaler + calibrated SVC)
     stage2/...            the same for stage 2 (optional)
     base/stageN/...       adapted bundles only: the base model's stages
+    alignment.npz         the training lab's mean trunk features and, in a bundle
+                          aligned to a new lab (hiercell align), that lab's
+                          (hiercell.alignment)
     gate.npz              adapted bundles only: the domain gate that picks, per
                           cell, the adapted stages or the base's (hiercell.domain)
     SHA256SUMS            digest of every file above
@@ -87,6 +90,9 @@ def save_bundle(model, path, metadata: dict | None = None, extra_files: dict | N
         reviewer = getattr(model.hierarchy, "reviewer", None)
         if reviewer is not None:
             np.savez_compressed(tmp / "review.npz", **reviewer.to_arrays())
+        alignment = getattr(model.hierarchy, "alignment", None)
+        if alignment is not None:
+            np.savez_compressed(tmp / "alignment.npz", **alignment.to_arrays())
         base_stages = None
         if getattr(model.hierarchy, "adapted", False):
             base_stages = _save_stages(model.hierarchy.base, tmp / "base")
@@ -142,21 +148,28 @@ def _save_stages(hierarchy, folder: Path) -> dict:
     return stages
 
 
-def replace_reviewer(path, reviewer) -> Path:
-    """Rewrite the review scorer (``review.npz``) of the bundle at ``path`` and its line
-    in ``SHA256SUMS``; the rest of the bundle is untouched (checked first)."""
+def replace_arrays(path, name: str, arrays: dict) -> Path:
+    """Write (or rewrite) the array file ``name`` (e.g. ``review.npz``) of the bundle at
+    ``path`` and its line in ``SHA256SUMS``; the rest of the bundle is untouched
+    (checked first)."""
     from .atomic import atomic_open
 
     path = Path(path)
     verify_bundle(path)
-    with atomic_open(path / "review.npz", "wb") as fh:
-        np.savez_compressed(fh, **reviewer.to_arrays())
+    with atomic_open(path / name, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
     lines = [ln for ln in (path / MANIFEST).read_text().splitlines()
-             if ln.strip() and ln.split(None, 1)[1].strip() != "review.npz"]
-    lines.append(f"{_sha256(path / 'review.npz')}  review.npz")
+             if ln.strip() and ln.split(None, 1)[1].strip() != name]
+    lines.append(f"{_sha256(path / name)}  {name}")
     with atomic_open(path / MANIFEST, "w") as fh:
         fh.write("\n".join(sorted(lines, key=lambda ln: ln.split(None, 1)[1])) + "\n")
     return path
+
+
+def replace_reviewer(path, reviewer) -> Path:
+    """Rewrite the review scorer (``review.npz``) of the bundle at ``path``
+    (:func:`replace_arrays`)."""
+    return replace_arrays(path, "review.npz", reviewer.to_arrays())
 
 
 def library_versions() -> dict:
@@ -316,7 +329,14 @@ def load_bundle(path, precision: str = "auto", engine: str | None = None):
         base = HierarchicalClassifier(base_stages["stage1"], base_stages["stage2"])
         with np.load(path / "gate.npz", allow_pickle=False) as arrays:
             gate = DomainGate.from_arrays(arrays)
-    hierarchy = HierarchicalClassifier(stages["stage1"], stages["stage2"], reviewer, base, gate)
+    alignment = None
+    if (path / "alignment.npz").is_file():
+        from .alignment import LabAlignment
+
+        with np.load(path / "alignment.npz", allow_pickle=False) as arrays:
+            alignment = LabAlignment.from_arrays(arrays)
+    hierarchy = HierarchicalClassifier(stages["stage1"], stages["stage2"], reviewer, base, gate,
+                                       alignment)
     return ImageClassifier(trunk, hierarchy,
                            input_size=size, masked=bool(info["masked"]),
                            preprocess=info.get("preprocess") or None, info=extra)

@@ -6,6 +6,7 @@ import click
 from .version import __version__
 from .commands.ablate import ablate
 from .commands.adapt import adapt
+from .commands.align import align
 from .commands.classify import classify
 from .commands.evaluate import evaluate
 from .commands.merge import merge
@@ -20,7 +21,7 @@ def main():
     """Classify peripheral blood cell images with a two-stage VGG16 + SVM model."""
 
 
-for _command in (classify, merge, train, evaluate, ablate, segment, quantize, adapt):
+for _command in (classify, merge, train, evaluate, ablate, segment, quantize, align, adapt):
     main.add_command(_command)
 
 if __name__ == "__main__":

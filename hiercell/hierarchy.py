@@ -68,14 +68,20 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         the cells that ``gate`` sends back to the base's training lab.
     gate : DomainGate or None
         Picks, per cell, the adapted stages or ``base`` (:mod:`hiercell.domain`).
+    alignment : LabAlignment or None
+        Shifts the trunk features of a new lab's cells before this model's own stages
+        (:mod:`hiercell.alignment`; the identity until fitted to a lab); ``base`` and
+        the review score and domain check see them unshifted.
     """
 
-    def __init__(self, stage1=None, stage2=None, reviewer=None, base=None, gate=None):
+    def __init__(self, stage1=None, stage2=None, reviewer=None, base=None, gate=None,
+                 alignment=None):
         self.stage1 = stage1
         self.stage2 = stage2
         self.reviewer = reviewer
         self.base = base
         self.gate = gate
+        self.alignment = alignment
 
     @property
     def classes_(self):
@@ -98,6 +104,11 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
 
         return self.gate.predict(trunk_descriptor(X))
 
+    def aligned(self, X):
+        """Trunk features ``X`` as the stages see them: shifted by :attr:`alignment` when it
+        is fitted to a lab, else unchanged."""
+        return X if self.alignment is None else self.alignment.transform(X)
+
     def stage_proba(self, number, X, own=None):
         """Probabilities of stage ``number`` (1 or 2) over that stage's ``classes_``, each
         row from the adapted stage or the base's as the gate decides (``own``: the
@@ -105,12 +116,13 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         stage = self.stage1 if number == 1 else self.stage2
         own = self.adapted_rows(X) if own is None else own
         if own.all():
-            return stage.predict_proba(X)
+            return stage.predict_proba(self.aligned(X))
         fallback = self.base.stage1 if number == 1 else self.base.stage2
         out = np.empty((len(X), len(stage.classes_)))
-        for rows, model in ((own, stage), (~own, fallback)):
+        for rows, model, aligned in ((own, stage, True), (~own, fallback, False)):
             if rows.any():
-                out[rows] = _reorder(model.predict_proba(X[rows]), model.classes_,
+                X_rows = self.aligned(X[rows]) if aligned else X[rows]
+                out[rows] = _reorder(model.predict_proba(X_rows), model.classes_,
                                      [str(c) for c in stage.classes_])
         return out
 

@@ -190,6 +190,7 @@ class ImageClassifier:
         if features is None:
             check_rgb_image(rgb)
             features = self.features([rgb], masked)
+        features = self.hierarchy.aligned(features)
         name = SUB_TO_MAIN.get(class_name, class_name)
         from .gradcam import gradcam_map
 

@@ -409,7 +409,8 @@ def domain_shift(novelty, novel_above=0.95, warn_share=SHIFT_WARN_SHARE) -> dict
     warning = bool(share >= warn_share and tail < 1e-3)
     if warning:
         message = (f"these images look unlike the training data (score {share:.2f}: "
-                   f"{k} of {n} cells are novel): expect lower accuracy; see `hiercell adapt`")
+                   f"{k} of {n} cells are novel): expect lower accuracy; see `hiercell align` "
+                   f"(no labels) and `hiercell adapt` (a few labelled cells)")
     else:
         message = f"images look like the training data (score {share:.2f}: {k} of {n} cells novel)"
     return {"score": round(share, 4), "warning": warning, "n": n, "message": message}

@@ -198,8 +198,11 @@ def attach_review_and_sources(model, X, samples, settings: TrainSettings, X_view
     a compact sample of its training cells for ``hiercell adapt``
     (:func:`hiercell.adapt.source_sample`) and a review scorer fit and calibrated on
     the validation split (:func:`hiercell.review.fit_reviewer`; ``X_views`` cover the
-    training split only, so no shifted views: ``tools/refit_review.py`` adds them)."""
+    training split only, so no shifted views: ``tools/refit_review.py`` adds them), and
+    the training cells' mean trunk features for ``hiercell align``
+    (:class:`hiercell.alignment.LabAlignment`)."""
     from .adapt import source_sample
+    from .alignment import LabAlignment
     from .review import fit_reviewer
 
     split = np.array([s.split for s in samples])
@@ -211,6 +214,8 @@ def attach_review_and_sources(model, X, samples, settings: TrainSettings, X_view
         stage.source_sample_ = source_sample(stage, [X, *list(X_views)[:1]], tr,
                                              y[split[idx] == "train"], seed=settings.seed)
     train, val = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
+    if len(train):
+        model.hierarchy.alignment = LabAlignment(LabAlignment.reference(X, train))
     if len(val) and model.stage1 is not None:
         model.hierarchy.reviewer = fit_reviewer(model.hierarchy, X, train, val,
                                                 seed=settings.seed,

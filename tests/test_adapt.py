@@ -109,7 +109,9 @@ def test_adapt_writes_a_loadable_bundle_with_its_record(tiny_bundle, new_lab, tm
     assert info["base_stages"].keys() == info["stages"].keys()
     hier = adapted.hierarchy
     X = adapted.features(rgb_images(sorted(FIXTURES.glob("*/*.jpg"))))
-    own_stages = HierarchicalClassifier(hier.stage1, hier.stage2)
+    # the adapted stages learn the lab's own (unshifted) maps: hiercell.adapt.ALIGN
+    assert not hier.alignment.fitted
+    own_stages = HierarchicalClassifier(hier.stage1, hier.stage2, alignment=hier.alignment)
     answers = {name: [(r.label, r.probability) for r in clf.predict_records(X)]
                for name, clf in (("base", base.hierarchy), ("adapted", own_stages))}
     assert answers["base"] != answers["adapted"]
@@ -183,3 +185,17 @@ def test_adapt_on_unreadable_images_says_so(tiny_bundle, tmp_path):
     assert result.exit_code == 2
     assert "0 readable labelled image(s)" in result.output and "c0.png" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_adapt_with_align_fits_the_shift_on_the_lab_cells(tiny_model, new_lab):
+    from hiercell.adapt import adapt_model, trunk_views
+
+    samples = read_dataset(new_lab)
+    maps, ok, _ = trunk_views(tiny_model, [s.path for s in samples], views=0)
+    assert ok.all()
+    adapted = adapt_model(tiny_model, maps, samples, block5_epochs=0, align=True)
+    alignment = adapted.hierarchy.alignment
+    assert alignment.fitted and alignment.n_cells_ == len(samples)
+    np.testing.assert_allclose(alignment.lab_mean_,
+                               maps[0].astype(np.float64).mean(axis=(0, 1, 2)), rtol=1e-5)
+    assert not tiny_model.hierarchy.alignment.fitted  # the base model is untouched

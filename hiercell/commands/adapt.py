@@ -19,9 +19,10 @@ from .options import echo_err, load_model, model_option, precision_option, seed_
 @model_option
 @click.option("--views", default=4, show_default=True, type=click.IntRange(0, 16),
               help="Augmented views per labelled image.")
-@click.option("--folds", default=5, show_default=True, type=click.IntRange(2, 20),
+@click.option("--folds", default=3, show_default=True, type=click.IntRange(2, 20),
               help="Cross-validation folds for the before/after figures (grouped by the "
-                   "manifest's group column when it has one).")
+                   "manifest's group column when it has one); each fold is one more "
+                   "adaptation, so more folds take longer.")
 @click.option("--block5-epochs", default=BLOCK5_EPOCHS, show_default=True,
               type=click.IntRange(0),
               help="Epochs of fine-tuning block5 and the dense layers on the new lab's cells "

@@ -1,0 +1,153 @@
+"""hiercell align: the lab alignment of trunk features, in the library, bundles and the CLI."""
+
+import copy
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hiercell.alignment import LabAlignment, align_model
+from hiercell.bundle import load, replace_arrays, verify_bundle
+from hiercell.cli import main
+
+from conftest import FIXTURES, rgb_images
+
+
+def _maps(n=30, shift=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.uniform(5.0, 10.0, size=(n, 2, 2, 4)) + shift).astype(np.float32)
+
+
+def test_fit_transform_moves_the_lab_mean_onto_the_reference():
+    ref = LabAlignment.reference(_maps(seed=1))
+    lab = _maps(seed=2, shift=3.0)
+    alignment = LabAlignment(ref).fit(lab)
+    assert alignment.n_cells_ == 30
+    np.testing.assert_allclose(alignment.transform(lab).mean(axis=(0, 1, 2)), ref, rtol=1e-5)
+    # a per-channel constant: differences between cells are kept
+    out = alignment.transform(lab)
+    np.testing.assert_allclose(out[1] - out[0], lab[1] - lab[0], rtol=1e-5, atol=1e-5)
+
+
+def test_transform_clips_at_zero_and_unfitted_is_identity():
+    lab = _maps(shift=20.0)
+    alignment = LabAlignment(np.zeros(4, np.float32))
+    assert alignment.transform(lab) is lab
+    assert alignment.fit(lab).transform(lab).min() == 0.0
+
+
+def test_fit_refuses_too_few_cells_and_wrong_channels():
+    alignment = LabAlignment(np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="too few"):
+        alignment.fit(_maps(n=LabAlignment.MIN_CELLS - 1))
+    with pytest.raises(ValueError, match="shape"):
+        alignment.fit(np.zeros((30, 2, 2, 3), np.float32))
+
+
+def test_reference_by_chunks_equals_the_mean_of_the_rows():
+    maps = _maps(n=50)
+    rows = np.arange(3, 47, 2)
+    np.testing.assert_allclose(LabAlignment.reference(maps, rows, chunk=4),
+                               maps[rows].mean(axis=(0, 1, 2)), rtol=1e-6)
+    with pytest.raises(ValueError):
+        LabAlignment.reference(maps, [])
+
+
+def test_arrays_round_trip_fitted_and_not():
+    ref = np.arange(4, dtype=np.float32)
+    blank = LabAlignment.from_arrays(LabAlignment(ref).to_arrays())
+    assert not blank.fitted
+    fitted = LabAlignment.from_arrays(LabAlignment(ref).fit(_maps()).to_arrays())
+    assert fitted.fitted and fitted.n_cells_ == 30
+    np.testing.assert_array_equal(fitted.reference_mean, ref)
+
+
+def test_trained_bundle_carries_the_reference_unfitted(tiny_model):
+    alignment = tiny_model.hierarchy.alignment
+    assert alignment is not None and not alignment.fitted
+    one = rgb_images([next(FIXTURES.glob("*/*.jpg"))])
+    assert alignment.reference_mean.shape == (tiny_model.features(one).shape[-1],)
+
+
+def test_aligned_model_shifts_the_stages_input_not_the_review(tiny_model):
+    paths = sorted(FIXTURES.glob("*/*.jpg"))
+    X = tiny_model.features(rgb_images(paths))
+    lab = np.concatenate([X] * (LabAlignment.MIN_CELLS // len(X) + 1)) * 1.5 + 0.5
+    aligned = align_model(tiny_model, lab)
+    assert tiny_model.hierarchy.alignment.lab_mean_ is None  # the original is untouched
+    shifted = aligned.hierarchy.alignment.transform(X)
+    assert not np.allclose(shifted, X)
+    np.testing.assert_allclose(aligned.hierarchy.stage_proba(1, X),
+                               tiny_model.stage1.predict_proba(shifted), rtol=1e-6)
+    # the novelty (review score, domain check) reads the features unshifted
+    np.testing.assert_allclose(aligned.hierarchy.review_scores(X)[2],
+                               tiny_model.hierarchy.review_scores(X)[2], rtol=1e-6)
+
+
+def test_align_model_refuses_models_without_reference_or_adapted(tiny_model):
+    bare = copy.copy(tiny_model)
+    bare.hierarchy = copy.copy(tiny_model.hierarchy)
+    bare.hierarchy.alignment = None
+    with pytest.raises(ValueError, match="reference"):
+        align_model(bare, _maps())
+    adapted = copy.copy(tiny_model)
+    adapted.hierarchy = copy.copy(tiny_model.hierarchy)
+    adapted.hierarchy.gate, adapted.hierarchy.base = object(), tiny_model.hierarchy
+    with pytest.raises(ValueError, match="adapted"):
+        align_model(adapted, _maps())
+
+
+def test_align_cli_writes_a_bundle_aligned_to_the_images(tiny_bundle, tiny_data, tmp_path):
+    out = tmp_path / "aligned"
+    result = CliRunner().invoke(main, ["align", str(tiny_data), "--out", str(out),
+                                       "--model", str(tiny_bundle), "--precision", "float32"])
+    assert result.exit_code == 0, result.output
+    verify_bundle(out)
+    model = load(out, precision="float32")
+    n_images = len(list(tiny_data.glob("*.jpg")))
+    assert model.hierarchy.alignment.n_cells_ == n_images
+    assert model.info["alignment"]["n_images"] == n_images
+    assert model.info["alignment"]["data_digest"].startswith("sha256:")
+    base = load(tiny_bundle, precision="float32")
+    np.testing.assert_allclose(model.hierarchy.alignment.reference_mean,
+                               base.hierarchy.alignment.reference_mean)
+    assert (out / "MODEL_CARD.md").is_file()
+
+
+def test_align_cli_needs_enough_images(tiny_bundle, tmp_path):
+    few = tmp_path / "few"
+    few.mkdir()
+    for src in sorted(FIXTURES.glob("*/*.jpg"))[:3]:
+        shutil.copy(src, few / src.name)
+    result = CliRunner().invoke(main, ["align", str(few), "--out", str(tmp_path / "b"),
+                                       "--model", str(tiny_bundle)])
+    assert result.exit_code == 2
+    assert "3 image(s) found" in result.output
+
+
+def test_replace_arrays_adds_a_file_to_the_manifest(tiny_bundle, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_bundle, out)
+    replace_arrays(out, "alignment.npz", LabAlignment(np.ones(512, np.float32)).to_arrays())
+    verify_bundle(out)
+    assert load(out, precision="float32").hierarchy.alignment.reference_mean[0] == 1.0
+
+
+def test_align_cli_skips_unreadable_images_and_names_them(tiny_bundle, tmp_path):
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    for src in sorted(FIXTURES.glob("*/*.jpg"))[:LabAlignment.MIN_CELLS]:
+        shutil.copy(src, lab / src.name)
+    (lab / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "aligned"
+    result = CliRunner().invoke(main, ["align", str(lab), "--out", str(out),
+                                       "--model", str(tiny_bundle), "--precision", "float32"])
+    assert result.exit_code == 0, result.output
+    assert "skipped" in result.output and "broken.png" in result.output
+    assert load(out, precision="float32").hierarchy.alignment.n_cells_ == LabAlignment.MIN_CELLS
+    (lab / sorted(lab.glob("*.jpg"))[0].name).write_bytes(b"")  # now one readable too few
+    again = CliRunner().invoke(main, ["align", str(lab), "--out", str(tmp_path / "again"),
+                                      "--model", str(tiny_bundle), "--precision", "float32"])
+    assert again.exit_code == 1 and "too few" in again.output
+    assert not (tmp_path / "again").exists()
