@@ -17,7 +17,9 @@ For each external labelled set (its labels are used only to score):
 
 On PBC (the training lab): the test split aligned on the validation split, and
 on 50 random test cells (--seeds draws): what aligning a model to its own
-lab costs. Trunk features are cached in --cache.
+lab costs; and 200 test cells of one class aligned on themselves: what a
+folder of one kind of cell does to the shift (why ``align`` wants cells from
+several slides, and why classify never aligns per folder by itself). Trunk features are cached in --cache.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import hiercell
 from hiercell.adapt import trunk_views
 from hiercell.alignment import align_model
 from hiercell.data import read_dataset
+from hiercell.review import domain_shift
 
 
 def accuracy(model, X, y):
@@ -90,6 +93,15 @@ def main():
         small = [accuracy(align_model(model, X_test[np.random.default_rng(s).permutation(
             len(y_test))[:50]]), X_test, y_test) for s in range(a.seeds)]
         print(f"aligned on 50 random test cells: {spread(small)}")
+        print("aligned on 200 test cells of one class (a folder of one kind of cell), "
+              "scored on them: before -> after (domain check on them)")
+        for c in np.unique(y_test):
+            rows = np.random.default_rng(0).permutation(np.flatnonzero(y_test == c))[:200]
+            warned = domain_shift(list(model.hierarchy.review_scores(X_test[rows])[2]))
+            print(f"  {c:12s} {accuracy(model, X_test[rows], y_test[rows]):.3f} -> "
+                  f"{accuracy(align_model(model, X_test[rows]), X_test[rows], y_test[rows]):.3f}"
+                  f"   (domain check: score {warned['score']:.2f}, "
+                  f"{'warns' if warned['warning'] else 'no warning'})")
 
 
 if __name__ == "__main__":

@@ -211,9 +211,9 @@ def adapt_model(model, maps, samples, seed=0, block5_epochs=BLOCK5_EPOCHS, log=N
     raw_view0 = maps[0]
     alignment = model.hierarchy.alignment
     if alignment is not None:  # the adapted stages learn from (and see) the aligned maps
-        alignment = LabAlignment(alignment.reference_mean)
+        alignment = alignment.unfitted()
         if align and len(raw_view0) >= LabAlignment.MIN_CELLS:
-            alignment.fit(raw_view0)
+            alignment.fit(raw_view0)  # overall mean: the labelled cells' mix is not the lab's
             maps = np.stack([alignment.transform(view) for view in maps])
         new.hierarchy.alignment = alignment
     for number, attr in ((1, "stage1"), (2, "stage2")):

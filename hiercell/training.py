@@ -214,8 +214,10 @@ def attach_review_and_sources(model, X, samples, settings: TrainSettings, X_view
         stage.source_sample_ = source_sample(stage, [X, *list(X_views)[:1]], tr,
                                              y[split[idx] == "train"], seed=settings.seed)
     train, val = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
-    if len(train):
-        model.hierarchy.alignment = LabAlignment(LabAlignment.reference(X, train))
+    labelled = [i for i in train if samples[i].main is not None]
+    if labelled:
+        model.hierarchy.alignment = LabAlignment.from_training(
+            X, labelled, [samples[i].main for i in labelled])
     if len(val) and model.stage1 is not None:
         model.hierarchy.reviewer = fit_reviewer(model.hierarchy, X, train, val,
                                                 seed=settings.seed,

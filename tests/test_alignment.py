@@ -14,6 +14,10 @@ from hiercell.cli import main
 from conftest import FIXTURES, rgb_images
 
 
+def ref_shape(model):
+    return model.stage1.feature_shape_
+
+
 def _maps(n=30, shift=0.0, seed=0):
     rng = np.random.default_rng(seed)
     return (rng.uniform(5.0, 10.0, size=(n, 2, 2, 4)) + shift).astype(np.float32)
@@ -28,6 +32,40 @@ def test_fit_transform_moves_the_lab_mean_onto_the_reference():
     # a per-channel constant: differences between cells are kept
     out = alignment.transform(lab)
     np.testing.assert_allclose(out[1] - out[0], lab[1] - lab[0], rtol=1e-5, atol=1e-5)
+
+
+def test_fit_compares_the_lab_at_its_own_class_mix():
+    rng = np.random.default_rng(0)
+    # two classes far apart in every channel; the training lab has both, the new lab's
+    # folder only class "b", moved by a stain shift
+    a = rng.uniform(1.0, 2.0, size=(40, 2, 2, 4)).astype(np.float32)
+    b = a + 20.0
+    trained = LabAlignment.from_training(np.concatenate([a, b]), np.arange(80),
+                                         ["a"] * 40 + ["b"] * 40)
+    np.testing.assert_allclose(trained.class_means[1], LabAlignment.reference(b), rtol=1e-6)
+    lab = b + 3.0
+
+    def all_b(maps):
+        return np.tile([0.0, 1.0], (len(maps), 1))
+
+    fitted = trained.unfitted().fit(lab, all_b)
+    np.testing.assert_allclose(fitted.class_mix_, [0.0, 1.0])
+    np.testing.assert_allclose(fitted.transform(lab), b, atol=1e-4)  # the stain shift undone
+    # without the class mix, the folder would be moved onto the two-class mean
+    plain = trained.unfitted().fit(lab)
+    assert plain.class_mix_ is None
+    np.testing.assert_allclose(plain.transform(lab).mean(axis=(0, 1, 2)),
+                               trained.reference_mean, rtol=1e-5)
+    round_trip = LabAlignment.from_arrays(fitted.to_arrays())
+    np.testing.assert_allclose(round_trip.transform(lab), fitted.transform(lab))
+    assert list(round_trip.classes) == ["a", "b"]
+
+
+def test_class_means_must_match_classes():
+    with pytest.raises(ValueError, match="class_means"):
+        LabAlignment(np.zeros(4), np.zeros((2, 4)), None)
+    with pytest.raises(ValueError, match="class_means"):
+        LabAlignment(np.zeros(4), np.zeros((2, 3)), ["a", "b"])
 
 
 def test_transform_clips_at_zero_and_unfitted_is_identity():
@@ -66,6 +104,8 @@ def test_arrays_round_trip_fitted_and_not():
 def test_trained_bundle_carries_the_reference_unfitted(tiny_model):
     alignment = tiny_model.hierarchy.alignment
     assert alignment is not None and not alignment.fitted
+    assert set(alignment.classes) <= set(tiny_model.stage1.classes_.astype(str))
+    assert alignment.class_means.shape == (len(alignment.classes), len(alignment.reference_mean))
     one = rgb_images([next(FIXTURES.glob("*/*.jpg"))])
     assert alignment.reference_mean.shape == (tiny_model.features(one).shape[-1],)
 
@@ -78,6 +118,8 @@ def test_aligned_model_shifts_the_stages_input_not_the_review(tiny_model):
     assert tiny_model.hierarchy.alignment.lab_mean_ is None  # the original is untouched
     shifted = aligned.hierarchy.alignment.transform(X)
     assert not np.allclose(shifted, X)
+    mix = aligned.hierarchy.alignment.class_mix_  # estimated by stage 1
+    assert mix is not None and abs(float(mix.sum()) - 1.0) < 1e-5
     np.testing.assert_allclose(aligned.hierarchy.stage_proba(1, X),
                                tiny_model.stage1.predict_proba(shifted), rtol=1e-6)
     # the novelty (review score, domain check) reads the features unshifted
@@ -96,6 +138,12 @@ def test_align_model_refuses_models_without_reference_or_adapted(tiny_model):
     adapted.hierarchy.gate, adapted.hierarchy.base = object(), tiny_model.hierarchy
     with pytest.raises(ValueError, match="adapted"):
         align_model(adapted, _maps())
+    strange = copy.copy(tiny_model)
+    strange.hierarchy = copy.copy(tiny_model.hierarchy)
+    ref = tiny_model.hierarchy.alignment
+    strange.hierarchy.alignment = LabAlignment(ref.reference_mean, ref.class_means[:1], ["blast"])
+    with pytest.raises(ValueError, match="blast"):
+        align_model(strange, np.ones((30, *ref_shape(tiny_model)), np.float32))
 
 
 def test_align_cli_writes_a_bundle_aligned_to_the_images(tiny_bundle, tiny_data, tmp_path):

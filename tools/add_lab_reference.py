@@ -1,5 +1,6 @@
-"""Give a bundle the training lab's mean trunk features (``alignment.npz``) that
-``hiercell align`` shifts a new lab's features onto; nothing else changes.
+"""Give a bundle the training lab's mean trunk features, overall and per class
+(``alignment.npz``), that ``hiercell align`` shifts a new lab's features onto;
+nothing else changes.
 
     python tools/add_lab_reference.py --pbc ../shared/data/pbc --cache .cache/features \\
         [--model models/pbc-robust-vgg16-svm] [--cells 3000]
@@ -39,7 +40,8 @@ def main():
                                  progress=True, label="training cells")
     if not res.ok.all():
         raise SystemExit(f"{(~res.ok).sum()} images could not be read: {res.errors}")
-    reference = LabAlignment(LabAlignment.reference(res.features))
+    reference = LabAlignment.from_training(res.features, np.arange(len(pick)),
+                                           [train[i].main for i in np.sort(pick)])
     replace_arrays(a.model, "alignment.npz", reference.to_arrays())
     print(f"{a.model}: alignment.npz written (mean of {len(pick)} training cells)")
 

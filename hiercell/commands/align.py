@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 
 from .options import echo_err, load_model, model_option, precision_option
 
@@ -24,7 +25,8 @@ def align(paths, out, model_path, recursive, precision):
     PATH... are image files and/or folders of one lab's cells (a few hundred,
     from several slides and patients, so that no one class mix dominates). The
     mean of each VGG16 block-4 channel over these cells is shifted onto the
-    training lab's mean before the stages (see hiercell.alignment). Writes a
+    training lab's mean at the same mix of cell types (estimated by the model)
+    before the stages (see hiercell.alignment). Writes a
     bundle for --model / hiercell.load(path); the review score and the domain
     check still see the unshifted features.
     """
@@ -47,20 +49,23 @@ def align(paths, out, model_path, recursive, precision):
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     used = [p for p, good in zip(images, ok) if good]
+    fitted = aligned.hierarchy.alignment
+    mix = ({} if fitted.class_mix_ is None else
+           {c: round(float(v), 4) for c, v in zip(fitted.classes, fitted.class_mix_)})
     record = {"base_model": str(model_path) if model_path else "bundled default model",
               "base_model_name": model.info.get("name"),
               "data": [str(p) for p in paths], "n_images": len(used),
-              "data_digest": "sha256:" + _digest(used)}
+              "data_digest": "sha256:" + _digest(used), "estimated_class_mix": mix,
+              "mean_abs_shift": round(float(np.abs(fitted.target_mean_
+                                                   - fitted.lab_mean_).mean()), 4)}
     try:
         save_bundle(aligned, out, {"alignment": record, "name": Path(out).name},
                     extra_files={"MODEL_CARD.md": _card(record)})
     except BundleError as exc:
         raise click.ClickException(str(exc)) from exc
-    shift = aligned.hierarchy.alignment
     click.echo(json.dumps({"n_images": len(used), "skipped": len(errors),
-                           "mean_shift": round(float(abs(shift.reference_mean
-                                                         - shift.lab_mean_).mean()), 4)},
-                          indent=2))
+                           "mean_abs_shift": record["mean_abs_shift"],
+                           "estimated_class_mix": mix}, indent=2))
     echo_err(f"aligned bundle written to {out} ({time.time() - t0:.0f} s); use it with "
              f"hiercell classify --model {out}")
 
@@ -81,6 +86,8 @@ def _card(record: dict) -> str:
 **{record['base_model']}** aligned by `hiercell align` to a new lab's images:
 {record['n_images']} unlabelled cells ({record['data_digest']}). The mean of each
 VGG16 block-4 channel over these cells is shifted onto the training lab's mean
+at the same mix of cell types (estimated by the model itself:
+{', '.join(f'{c} {v:.0%}' for c, v in record['estimated_class_mix'].items()) or 'not estimated'})
 before the stages; nothing was retrained (see `hiercell/alignment.py`).
 
 Measured on two other labs' sets with the bundled model
