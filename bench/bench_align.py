@@ -18,8 +18,10 @@ For each external labelled set (its labels are used only to score):
 On PBC (the training lab): the test split aligned on the validation split, and
 on 50 random test cells (--seeds draws): what aligning a model to its own
 lab costs; and 200 test cells of one class aligned on themselves: what a
-folder of one kind of cell does to the shift (why ``align`` wants cells from
-several slides, and why classify never aligns per folder by itself). Trunk features are cached in --cache.
+folder of one kind of cell does to the shift (the class mix the alignment
+estimates is what keeps it small), with the domain check on those cells
+(which decides whether classify aligns a folder by itself).
+Trunk features are cached in --cache.
 """
 
 from __future__ import annotations

@@ -168,10 +168,11 @@ def _finetune_on_target(stage, maps, y_idx, epochs, lr, seed):
     stage.head_.set_weights([w.astype(np.float32) for w in head.get_weights()])
 
 
-def trunk_views(model, paths, views=4, progress=None, cache_dir=None):
+def trunk_views(model, paths, views=4, progress=None, cache_dir=None,
+                label="adaptation images"):
     """Trunk maps of ``paths`` as ``model`` sees them (view 0) and of ``views`` augmented
     views: ``(maps (1 + views, n_ok, h, w, 512), ok mask, errors)``; cached in
-    ``cache_dir`` when given."""
+    ``cache_dir`` when given; ``label`` names view 0 in the progress bar."""
     from .features import FeatureCache, TrunkConfig, extract_trunk_features
 
     config = model.trunk_config()
@@ -181,7 +182,7 @@ def trunk_views(model, paths, views=4, progress=None, cache_dir=None):
                           config.preprocess, view)
         cache = FeatureCache(cache_dir, cfg) if cache_dir else None
         res = extract_trunk_features(paths, model.trunk, cfg, cache, progress=progress,
-                                     label="adaptation images" if view == 0 else
+                                     label=label if view == 0 else
                                      f"augmented view {view}/{views}")
         if ok is None:
             ok, errors = res.ok, res.errors
@@ -208,9 +209,10 @@ def adapt_model(model, maps, samples, seed=0, block5_epochs=BLOCK5_EPOCHS, log=N
     new = copy.copy(model)
     new.hierarchy = copy.copy(model.hierarchy)
     new.info = copy.deepcopy(model.info)
+    new.info.pop("alignment", None)  # an aligned base's shift is not kept (below)
     raw_view0 = maps[0]
     alignment = model.hierarchy.alignment
-    if alignment is not None:  # the adapted stages learn from (and see) the aligned maps
+    if alignment is not None:  # with ``align``, the adapted stages learn the shifted maps
         alignment = alignment.unfitted()
         if align and len(raw_view0) >= LabAlignment.MIN_CELLS:
             alignment.fit(raw_view0)  # overall mean: the labelled cells' mix is not the lab's

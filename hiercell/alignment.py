@@ -6,8 +6,7 @@ by a constant undoes much of that move without a label (a domain-level mean
 alignment, as AdaBN does for batch-norm networks). The constant is the
 difference between the lab's mean and what the training lab's mean would be
 *with the same mix of cell types*: the mix is estimated from the model's own
-stage-1 probabilities on the shifted cells, a few rounds (an EM-style label
-shift estimate). Without that correction a folder of training-lab monocytes
+stage-1 probabilities on the shifted cells, averaged, a few rounds). Without that correction a folder of training-lab monocytes
 alone was shifted onto the all-class mean and lost 12 points; with it, 1.
 
 Measured with the bundled model (``bench/bench_align.py``): stage-1 accuracy
@@ -144,7 +143,9 @@ class LabAlignment:
                   arrays["classes"] if "classes" in arrays else None)
         if "lab_mean" in arrays:
             new.lab_mean_ = np.asarray(arrays["lab_mean"], dtype=np.float32)
-            new.target_mean_ = np.asarray(arrays["target_mean"], dtype=np.float32)
+            new.target_mean_ = np.asarray(  # bundles of the first, plain-mean version
+                arrays["target_mean"] if "target_mean" in arrays else new.reference_mean,
+                dtype=np.float32)
             new.class_mix_ = (np.asarray(arrays["class_mix"], np.float32)
                               if "class_mix" in arrays else None)
             new.n_cells_ = int(arrays["n_cells"])
@@ -183,3 +184,54 @@ def align_model(model, maps):
     new.hierarchy.alignment = alignment.unfitted().fit(maps, proba)
     new.info = copy.deepcopy(model.info)
     return new
+
+
+#: Automatic alignment of a folder (classify, evaluate): at least this many readable
+#: cells, of which at most AUTO_SAMPLE (a fixed draw) are checked and aligned on.
+AUTO_MIN_CELLS = 50
+AUTO_SAMPLE = 200
+
+
+def can_align(model) -> bool:
+    """Whether ``model`` has a training-lab reference, is not aligned yet, and is not adapted."""
+    hierarchy = getattr(model, "hierarchy", None)
+    alignment = getattr(hierarchy, "alignment", None)
+    return (alignment is not None and not alignment.fitted
+            and not getattr(hierarchy, "adapted", False) and hierarchy.reviewer is not None)
+
+
+def auto_sample(paths, n=AUTO_SAMPLE) -> list:
+    """A fixed draw of at most ``n`` of ``paths`` (the same for the same set of paths, in
+    any order: every share of a sharded run picks the same cells)."""
+    keys = sorted(str(p) for p in paths)
+    pick = np.sort(np.random.default_rng(0).permutation(len(keys))[:n])
+    return [keys[i] for i in pick]
+
+
+def auto_align(model, maps):
+    """``(model, record)``: ``model`` aligned on ``maps`` (a folder's cells) when the
+    folder domain check warns on them, else ``model`` itself; ``record`` (JSON-ready)
+    says what was done and why."""
+    from .review import domain_shift
+
+    record = {"applied": False, "n_cells": int(len(maps))}
+    if not can_align(model):
+        return model, {**record, "message": "not aligned: the model has no training-lab "
+                                            "reference or is already aligned or adapted"}
+    if len(maps) < AUTO_MIN_CELLS:
+        return model, {**record, "message": f"not aligned: fewer than {AUTO_MIN_CELLS} "
+                                            "readable images"}
+    check = domain_shift(list(model.hierarchy.review_scores(maps)[2]))
+    record["domain_score"] = check["score"]
+    if not check["warning"]:
+        return model, {**record, "message": "not aligned: the images look like the "
+                                            "training data"}
+    aligned = align_model(model, maps)
+    fitted = aligned.hierarchy.alignment
+    mix = ({} if fitted.class_mix_ is None else
+           {c: round(float(v), 4) for c, v in zip(fitted.classes, fitted.class_mix_)})
+    return aligned, {**record, "applied": True, "estimated_class_mix": mix,
+                     "message": f"aligned the model to these images without labels ({len(maps)} "
+                                "of them; see `hiercell align`); accuracy stays below the "
+                                "training lab's: label a few dozen cells and run "
+                                "`hiercell adapt`"}

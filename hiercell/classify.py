@@ -161,12 +161,26 @@ def load_and_prepare(model, masked=None):
     return load
 
 
+def _auto_align(model, images, progress):
+    """:func:`hiercell.alignment.auto_align` on a fixed draw of ``images``: ``(model,
+    record)``."""
+    from .alignment import AUTO_MIN_CELLS, auto_align, auto_sample, can_align
+    from .features import extract_trunk_features
+
+    if not can_align(model) or len(images) < AUTO_MIN_CELLS:
+        return auto_align(model, [])
+    res = extract_trunk_features(auto_sample(images), model.trunk, model.trunk_config(),
+                                 progress=True if progress is True else None,
+                                 label="checking the images against the training lab")
+    return auto_align(model, res.features[res.ok].astype(np.float32))
+
+
 def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool | None = None,
                     top_k: int = 3, recursive: bool = False, batch_size: int = 32,
                     resume: bool = False, summary_path=None, report_path=None,
                     progress=True, workers: int | None = None,
                     report_gradcam: bool = True, precision: str = "auto",
-                    shard=None) -> ClassifyResult:
+                    shard=None, auto_align: bool = True) -> ClassifyResult:
     """Classify every image under ``paths`` (files and folders, mixed).
 
     Parameters
@@ -204,6 +218,12 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
         ``"K/N"``: classify only share K of N of the images (see :mod:`hiercell.shard`;
         the shares of N runs are disjoint and cover every image, and ``hiercell merge``
         combines their results). Every record and the summary record it.
+    auto_align : bool
+        When the images look unlike the training data (the folder domain check on a
+        fixed draw of up to 200 of them, at least 50 readable), align the model to
+        them first (:func:`hiercell.alignment.auto_align`; no labels, one extra trunk
+        pass over the draw; every share of a sharded run draws the same images). The
+        summary's ``alignment`` says what was done; ``None`` when not asked.
 
     The summary gets ``precision`` (the trunk precision(s) of the classified rows)
     and ``shard``, and every record its ``precision`` and ``shard``.
@@ -243,6 +263,7 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
         raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
     listing_errors = []
     images = list_images(paths, recursive=recursive, errors=listing_errors)
+    listed = images  # all shares of a sharded run align on the same draw
     if not images and not listing_errors:
         raise NoImagesError(f"no image files found in {', '.join(display(p) for p in paths)}"
                             + ("" if recursive else " (use recursive=True / --recursive "
@@ -288,6 +309,9 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
         model = None
     if model is not None:
         check_masking(model, masked)
+    alignment = None
+    if auto_align and model is not None and todo:
+        model, alignment = _auto_align(model, listed, progress)
 
     report = None
     if report_path is not None:
@@ -333,6 +357,7 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
     summary = summarize(records)
     summary["precision"] = ",".join(sorted({r.precision for r in records if r.precision})) or None
     summary["shard"] = None if shard is None else str(shard)
+    summary["alignment"] = alignment
     if sink is not None:
         sink.commit(records, summary)
     if summary_path is not None:

@@ -70,8 +70,8 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         Picks, per cell, the adapted stages or ``base`` (:mod:`hiercell.domain`).
     alignment : LabAlignment or None
         Shifts the trunk features of a new lab's cells before this model's own stages
-        (:mod:`hiercell.alignment`; the identity until fitted to a lab); ``base`` and
-        the review score and domain check see them unshifted.
+        (:mod:`hiercell.alignment`; the identity until fitted to a lab); ``base``, the
+        domain gate and the novelty of the review score see them unshifted.
     """
 
     def __init__(self, stage1=None, stage2=None, reviewer=None, base=None, gate=None,

@@ -185,7 +185,8 @@ class ImageClassifier:
         head's top class), on the grid of the RGB uint8 image ``rgb``.
 
         ``features``: the image's trunk features when already computed (they must come
-        from the same masking); otherwise they are computed with ``masked``.
+        from the same masking, unshifted as :meth:`features` gives them: an aligned
+        model shifts them here); otherwise they are computed with ``masked``.
         """
         if features is None:
             check_rgb_image(rgb)

@@ -434,7 +434,7 @@ def fit_reviewer(hierarchy, X, reference_rows, val_rows, max_reference=4000, see
     pick = np.sort(rng.permutation(len(reference_rows))[:max_reference])
     reference = trunk_descriptor(X[reference_rows[pick]])
     X_val = X[val_rows]
-    p1 = hierarchy.stage1.predict_proba(X_val)
+    p1 = hierarchy.stage_proba(1, X_val)
     if labels is None:
         return ReviewScorer().fit(reference, trunk_descriptor(X_val), p1.max(1))
     labels = np.array(["" if c is None else str(c) for c in labels])

@@ -288,8 +288,9 @@ def headline(metrics: dict) -> dict:
                 "n": v["n"]} for k, v in metrics.items()}
 
 
-def save_metrics(metrics: dict, out_dir, prefix="") -> Path:
-    """Write ``metrics.json`` and one confusion-matrix PNG per evaluation into ``out_dir``."""
+def save_metrics(metrics: dict, out_dir, prefix="", extra: dict | None = None) -> Path:
+    """Write ``metrics.json`` and one confusion-matrix PNG per evaluation into ``out_dir``;
+    ``extra``: more top-level keys of ``metrics.json`` (e.g. ``alignment``)."""
     from .atomic import atomic_write_text
     from .metrics import confusion_matrix_png
 
@@ -300,6 +301,7 @@ def save_metrics(metrics: dict, out_dir, prefix="") -> Path:
                              title=f"{name}: accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}")
     slim = {k: {kk: vv for kk, vv in v.items() if kk not in ("y_true", "y_pred", "paths")}
             for k, v in metrics.items()}
+    slim.update(extra or {})
     path = out_dir / f"{prefix}metrics.json"
     atomic_write_text(path, json_text(slim, indent=2))
     return path

@@ -155,7 +155,9 @@ def test_evaluate_on_an_external_set_scores_stage_1_only(tiny_bundle, new_lab, t
     assert result.exit_code == 0, result.output
     figures = json.loads(result.stdout[result.stdout.index("{"):])
     assert figures["split"] == "all"
-    assert set(figures) == {"split", "stage1"}
+    assert set(figures) == {"split", "stage1", "aligned"}
+    record = json.loads((tmp_path / "ev" / "metrics.json").read_text())["alignment"]
+    assert record["applied"] == figures["aligned"] and record["n_cells"] == len(read_dataset(new_lab))
     assert figures["stage1"]["n"] == len(read_dataset(new_lab))
 
 

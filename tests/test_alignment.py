@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import hiercell.alignment as auto
 from hiercell.alignment import LabAlignment, align_model
 from hiercell.bundle import load, replace_arrays, verify_bundle
 from hiercell.cli import main
@@ -199,3 +200,93 @@ def test_align_cli_skips_unreadable_images_and_names_them(tiny_bundle, tmp_path)
                                       "--model", str(tiny_bundle), "--precision", "float32"])
     assert again.exit_code == 1 and "too few" in again.output
     assert not (tmp_path / "again").exists()
+
+
+@pytest.mark.parametrize("case", ["base", "inside input", "not a bundle", "int8"])
+def test_align_cli_refuses_a_bad_out_or_precision_before_any_work(tiny_bundle, tiny_data,
+                                                                  tmp_path, case):
+    out = {"base": tiny_bundle, "inside input": tiny_data / "model",
+           "not a bundle": tmp_path, "int8": tmp_path / "new"}[case]
+    extra = ["--precision", "int8"] if case == "int8" else []
+    before = sorted(p.name for p in tiny_bundle.iterdir())
+    result = CliRunner().invoke(main, ["align", str(tiny_data), "--out", str(out),
+                                       "--model", str(tiny_bundle), *extra])
+    assert result.exit_code == 2, result.output
+    assert {"base": "base model itself", "inside input": "overlaps the input",
+            "not a bundle": "not a model bundle", "int8": "int8"}[case] in result.output
+    assert sorted(p.name for p in tiny_bundle.iterdir()) == before
+    assert not (tiny_data / "model").exists()
+
+
+def test_align_cli_hints_at_recursive(tiny_bundle, tmp_path):
+    (tmp_path / "lab" / "sub").mkdir(parents=True)
+    for src in sorted(FIXTURES.glob("*/*.jpg"))[:LabAlignment.MIN_CELLS]:
+        shutil.copy(src, tmp_path / "lab" / "sub" / src.name)
+    result = CliRunner().invoke(main, ["align", str(tmp_path / "lab"), "--out",
+                                       str(tmp_path / "b"), "--model", str(tiny_bundle)])
+    assert result.exit_code == 2 and "--recursive" in result.output
+
+
+def test_alignment_arrays_of_the_first_plain_mean_version_still_load():
+    ref = np.arange(4, dtype=np.float32)
+    old = {"reference_mean": ref, "lab_mean": ref + 1, "n_cells": np.array(30)}
+    loaded = LabAlignment.from_arrays(old)
+    np.testing.assert_allclose(loaded.transform(np.full((1, 1, 1, 4), 5.0, np.float32))[0, 0, 0],
+                               [4.0, 4.0, 4.0, 4.0])
+
+
+def _warns(flag):
+    def domain_shift(novelty, *args, **kwargs):
+        return {"score": 1.0 if flag else 0.0, "warning": flag, "n": len(novelty),
+                "message": "patched"}
+    return domain_shift
+
+
+@pytest.fixture(scope="module")
+def lab_maps(tiny_model, tiny_data):
+    paths = sorted(tiny_data.glob("*.jpg"))
+    assert len(paths) >= auto.AUTO_MIN_CELLS
+    return tiny_model.features(rgb_images(paths))
+
+
+def test_auto_align_only_when_the_domain_check_warns(tiny_model, lab_maps, monkeypatch):
+    import hiercell.review
+
+    monkeypatch.setattr(hiercell.review, "domain_shift", _warns(False))
+    same, record = auto.auto_align(tiny_model, lab_maps)
+    assert same is tiny_model and not record["applied"] and "look like" in record["message"]
+    monkeypatch.setattr(hiercell.review, "domain_shift", _warns(True))
+    aligned, record = auto.auto_align(tiny_model, lab_maps)
+    assert record["applied"] and record["n_cells"] == len(lab_maps)
+    assert aligned.hierarchy.alignment.fitted and not tiny_model.hierarchy.alignment.fitted
+    assert abs(sum(record["estimated_class_mix"].values()) - 1.0) < 1e-3
+    few, record = auto.auto_align(tiny_model, lab_maps[:auto.AUTO_MIN_CELLS - 1])
+    assert few is tiny_model and "fewer than" in record["message"]
+    again, record = auto.auto_align(aligned, lab_maps)  # an aligned model is left alone
+    assert again is aligned and not record["applied"]
+
+
+def test_auto_sample_is_a_fixed_draw_whatever_the_order():
+    paths = [f"/lab/cell{i:03d}.png" for i in range(300)]
+    drawn = auto.auto_sample(paths)
+    assert len(drawn) == auto.AUTO_SAMPLE and len(set(drawn)) == auto.AUTO_SAMPLE
+    assert auto.auto_sample(paths[::-1]) == drawn
+    assert auto.auto_sample(paths[:10]) == sorted(paths[:10])
+
+
+def test_classify_folder_auto_aligns_every_share_alike(tiny_bundle, tiny_data, tmp_path,
+                                                       monkeypatch):
+    import hiercell.review
+    from hiercell.classify import classify_folder
+
+    monkeypatch.setattr(hiercell.review, "domain_shift", _warns(True))
+    n_images = len(list(tiny_data.glob("*.jpg")))
+    shares = [classify_folder(tiny_data, model=tiny_bundle, out=tmp_path / f"s{k}.csv",
+                              shard=f"{k}/2", progress=False, precision="float32")
+              for k in (1, 2)]
+    records = [s.summary["alignment"] for s in shares]
+    assert all(r["applied"] and r["n_cells"] == min(n_images, auto.AUTO_SAMPLE) for r in records)
+    assert records[0]["estimated_class_mix"] == records[1]["estimated_class_mix"]
+    off = classify_folder(tiny_data, model=tiny_bundle, out=tmp_path / "off.csv",
+                          progress=False, precision="float32", auto_align=False)
+    assert off.summary["alignment"] is None

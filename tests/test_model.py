@@ -204,9 +204,10 @@ def test_evaluate_command_writes_metrics(tiny_bundle, tiny_data, tmp_path):
                                        "3", "--cache", str(tmp_path / "cache")])
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"stage1", "stage2", "end_to_end"}
-    for m in metrics.values():
-        assert {"accuracy", "macro_f1", "per_class"} <= set(m)
+    assert set(metrics) == {"stage1", "stage2", "end_to_end", "alignment"}
+    for name in ("stage1", "stage2", "end_to_end"):
+        assert {"accuracy", "macro_f1", "per_class"} <= set(metrics[name])
+    assert metrics["alignment"]["n_cells"] == min(200, len(list(tiny_data.glob("*.jpg"))))
     assert (out / "confusion_end_to_end.png").is_file()
 
 

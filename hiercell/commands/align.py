@@ -27,8 +27,9 @@ def align(paths, out, model_path, recursive, precision):
     mean of each VGG16 block-4 channel over these cells is shifted onto the
     training lab's mean at the same mix of cell types (estimated by the model)
     before the stages (see hiercell.alignment). Writes a
-    bundle for --model / hiercell.load(path); the review score and the domain
-    check still see the unshifted features.
+    bundle for --model / hiercell.load(path); the novelty of the review score and
+    the domain check still see the unshifted features. --out must be a new folder
+    (or an earlier bundle), not the base model nor inside an input.
     """
     from ..adapt import trunk_views
     from ..alignment import LabAlignment, align_model
@@ -36,12 +37,21 @@ def align(paths, out, model_path, recursive, precision):
     from ..io import list_images
 
     t0 = time.time()
-    images = list_images(paths, recursive=recursive)
+    if precision == "int8":
+        raise click.UsageError("--precision int8 cannot write a bundle (its trunk is the "
+                               "OpenVINO int8 copy); align with auto or bfloat16 and use int8 "
+                               "at classify time")
+    _check_out(Path(out), model_path, paths)
+    listing_errors = []
+    images = list_images(paths, recursive=recursive, errors=listing_errors)
+    for path, reason in listing_errors:
+        echo_err(f"skipped {path}: {reason}")
     if len(images) < LabAlignment.MIN_CELLS:
-        raise click.UsageError(f"{len(images)} image(s) found; aligning to a lab needs at "
-                               f"least {LabAlignment.MIN_CELLS} (a few hundred is better)")
+        hint = "" if recursive else " (use --recursive to search sub-folders)"
+        raise click.UsageError(f"{len(images)} image(s) found{hint}; aligning to a lab needs "
+                               f"at least {LabAlignment.MIN_CELLS} (a few hundred is better)")
     model = load_model(model_path, precision)
-    maps, ok, errors = trunk_views(model, images, views=0, progress=True)
+    maps, ok, errors = trunk_views(model, images, views=0, progress=True, label="lab images")
     for path, reason in errors.items():
         echo_err(f"skipped {path}: {reason}")
     try:
@@ -68,6 +78,26 @@ def align(paths, out, model_path, recursive, precision):
                            "estimated_class_mix": mix}, indent=2))
     echo_err(f"aligned bundle written to {out} ({time.time() - t0:.0f} s); use it with "
              f"hiercell classify --model {out}")
+
+
+def _check_out(out: Path, model_path, paths):
+    """Refuse, before any work, an --out that would overwrite the base bundle, an input,
+    or a folder that is not a bundle."""
+    from ..bundle import MANIFEST, default_bundle_path
+
+    target = out.resolve()
+    base = Path(model_path).resolve() if model_path else default_bundle_path().resolve()
+    if target == base:
+        raise click.UsageError(f"--out {out} is the base model itself; write the aligned "
+                               "bundle to a new folder")
+    for p in paths:
+        p = Path(p).resolve()
+        if target == p or p in target.parents or target in p.parents:
+            raise click.UsageError(f"--out {out} overlaps the input {p}; write the aligned "
+                                   "bundle elsewhere")
+    if out.exists() and not (out / MANIFEST).is_file():
+        raise click.UsageError(f"--out {out} exists and is not a model bundle; refusing to "
+                               "overwrite it")
 
 
 def _digest(paths) -> str:

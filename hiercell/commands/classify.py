@@ -46,8 +46,11 @@ _MAX_LISTED_ERRORS = 10
               help="Classify only share K of N (1 <= K <= N) of the images: a deterministic "
                    "split by each image's path relative to the given folder, so N jobs (e.g. "
                    "a SLURM job array) cover every image once; combine with 'hiercell merge'.")
+@click.option("--auto-align/--no-auto-align", default=True, show_default=True,
+              help="When the images look unlike the training data (at least 50 of them), "
+                   "align the model to them first, without labels (see 'hiercell align').")
 def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, report_path,
-             gradcam, summary_path, resume, precision, shard):
+             gradcam, summary_path, resume, precision, shard, auto_align):
     """Classify the cell images in PATH... (image files and/or folders).
 
     Writes one row per image (label, probability, main class, subclass,
@@ -85,7 +88,7 @@ def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, 
             list(paths), model=model_path, out=out, fmt=fmt, masked=masked, top_k=top_k,
             recursive=recursive, batch_size=batch_size, resume=resume,
             summary_path=summary_path, report_path=report_path, progress=True,
-            report_gradcam=gradcam, precision=precision, shard=shard)
+            report_gradcam=gradcam, precision=precision, shard=shard, auto_align=auto_align)
     except (NoImagesError, ResumeError, OutputPathError, MaskingError) as exc:
         raise click.UsageError(str(exc)) from None
     except ModelLoadError as exc:
@@ -111,6 +114,9 @@ def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, 
     shift = result.summary.get("domain_shift") or {}
     if shift.get("warning"):
         _echo_err(f"warning: {shift['message']}")
+    alignment = result.summary.get("alignment") or {}
+    if alignment.get("applied"):
+        _echo_err(alignment["message"])
     done = f"{result.n_ok} classified, {result.n_error} errors"
     if result.summary.get("precision"):
         done += f", trunk precision {result.summary['precision']}"

@@ -6,6 +6,7 @@ import json
 import sys
 
 import click
+import numpy as np
 
 from .options import (cache_dir, cache_option, echo_err, load_model, load_samples,
                       model_option, others_option, precision_option, seed_option)
@@ -26,7 +27,11 @@ from .options import (cache_dir, cache_option, echo_err, load_model, load_sample
 @seed_option
 @cache_option
 @precision_option
-def evaluate(data, model_path, split_csv, subset, out, others_per_class, seed, cache, precision):
+@click.option("--auto-align/--no-auto-align", default=True, show_default=True,
+              help="As hiercell classify: when the images look unlike the training data, "
+                   "align the model to them first (no labels used).")
+def evaluate(data, model_path, split_csv, subset, out, others_per_class, seed, cache, precision,
+             auto_align):
     """Evaluate a bundle on DATA: stage 1, stage 2 and end to end.
 
     DATA is any layout hiercell reads (PBC-style folder, class-per-folder tree,
@@ -59,8 +64,18 @@ def evaluate(data, model_path, split_csv, subset, out, others_per_class, seed, c
     for path, reason in res.errors.items():
         echo_err(f"skipped {path}: {reason}")
     samples = [s for s, ok in zip(samples, res.ok) if ok]
+    alignment = None
+    if auto_align:  # the same fixed draw as classify's, from the images read
+        from ..alignment import auto_align as align_to, auto_sample
+
+        row = {str(s.path): i for i, s in enumerate(samples)}
+        drawn = [row[p] for p in auto_sample(list(row))]
+        model, alignment = align_to(model, res.features[drawn].astype(np.float32))
+        if alignment["applied"]:
+            echo_err(alignment["message"])
     metrics = evaluate_hierarchy(model, res.features, samples, others_per_class, seed)
-    path = save_metrics(metrics, out)
-    click.echo(json.dumps({"split": subset, **headline(metrics)}, indent=2))
+    path = save_metrics(metrics, out, extra={"alignment": alignment})
+    click.echo(json.dumps({"split": subset, **headline(metrics),
+                           "aligned": bool(alignment and alignment["applied"])}, indent=2))
     echo_err(f"written: {path}")
     sys.exit(3 if res.errors else 0)
