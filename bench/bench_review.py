@@ -13,7 +13,8 @@ Prints, for the bundle (default: the bundled model):
    50-image subsets (how often it fires);
 2. each external labelled set: stage-1 accuracy, share flagged, AUROC wrong
    against right, mean top probability on right and wrong answers, the
-   domain check;
+   domain check; the same again with the model aligned to the set's own
+   images as ``hiercell classify`` does by itself (:func:`hiercell.alignment.auto_align`);
 3. unknown classes, simulated by holding one class out (protocol): a review
    scorer is fit as the bundle's is (:func:`hiercell.review.fit_reviewer`, the
    kind the bundle holds: learned or legacy) on ``--reference`` random training
@@ -36,6 +37,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 import hiercell
+from hiercell.alignment import auto_align, auto_sample
 from hiercell.data import read_dataset
 from hiercell.features import FeatureCache, extract_trunk_features
 from hiercell.review import domain_shift
@@ -135,6 +137,8 @@ def main():
     ap.add_argument("--views", type=int, default=3,
                     help="shifted views of the validation cells for the held-out refit "
                          "(learned scorers; as tools/refit_review.py)")
+    ap.add_argument("--skip-held-out", action="store_true",
+                    help="only the PBC test split and the external sets")
     a = ap.parse_args()
     model = hiercell.load(a.model, precision="auto")
     if model.hierarchy.reviewer is None:
@@ -152,6 +156,13 @@ def main():
         samples = [s for s in read_dataset(ext) if s.main is not None]
         X, samples = features(model, samples, a.cache)
         describe(ext, model, X, samples)
+        row = {str(smp.path): i for i, smp in enumerate(samples)}
+        aligned, record = auto_align(model, X[[row[p] for p in auto_sample(list(row))]]
+                                     .astype(np.float32))
+        if record["applied"]:
+            describe(f"{ext}, aligned to its own images as classify does", aligned, X, samples)
+    if a.skip_held_out:
+        return
     print("\n== held-out class (protocol in the module doc)")
     everything = [s for s in read_dataset(a.pbc) if s.main is not None]
     ref = [s for s in everything if s.split == "train"]
