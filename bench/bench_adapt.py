@@ -16,6 +16,12 @@ seconds one adaptation took, and the share of PBC test cells and of the set's
 other cells that the adapted bundle's domain gate sends to its adapted
 stages, and in how many draws the folder domain check still warns on the
 set's other cells after adapting, and the share of them flagged for review.
+As ``hiercell adapt`` does, each draw is also cross-validated (``--folds``,
+each fold one more adaptation) to give the review flag a threshold of the
+lab's own (:func:`hiercell.adapt.calibrate_review`); the flag is then scored
+on the set's other cells: share flagged, accuracy of the unflagged cells,
+AUROC of ``review_score`` for wrong against right answers (``--folds 0``
+skips this and keeps the base's threshold).
 Trunk features are cached in --cache.
 """
 
@@ -27,7 +33,10 @@ import time
 import numpy as np
 
 import hiercell
-from hiercell.adapt import BLOCK5_EPOCHS, adapt_model, trunk_views
+from sklearn.metrics import roc_auc_score
+
+from hiercell.adapt import (BLOCK5_EPOCHS, adapt_model, calibrate_review, cross_val_predict,
+                            trunk_views)
 from hiercell.data import read_dataset
 from hiercell.features import FeatureCache, extract_trunk_features
 from hiercell.review import domain_shift
@@ -54,6 +63,8 @@ def main():
     ap.add_argument("--block5-epochs", type=int, default=BLOCK5_EPOCHS)
     ap.add_argument("--align", action="store_true",
                     help="adapt on lab-aligned trunk maps (hiercell.alignment; not the default)")
+    ap.add_argument("--folds", type=int, default=3,
+                    help="cross-validation folds per draw for the review threshold (0: none)")
     ap.add_argument("--cache", default=None)
     a = ap.parse_args()
     model = hiercell.load(a.model, precision="auto")
@@ -75,7 +86,8 @@ def main():
         base = np.array([r.main_class for r in model.hierarchy.predict_records(maps[0])])
         print(f"\n== {ext}: n={len(samples)}, base stage-1 accuracy {np.mean(base == truth):.4f}")
         print(f"{'per class':>9s} {'n adapt':>7s} {'before':>16s} {'after':>22s} {'PBC test after':>24s} "
-              f"{'s':>5s} {'gate: PBC->adapted':>18s} {'rest->adapted':>13s} {'warned':>6s} {'flagged':>7s}")
+              f"{'s':>5s} {'gate: PBC->adapted':>18s} {'rest->adapted':>13s} {'warned':>6s} {'flagged':>7s} "
+              f"{'acc unflagged':>13s} {'AUROC':>6s}")
         for n in [int(v) for v in a.per_class.split(",")]:
             rows = []
             for seed in range(a.seeds):
@@ -86,22 +98,33 @@ def main():
                 adapted = adapt_model(model, maps[:, train], [samples[i] for i in train], seed=seed,
                                       block5_epochs=a.block5_epochs, align=a.align)
                 sec = time.time() - t0
+                if a.folds:
+                    picked = [samples[i] for i in train]
+                    oof = cross_val_predict(model, maps[:, train], picked, k=a.folds, seed=seed,
+                                            block5_epochs=a.block5_epochs)
+                    calibrate_review(adapted, picked, oof)
                 recs = adapted.hierarchy.predict_records(maps[0, rest])
                 after = np.array([r.main_class for r in recs])
                 warned = domain_shift([r.novelty for r in recs])["warning"]
-                flagged = np.mean([r.review for r in recs])
+                review = np.array([r.review for r in recs])
+                wrong = after != truth[rest]
+                unflagged = np.mean(~wrong[~review]) if (~review).any() else float("nan")
+                auroc = (roc_auc_score(wrong, [r.review_score for r in recs])
+                         if 0 < wrong.sum() < len(wrong) else float("nan"))
                 pbc = (np.mean(adapted.hierarchy.predict_stage(1, X_pbc) == y_pbc)
                        if X_pbc is not None else float("nan"))
                 gated = (np.mean(adapted.hierarchy.adapted_rows(X_pbc)) if X_pbc is not None
                          else float("nan"))
                 rows.append((np.mean(base[rest] == truth[rest]), np.mean(after == truth[rest]), pbc,
                              sec, len(train), gated,
-                             np.mean(adapted.hierarchy.adapted_rows(maps[0, rest])), warned, flagged))
+                             np.mean(adapted.hierarchy.adapted_rows(maps[0, rest])), warned,
+                             review.mean(), unflagged, auroc))
             r = np.array(rows)
             f = lambda col: f"{r[:, col].mean():.3f} [{r[:, col].min():.3f}-{r[:, col].max():.3f}]"
             print(f"{n:9d} {int(r[:, 4].mean()):7d} {f(0):>16s} {f(1):>22s} {f(2):>24s} "
                   f"{r[:, 3].mean():5.0f} {r[:, 5].mean():18.4f} {r[:, 6].mean():13.4f} "
-                  f"{int(r[:, 7].sum())}/{len(r)} {r[:, 8].mean():7.3f}")
+                  f"{int(r[:, 7].sum())}/{len(r)} {r[:, 8].mean():7.3f} {r[:, 9].mean():13.3f} "
+                  f"{r[:, 10].mean():6.3f}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ copy of the training data:
 3. the SVM is refit on the new Dense(1024) embeddings of both (the bundle's
    ``C``; new cells weighted like the whole source sample);
 4. the review scorer takes the new cells into its reference, so the lab's
-   normal cells are no longer "novel";
+   normal cells are no longer "novel"; :func:`calibrate_review` then gives its
+   flag a threshold of the lab's own from :func:`cross_val_predict`'s held-out
+   answers (``hiercell adapt`` does both);
 5. a domain gate (:class:`hiercell.domain.DomainGate`, fit on the trunk
    descriptors of the base's reference cells against the new lab's) sends each
    cell to the adapted stages or to the base model, which the adapted bundle
@@ -261,16 +263,27 @@ def _folds(samples, k, seed):
     return fold, "stratified"
 
 
-def cross_validate(model, maps, samples, k=3, seed=0, block5_epochs=BLOCK5_EPOCHS,
-                   progress=None) -> dict:
-    """Stage-1 accuracy (and fine accuracy where subclasses are labelled) on held-out
-    folds, before and after adapting on the other folds. JSON-ready dict."""
+def cross_val_predict(model, maps, samples, k=3, seed=0, block5_epochs=BLOCK5_EPOCHS,
+                      progress=None) -> dict:
+    """Out-of-fold answers on the labelled cells: k folds (:func:`_folds`), each scored
+    by the base ``model`` and by the model adapted on the other folds.
+
+    Returns a dict of arrays, one entry per sample: ``fold``; ``before`` and ``after``
+    (stage-1 answers); ``uncertain`` (the adapted model's stage 2 answered
+    ``Others``); ``novel`` (beyond the review scorer's novelty gate); ``wrongness`` (the adapted model's review wrongness,
+    :meth:`~hiercell.review.ReviewScorer.wrongness`, NaN where the cell went to the
+    base model or the model has no learned review scorer); and ``fold_kind``.
+    """
     from .progress import tracker
+    from .review import trunk_descriptor
 
     fold, kind = _folds(samples, k, seed)
     k = int(fold.max()) + 1
-    truth = np.array([s.main for s in samples], dtype=object)
-    before, after = np.empty(len(samples), dtype=object), np.empty(len(samples), dtype=object)
+    n = len(samples)
+    before, after = np.empty(n, dtype=object), np.empty(n, dtype=object)
+    wrongness = np.full(n, np.nan)
+    uncertain = np.zeros(n, dtype=bool)
+    novel = np.zeros(n, dtype=bool)
     with tracker(progress, k, "cross-validation folds") as update:
         for f in range(k):
             test = np.flatnonzero(fold == f)
@@ -278,17 +291,74 @@ def cross_validate(model, maps, samples, k=3, seed=0, block5_epochs=BLOCK5_EPOCH
             adapted = adapt_model(model, maps[:, train], [samples[i] for i in train], seed,
                                   block5_epochs)
             before[test] = [r.main_class for r in model.hierarchy.predict_records(maps[0, test])]
-            after[test] = [r.main_class for r in adapted.hierarchy.predict_records(maps[0, test])]
+            hierarchy = adapted.hierarchy
+            _, decisions = hierarchy.decide(maps[0, test])
+            after[test] = [d.main for d in decisions]
+            uncertain[test] = [d.uncertain for d in decisions]
+            reviewer = hierarchy.reviewer
+            if reviewer is not None and reviewer.learned:
+                own = hierarchy.adapted_rows(maps[0, test])
+                descriptors = trunk_descriptor(maps[0, test])
+                proba = [d.main_p for d in decisions]
+                u = reviewer.wrongness(reviewer.signals(descriptors, after[test].astype(str),
+                                                        proba))
+                wrongness[test] = np.where(own, u, np.nan)
+                _, percentile = reviewer.score(descriptors, proba, None, after[test].astype(str),
+                                               proba, own_lab=own)
+                novel[test] = percentile > reviewer.novel_gate
             update(1)
+    return {"fold": fold, "fold_kind": kind, "before": before, "after": after,
+            "wrongness": wrongness, "uncertain": uncertain, "novel": novel}
+
+
+def cv_summary(samples, predictions) -> dict:
+    """Stage-1 accuracy before and after adapting, overall and per class, from
+    :func:`cross_val_predict`'s ``predictions``. JSON-ready dict."""
+    truth = np.array([s.main for s in samples], dtype=object)
+    before, after = predictions["before"], predictions["after"]
     ok = truth != None  # noqa: E711 - object array
     per_class = {c: {"n": int(np.sum(truth == c)),
                      "before": float(np.mean(before[truth == c] == c)),
                      "after": float(np.mean(after[truth == c] == c))}
                  for c in MAIN_CLASSES if np.any(truth == c)}
-    return {"folds": k, "fold_kind": kind, "n": int(ok.sum()),
+    return {"folds": int(predictions["fold"].max()) + 1, "fold_kind": predictions["fold_kind"],
+            "n": int(ok.sum()),
             "stage1_accuracy_before": float(np.mean(before[ok] == truth[ok])),
             "stage1_accuracy_after": float(np.mean(after[ok] == truth[ok])),
             "per_class": per_class}
+
+
+def cross_validate(model, maps, samples, k=3, seed=0, block5_epochs=BLOCK5_EPOCHS,
+                   progress=None) -> dict:
+    """Stage-1 accuracy (overall and per class) on held-out folds, before and after
+    adapting on the other folds (:func:`cross_val_predict`, :func:`cv_summary`)."""
+    return cv_summary(samples, cross_val_predict(model, maps, samples, k, seed, block5_epochs,
+                                                 progress))
+
+
+#: Fewest out-of-fold cells of the new lab that set its own review threshold.
+MIN_REVIEW_CELLS = 20
+
+
+def calibrate_review(adapted, samples, predictions):
+    """Give the adapted model's review flag a threshold of the new lab's own, from
+    :func:`cross_val_predict`'s out-of-fold answers (:meth:`~hiercell.review.
+    ReviewScorer.calibrate_own_lab`: it flags about as many of the lab's cells as the
+    cross-validation got wrong; without subclass labels in ``samples`` stage 2 stayed
+    the base's, and its ``Others`` no longer forces the flag on the lab's cells). Returns the JSON-ready summary, or ``None`` (threshold
+    left as it was) without a learned scorer or with fewer than
+    :data:`MIN_REVIEW_CELLS` scored cells."""
+    reviewer = adapted.hierarchy.reviewer
+    u = predictions["wrongness"]
+    truth = np.array([s.main for s in samples], dtype=object)
+    rows = np.isfinite(u) & (truth != None)  # noqa: E711 - object array
+    if reviewer is None or not reviewer.learned or rows.sum() < MIN_REVIEW_CELLS:
+        return None
+    subclass_labels = any(s.sub in SUBCLASSES for s in samples)  # else stage 2 is the base's
+    return reviewer.calibrate_own_lab(u[rows], predictions["after"][rows] != truth[rows],
+                                      predictions["uncertain"][rows],
+                                      lift_uncertain=subclass_labels,
+                                      novel=predictions["novel"][rows])
 
 
 def data_digest(samples) -> str:
@@ -322,6 +392,21 @@ def model_card(record: dict, base_info: dict) -> str:
     rows = "\n".join(f"| {c} | {v['n']} | {v['before']:.3f} | {v['after']:.3f} |"
                       for c, v in cv["per_class"].items())
     counts = ", ".join(f"{c} {n}" for c, n in record["counts"].items())
+    review = cv.get("review")
+    if review:
+        unflagged = review["accuracy_unflagged"]
+        review_text = (
+            f"The review flag has a threshold of this lab's own, set on the held-out "
+            f"answers to flag as many cells as were wrong ({review['target_flag_rate']:.1%}, "
+            f"at least {review['min_flag_rate']:.0%}): there it flagged {review['flagged']:.1%} of {review['n']} cells, "
+            f"accuracy of the unflagged "
+            f"{'n/a' if unflagged is None else format(unflagged, '.3f')}, AUROC wrong vs "
+            f"right {'n/a' if review['auroc_wrong_vs_right'] is None else review['auroc_wrong_vs_right']}."
+            + ("" if review["uncertain_flagged"] else
+               " Stage 2 was not adapted (no subclass labels): its 'Others' (uncertain) on "
+               "this lab's cells does not by itself flag them."))
+    else:
+        review_text = "The review flag keeps the base model's threshold."
     return f"""# Adapted model
 
 Adapted by `hiercell adapt` from **{record['base_model']}** (trained on
@@ -341,7 +426,7 @@ Stage-1 accuracy **{cv['stage1_accuracy_before']:.3f} before, {cv['stage1_accura
 The adapted bundle keeps its base model: a domain gate (logistic regression
 on frozen trunk statistics) sends each cell that looks like the base's
 training lab to the base model, and the new lab's cells to the adapted
-stages. Settings: {json.dumps(record.get('settings', {}))}.
+stages. {review_text} Settings: {json.dumps(record.get('settings', {}))}.
 
 These figures come from the adaptation data itself (held-out folds): check
 the adapted model on cells of the new lab that were not used here before

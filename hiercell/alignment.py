@@ -200,9 +200,11 @@ def can_align(model) -> bool:
             and not getattr(hierarchy, "adapted", False) and hierarchy.reviewer is not None)
 
 
-def auto_sample(paths, n=AUTO_SAMPLE) -> list:
-    """A fixed draw of at most ``n`` of ``paths`` (the same for the same set of paths, in
-    any order: every share of a sharded run picks the same cells)."""
+def auto_sample(paths, n=None) -> list:
+    """A fixed draw of at most ``n`` (default :data:`AUTO_SAMPLE`) of ``paths`` (the same
+    for the same set of paths, in any order: every share of a sharded run picks the same
+    cells)."""
+    n = AUTO_SAMPLE if n is None else n
     keys = sorted(str(p) for p in paths)
     pick = np.sort(np.random.default_rng(0).permutation(len(keys))[:n])
     return [keys[i] for i in pick]
@@ -231,7 +233,5 @@ def auto_align(model, maps):
     mix = ({} if fitted.class_mix_ is None else
            {c: round(float(v), 4) for c, v in zip(fitted.classes, fitted.class_mix_)})
     return aligned, {**record, "applied": True, "estimated_class_mix": mix,
-                     "message": f"aligned the model to these images without labels ({len(maps)} "
-                                "of them; see `hiercell align`); accuracy stays below the "
-                                "training lab's: label a few dozen cells and run "
-                                "`hiercell adapt`"}
+                     "message": f"aligned the model to these images without labels (on {len(maps)} "
+                                "of them; see `hiercell align`)"}

@@ -87,13 +87,26 @@ class ClassifyResult:
         return [r for r in self.records if r.status != "ok"]
 
 
-def _classify(model, images, paths, top_k, masked, prepared=None):
-    """``(records, features)`` for decoded ``images`` (``prepared``: their network inputs,
-    when the loader threads made them)."""
-    if prepared is not None and all(p is not None for p in prepared):
-        feats = model.prepared_features(np.stack(prepared))
-    else:
-        feats = model.features(images, masked=masked)
+def _features(model, images, paths, masked, prepared=None, known=None) -> np.ndarray:
+    """Trunk features of decoded ``images`` (``prepared``: their network inputs, when the
+    loader threads made them; ``known``: trunk features already computed, by path, e.g.
+    by the automatic alignment's pre-pass)."""
+    have = [None if not known else known.get(str(p)) for p in paths]
+    todo = [i for i, f in enumerate(have) if f is None]
+    if todo:
+        ready = None if prepared is None else [prepared[i] for i in todo]
+        if ready is not None and all(p is not None for p in ready):
+            computed = model.prepared_features(np.stack(ready))
+        else:
+            computed = model.features([images[i] for i in todo], masked=masked)
+        for i, f in zip(todo, computed):
+            have[i] = f
+    return np.stack(have)
+
+
+def _classify(model, images, paths, top_k, masked, prepared=None, known=None):
+    """``(records, features)`` for decoded ``images`` (:func:`_features`)."""
+    feats = _features(model, images, paths, masked, prepared, known)
     records = list(model.hierarchy.predict_records(feats, [str(p) for p in paths], top_k))
     if len(records) != len(images):
         raise RuntimeError(f"model returned {len(records)} predictions for {len(images)} images")
@@ -103,12 +116,12 @@ def _classify(model, images, paths, top_k, masked, prepared=None):
     return records, list(feats)
 
 
-def classify_batch(model, loaded, top_k=3, masked=None):
+def classify_batch(model, loaded, top_k=3, masked=None, known=None):
     """Records and trunk features for one batch of ``(path, rgb | None, reason[, prepared])``,
     in order (features ``None`` where an image failed; ``prepared``: the image's network
-    input made by a loader thread, see :func:`load_and_prepare`). A batch the model
-    fails on is retried one image at a time, so that only the image at fault gets an
-    error record."""
+    input made by a loader thread, see :func:`load_and_prepare`; ``known``: trunk features
+    already computed, by path string). A batch the model fails on is retried one image at
+    a time, so that only the image at fault gets an error record."""
     loaded = [(*item, None)[:4] for item in loaded]
     records = [Prediction.failed(p, reason) if rgb is None else None
                for p, rgb, reason, _ in loaded]
@@ -118,13 +131,13 @@ def classify_batch(model, loaded, top_k=3, masked=None):
         return records, features
     try:
         recs, feats = _classify(model, [loaded[i][1] for i in good], [loaded[i][0] for i in good],
-                                top_k, masked, [loaded[i][3] for i in good])
+                                top_k, masked, [loaded[i][3] for i in good], known)
     except Exception:  # noqa: BLE001 - find the offending image(s) one at a time
         recs, feats = [], []
         for i in good:
             path, rgb, _, prepared = loaded[i]
             try:
-                r, f = _classify(model, [rgb], [path], top_k, masked, [prepared])
+                r, f = _classify(model, [rgb], [path], top_k, masked, [prepared], known)
             except Exception as exc:  # noqa: BLE001
                 reason = f"classification failed ({type(exc).__name__}: {exc})"
                 r, f = [Prediction.failed(path, reason)], [None]
@@ -135,7 +148,7 @@ def classify_batch(model, loaded, top_k=3, masked=None):
     return records, features
 
 
-def load_and_prepare(model, masked=None):
+def load_and_prepare(model, masked=None, known=()):
     """The loader threads' job: ``path -> (path, rgb | None, reason, prepared | None)``.
 
     ``prepared`` is the network input (:func:`hiercell.preprocess.prepare_batch`:
@@ -143,6 +156,7 @@ def load_and_prepare(model, masked=None):
     ``prepared_features``, so that this per-image work runs in the decoding threads,
     overlapping inference, not in the thread that runs the network. An image that fails
     to prepare gets ``None`` and is retried (and reported) by :func:`classify_batch`.
+    Paths in ``known`` (their trunk features are already computed) are not prepared.
     """
     prepare = getattr(model, "prepare", None)
     if not (callable(prepare) and callable(getattr(model, "prepared_features", None))):
@@ -151,7 +165,7 @@ def load_and_prepare(model, masked=None):
     def load(path):
         rgb, reason = try_load_image(path)
         prepared = None
-        if rgb is not None and prepare is not None:
+        if rgb is not None and prepare is not None and str(path) not in known:
             try:
                 prepared = prepare([rgb], masked)[0]
             except Exception:  # noqa: BLE001 - classify_batch reports it
@@ -161,18 +175,37 @@ def load_and_prepare(model, masked=None):
     return load
 
 
-def _auto_align(model, images, progress):
+def _auto_align(model, images, progress, masked=None, batch_size=32, workers=None):
     """:func:`hiercell.alignment.auto_align` on a fixed draw of ``images``: ``(model,
-    record)``."""
+    record, known)``, ``known`` the drawn images' trunk features by path string,
+    computed as the main pass computes them (the trunk is the same aligned or not, so
+    the main pass reuses them instead of running the trunk on those images again)."""
     from .alignment import AUTO_MIN_CELLS, auto_align, auto_sample, can_align
-    from .features import extract_trunk_features
 
     if not can_align(model) or len(images) < AUTO_MIN_CELLS:
-        return auto_align(model, [])
-    res = extract_trunk_features(auto_sample(images), model.trunk, model.trunk_config(),
-                                 progress=True if progress is True else None,
-                                 label="checking the images against the training lab")
-    return auto_align(model, res.features[res.ok].astype(np.float32))
+        return (*auto_align(model, []), {})
+    drawn = auto_sample(images)
+    known = {}
+    with tracker(True if progress is True else None, len(drawn),
+                 "checking the images against the training lab") as update:
+        loaded = ordered_map(load_and_prepare(model, masked), drawn,
+                             workers=workers or default_workers(), ahead=2 * batch_size)
+        with closing(loaded):
+            for chunk in chunks(loaded, batch_size):
+                good = [item for item in chunk if item[1] is not None]
+                try:
+                    feats = _features(model, [g[1] for g in good], [g[0] for g in good],
+                                      masked, [g[3] for g in good]) if good else []
+                    known.update((str(g[0]), f) for g, f in zip(good, feats))
+                except Exception:  # noqa: BLE001 - one image at a time; the main pass
+                    for g in good:  # reports the one at fault
+                        try:
+                            known[str(g[0])] = _features(model, [g[1]], [g[0]], masked, [g[3]])[0]
+                        except Exception:  # noqa: BLE001
+                            pass
+                update(len(chunk))
+    maps = np.stack(list(known.values())).astype(np.float32) if known else []
+    return (*auto_align(model, maps), known)
 
 
 def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool | None = None,
@@ -221,8 +254,9 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
     auto_align : bool
         When the images look unlike the training data (the folder domain check on a
         fixed draw of up to 200 of them, at least 50 readable), align the model to
-        them first (:func:`hiercell.alignment.auto_align`; no labels, one extra trunk
-        pass over the draw; every share of a sharded run draws the same images). The
+        them first (:func:`hiercell.alignment.auto_align`; no labels; a pre-pass over
+        the draw, whose trunk features the main pass reuses; every share of a sharded
+        run draws the same images). The
         summary's ``alignment`` says what was done; ``None`` when not asked.
 
     The summary gets ``precision`` (the trunk precision(s) of the classified rows)
@@ -309,9 +343,12 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
         model = None
     if model is not None:
         check_masking(model, masked)
-    alignment = None
+    alignment, known = None, {}
     if auto_align and model is not None and todo:
-        model, alignment = _auto_align(model, listed, progress)
+        model, alignment, known = _auto_align(model, listed, progress, masked, batch_size,
+                                              workers)
+        wanted = {str(p) for p in todo}  # done (--resume) or other shares' images: not reused
+        known = {p: f for p, f in known.items() if p in wanted}
 
     report = None
     if report_path is not None:
@@ -331,12 +368,12 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
             if sink is not None:
                 sink.write(unlisted)
         with tracker(progress, len(todo), "Classifying") as update:
-            loaded = ordered_map(load_and_prepare(model, masked), todo,
+            loaded = ordered_map(load_and_prepare(model, masked, known), todo,
                                  workers=workers or default_workers(),
                                  ahead=2 * batch_size)
             with closing(loaded):  # stop the loader threads at once on an error
                 for chunk in chunks(loaded, batch_size):
-                    chunk_records, feats = classify_batch(model, chunk, top_k, masked)
+                    chunk_records, feats = classify_batch(model, chunk, top_k, masked, known)
                     if shard is not None:
                         for rec in chunk_records:
                             rec.shard = str(shard)
@@ -354,7 +391,7 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
                 pass
         raise
 
-    summary = summarize(records)
+    summary = summarize(records, aligned=bool(alignment and alignment["applied"]))
     summary["precision"] = ",".join(sorted({r.precision for r in records if r.precision})) or None
     summary["shard"] = None if shard is None else str(shard)
     summary["alignment"] = alignment

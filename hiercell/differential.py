@@ -54,7 +54,7 @@ def _counts(ok) -> tuple[dict, dict, int]:
     return main, sub, n_routed
 
 
-def summarize(records) -> dict:
+def summarize(records, aligned=False) -> dict:
     """The differential count of ``records`` (a JSON-ready dict).
 
     ``main_classes``: count and percent of each main class among classified
@@ -68,7 +68,8 @@ def summarize(records) -> dict:
     ``main_classes``, ``subclasses``) over the other cells; ``review_scored``
     says whether any cell has a review score (``False`` for models without a
     review scorer: then nothing is flagged and both counts are equal).
-    ``domain_shift``: :func:`hiercell.review.domain_shift` of the cells' novelty.
+    ``domain_shift``: :func:`hiercell.review.domain_shift` of the cells' novelty
+    (``aligned``: the model was aligned to these cells, which its advice says).
     """
     records = list(records)
     ok = [r for r in records if r.status == "ok"]
@@ -96,7 +97,7 @@ def summarize(records) -> dict:
             "subclasses": {"of": list(ROUTED_MAIN), "n_cells": n_routed_kept,
                            "classes": _table(sub_kept)},
         },
-        "domain_shift": domain_shift([r.novelty for r in ok]),
+        "domain_shift": domain_shift([r.novelty for r in ok], aligned=aligned),
     }
 
 

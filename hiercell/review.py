@@ -42,7 +42,12 @@ data) and warns when it is far above that. Records carry the novelty as a
 percentile (``Prediction.novelty``), so the check runs on results files too.
 In a model adapted to a new lab (:mod:`hiercell.adapt`), the cells its domain
 gate gives to the adapted stages read their novelty percentile among the new
-lab's labelled cells instead (``score(..., own_lab=)``).
+lab's labelled cells instead (``score(..., own_lab=)``), and their flag has a
+threshold of the lab's own (:meth:`ReviewScorer.calibrate_own_lab`, from the
+adaptation's cross-validation): their ``review_score`` is rescaled so that this
+threshold lands on the bundle's, and ``review`` stays ``score >= threshold``;
+when the adaptation had no subclass labels (stage 2 is the base's), their stage-2
+``Others`` no longer lifts them into the flagged band.
 """
 
 from __future__ import annotations
@@ -183,7 +188,8 @@ class ReviewScorer:
         self.val_novelty_ = knn_distance(self.reference_, val_descriptors, self.k)
         self.val_ambiguity_ = 1.0 - np.asarray(val_top_proba, dtype=np.float32)
         self.extra_novelty_ = np.zeros(0, dtype=np.float32)
-        self.reference_labels_ = self.coef_ = None
+        self.reference_labels_ = self.coef_ = self.own_threshold_ = None
+        self.own_lifts_uncertain_ = True
         n = len(self.val_novelty_)
         self.val_uncertain_ = (np.zeros(n, bool) if val_uncertain is None
                                else np.asarray(val_uncertain, bool))
@@ -272,6 +278,7 @@ class ReviewScorer:
         import copy
 
         new = copy.copy(self)
+        new.own_threshold_, new.own_lifts_uncertain_ = None, True  # a new lab: calibrate again
         d = np.asarray(descriptors, dtype=np.float32)
         new.reference_ = np.concatenate([self.reference_, d.astype(np.float16)])
         if self.learned:
@@ -288,6 +295,63 @@ class ReviewScorer:
             new.extra_novelty_ = np.concatenate([self.extra_novelty_, loo]).astype(np.float32)
             new._calibrate()
         return new
+
+    def calibrate_own_lab(self, wrongness, wrong, uncertain=None, lift_uncertain=True,
+                          novel=None, min_rate=None) -> dict:
+        """Set the flag's threshold for the adapted-to lab's cells (``own_lab`` rows of
+        :meth:`score`) from out-of-fold answers on its labelled cells.
+
+        ``wrongness``: :meth:`wrongness` of each held-out cell, scored by a model adapted
+        without it; ``wrong``: whether that answer was wrong; ``uncertain``: whether stage
+        2 answered ``Others``; ``novel``: whether the cell was beyond the novelty gate
+        (both flagged anyway, so counted in the share). The lab's flagged share is as
+        many as were wrong (at least ``min_rate``, default :attr:`target_rate`). Without
+        ``lift_uncertain`` (stage 2 not adapted: its ``Others`` on the lab's cells says
+        nothing of the main class) uncertain cells keep ``uncertain`` but are no longer
+        lifted into the flagged band. Learned scorers only. Returns a JSON-ready summary.
+        """
+        if not self.learned:
+            raise ValueError("only a learned review scorer can be calibrated to a lab")
+        u = np.asarray(wrongness, dtype=np.float64)
+        wrong = np.asarray(wrong, dtype=bool)
+        none = np.zeros(len(u), bool)
+        uncertain = none if uncertain is None else np.asarray(uncertain, bool)
+        novel = none if novel is None else np.asarray(novel, bool)
+        if not len(u) or not len(u) == len(wrong) == len(uncertain) == len(novel):
+            raise ValueError("give one wrongness, wrong and uncertain flag per held-out cell")
+        if not np.isfinite(u).all():
+            raise ValueError("wrongness must be finite (leave out the cells not scored)")
+        min_rate = self.target_rate if min_rate is None else float(min_rate)
+        rate = float(max(min_rate, wrong.mean()))
+        lifted = novel | (uncertain & bool(lift_uncertain))
+        room = int(round(rate * len(u))) - int(lifted.sum())
+        rest = np.sort(u[~lifted])[::-1]
+        threshold = 1.0 if room <= 0 or not len(rest) else float(rest[min(room, len(rest)) - 1])
+        flagged = lifted | (u >= threshold)
+        auroc = None
+        if wrong.any() and not wrong.all():
+            from sklearn.metrics import roc_auc_score
+            auroc = round(float(roc_auc_score(wrong, u)), 4)
+        self.own_threshold_, self.own_lifts_uncertain_ = threshold, bool(lift_uncertain)
+        return {"n": int(len(u)), "wrong": int(wrong.sum()), "min_flag_rate": round(min_rate, 4),
+                "target_flag_rate": round(rate, 4), "uncertain": int(uncertain.sum()),
+                "uncertain_flagged": bool(lift_uncertain), "novel": int(novel.sum()),
+                "flagged": round(float(flagged.mean()), 4),
+                "accuracy_unflagged": (round(float(1.0 - wrong[~flagged].mean()), 4)
+                                       if (~flagged).any() else None),
+                "auroc_wrong_vs_right": auroc}
+
+    def _own_scale(self, u):
+        """Rescale the lab's wrongness so that :attr:`own_threshold_` lands on
+        :attr:`threshold_` (monotone, piecewise linear, within [0, 1])."""
+        t, t_own = self.threshold_, self.own_threshold_
+        if t_own is None or t >= 1.0:
+            return u
+        if t_own >= 1.0:  # nothing but lifted cells flagged
+            return u * t
+        if t_own <= 0.0:
+            return t + (1.0 - t) * u
+        return np.where(u < t_own, u * t / t_own, t + (1.0 - t) * (u - t_own) / (1.0 - t_own))
 
     def novelty(self, descriptors):
         """Raw novelty (mean cosine distance to the k nearest reference cells)."""
@@ -321,9 +385,15 @@ class ReviewScorer:
             nb = self._neighbours(descriptors, answers)
             nov = self._novelty_percentile(nb[:, 0].astype(np.float32), own_lab)
             u = self.wrongness(self._signals(nb, proba))
+            if own_lab is not None and self.own_threshold_ is not None:
+                own = np.asarray(own_lab, bool)
+                u = np.where(own, self._own_scale(u), u)
             lifted = nov > self.novel_gate
             if uncertain is not None:
-                lifted |= np.asarray(uncertain, bool)
+                unsure = np.asarray(uncertain, bool)
+                if own_lab is not None and not self.own_lifts_uncertain_:
+                    unsure = unsure & ~np.asarray(own_lab, bool)
+                lifted |= unsure
             t = self.threshold_
             score = np.where(lifted, t + (1.0 - t) * u, u)
         if uncertain is not None and not self.learned:
@@ -347,6 +417,9 @@ class ReviewScorer:
                        val_signals=self.val_signals_.astype(np.float64),
                        signal_mean=self.signal_mean_, signal_scale=self.signal_scale_,
                        coef=self.coef_, intercept=np.array([self.intercept_]))
+            if self.own_threshold_ is not None:
+                out["own_threshold"] = np.array([self.own_threshold_])
+                out["own_lifts_uncertain"] = np.array([self.own_lifts_uncertain_])
         return out
 
     @classmethod
@@ -361,7 +434,8 @@ class ReviewScorer:
         self.val_novelty_ = np.asarray(arrays["val_novelty"], dtype=np.float32)
         self.val_ambiguity_ = np.asarray(arrays["val_ambiguity"], dtype=np.float32)
         self.extra_novelty_ = np.asarray(arrays["extra_novelty"], dtype=np.float32)
-        self.reference_labels_ = self.coef_ = None
+        self.reference_labels_ = self.coef_ = self.own_threshold_ = None
+        self.own_lifts_uncertain_ = True
         self.val_uncertain_ = np.zeros(len(self.val_novelty_), bool)
         if "coef" in arrays:
             self.reference_labels_ = np.asarray(arrays["reference_labels"]).astype(str)
@@ -371,6 +445,9 @@ class ReviewScorer:
             self.signal_scale_ = np.asarray(arrays["signal_scale"], dtype=np.float64)
             self.coef_ = np.asarray(arrays["coef"], dtype=np.float64)
             self.intercept_ = float(np.asarray(arrays["intercept"]).ravel()[0])
+            if "own_threshold" in arrays:
+                self.own_threshold_ = float(np.asarray(arrays["own_threshold"]).ravel()[0])
+                self.own_lifts_uncertain_ = bool(np.asarray(arrays["own_lifts_uncertain"]).ravel()[0])
         self._calibrate()
         return self
 
@@ -388,7 +465,8 @@ def _binomial_tail(n: int, k: int, p: float) -> float:
     return math.exp(top) * sum(math.exp(v - top) for v in logs)
 
 
-def domain_shift(novelty, novel_above=0.95, warn_share=SHIFT_WARN_SHARE) -> dict:
+def domain_shift(novelty, novel_above=0.95, warn_share=SHIFT_WARN_SHARE,
+                 aligned=False) -> dict:
     """Folder-level domain check from the cells' novelty percentiles (``None`` skipped).
 
     ``score``: share of cells whose novelty is above ``novel_above`` (the
@@ -408,9 +486,11 @@ def domain_shift(novelty, novel_above=0.95, warn_share=SHIFT_WARN_SHARE) -> dict
     tail = _binomial_tail(n, k, base)
     warning = bool(share >= warn_share and tail < 1e-3)
     if warning:
+        advice = ("the model was aligned to them without labels; label a few dozen cells "
+                  "and run `hiercell adapt` for more" if aligned else
+                  "see `hiercell align` (no labels) and `hiercell adapt` (a few labelled cells)")
         message = (f"these images look unlike the training data (score {share:.2f}: "
-                   f"{k} of {n} cells are novel): expect lower accuracy; see `hiercell align` "
-                   f"(no labels) and `hiercell adapt` (a few labelled cells)")
+                   f"{k} of {n} cells are novel): expect lower accuracy; {advice}")
     else:
         message = f"images look like the training data (score {share:.2f}: {k} of {n} cells novel)"
     return {"score": round(share, 4), "warning": warning, "n": n, "message": message}

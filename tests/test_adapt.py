@@ -92,8 +92,16 @@ def test_adapt_writes_a_loadable_bundle_with_its_record(tiny_bundle, new_lab, tm
     assert record["counts"]["neutrophil"] == 2 * len(list(FIXTURES.glob("neutrophil/*.jpg")))
     assert record["data_digest"].startswith("sha256:")
     assert 0 <= record["cross_validation"]["stage1_accuracy_after"] <= 1
-    assert "Before / after" in (out / "MODEL_CARD.md").read_text()
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "Before / after" in card
     base, adapted = load(tiny_bundle), load(out)
+    # these "lab" cells are the base's own training images, tinted: the gate hands most
+    # held-out cells to the base, too few are left to set a review threshold of the
+    # lab's own (test_calibrate_review_... covers that), and the record says so
+    review = record["cross_validation"]["review"]
+    assert review is None and figures["review"] is None
+    assert adapted.hierarchy.reviewer.own_threshold_ is None
+    assert "keeps the base model's threshold" in card
     # stage 1 changed, stage 2 kept (no subclass labels), the lab joined the reference
     assert not all(np.array_equal(a, b) for a, b in
                    zip(base.stage1.head_.get_weights(), adapted.stage1.head_.get_weights()))
@@ -132,6 +140,44 @@ def test_adapt_writes_a_loadable_bundle_with_its_record(tiny_bundle, new_lab, tm
     again = CliRunner().invoke(main, ["adapt", str(new_lab), "--out", str(tmp_path / "again"),
                                       "--model", str(out), "--views", "0", "--folds", "3"])
     assert again.exit_code != 0 and "already adapted" in again.output
+
+
+def test_calibrate_review_sets_the_labs_threshold_from_held_out_answers(tiny_model):
+    """Out-of-fold answers of the cells the adapted stages took (finite wrongness) set the
+    lab's own review threshold; with fewer than MIN_REVIEW_CELLS of them it is left."""
+    from types import SimpleNamespace
+
+    from hiercell.adapt import MIN_REVIEW_CELLS, calibrate_review
+
+    adapted = copy.copy(tiny_model)
+    adapted.hierarchy = copy.copy(tiny_model.hierarchy)
+    adapted.hierarchy.reviewer = copy.copy(tiny_model.hierarchy.reviewer)
+    assert adapted.hierarchy.reviewer.learned
+    rng = np.random.default_rng(0)
+    n = 60
+    samples = [SimpleNamespace(main="lymphocyte", sub=None)] * n
+    after = np.array(["lymphocyte"] * 40 + ["monocyte"] * 20, dtype=object)
+    wrongness = np.where(after == "monocyte", rng.uniform(0.4, 1.0, n), rng.uniform(0.0, 0.6, n))
+    wrongness[:n - MIN_REVIEW_CELLS + 1] = np.nan  # went to the base model
+    predictions = {"after": after, "wrongness": wrongness, "uncertain": np.arange(n) % 10 == 0,
+                   "novel": np.zeros(n, bool)}
+    assert calibrate_review(adapted, samples, predictions) is None
+    assert adapted.hierarchy.reviewer.own_threshold_ is None
+    wrongness[:30] = rng.uniform(0.0, 0.6, 30)
+    summary = calibrate_review(adapted, samples, predictions)
+    finite = np.isfinite(wrongness)
+    assert summary["n"] == finite.sum() == 30 + MIN_REVIEW_CELLS - 1
+    assert summary["wrong"] == np.sum(finite & (after == "monocyte")) == 19
+    assert summary["target_flag_rate"] == pytest.approx(19 / 49, abs=1e-4)
+    assert summary["auroc_wrong_vs_right"] > 0.8
+    assert adapted.hierarchy.reviewer.own_threshold_ is not None
+    assert tiny_model.hierarchy.reviewer.own_threshold_ is None
+    # main-class labels only: stage 2 stayed the base's, its "Others" does not force the flag
+    assert summary["uncertain"] == 4 and not summary["uncertain_flagged"]  # rows 0, 10, 20, 50
+    assert not adapted.hierarchy.reviewer.own_lifts_uncertain_
+    fine = [SimpleNamespace(main="neutrophil", sub="SNE")] + samples[1:]
+    assert calibrate_review(adapted, fine, predictions)["uncertain_flagged"]
+    assert adapted.hierarchy.reviewer.own_lifts_uncertain_
 
 
 def test_adapt_stage_needs_a_source_sample(tiny_model):
@@ -201,3 +247,22 @@ def test_adapt_with_align_fits_the_shift_on_the_lab_cells(tiny_model, new_lab):
     np.testing.assert_allclose(alignment.lab_mean_,
                                maps[0].astype(np.float64).mean(axis=(0, 1, 2)), rtol=1e-5)
     assert not tiny_model.hierarchy.alignment.fitted  # the base model is untouched
+
+
+def test_model_card_states_the_labs_review_threshold():
+    from hiercell.adapt import model_card
+
+    cv = {"folds": 3, "fold_kind": "stratified", "n": 80, "stage1_accuracy_before": 0.3,
+          "stage1_accuracy_after": 0.8, "per_class": {"neutrophil": {"n": 80, "before": 0.3,
+                                                                      "after": 0.8}},
+          "review": {"n": 80, "wrong": 16, "min_flag_rate": 0.05, "target_flag_rate": 0.2,
+                     "uncertain": 3, "uncertain_flagged": False, "novel": 1, "flagged": 0.2,
+                     "accuracy_unflagged": 0.9, "auroc_wrong_vs_right": 0.85}}
+    record = {"base_model": "base", "base_training_data": "PBC", "n_images": 80,
+              "counts": {"neutrophil": 80}, "data": "lab.csv", "data_digest": "sha256:0",
+              "settings": {}, "cross_validation": cv}
+    card = model_card(record, {})
+    assert "(20.0%, at least 5%)" in card and "flagged 20.0% of 80 cells" in card
+    assert "unflagged 0.900" in card and "0.85" in card and "Stage 2 was not adapted" in card
+    cv["review"] = None
+    assert "keeps the base model's threshold" in model_card(record, {})

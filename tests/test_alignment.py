@@ -290,3 +290,34 @@ def test_classify_folder_auto_aligns_every_share_alike(tiny_bundle, tiny_data, t
     off = classify_folder(tiny_data, model=tiny_bundle, out=tmp_path / "off.csv",
                           progress=False, precision="float32", auto_align=False)
     assert off.summary["alignment"] is None
+
+
+def test_classify_folder_reuses_the_pre_pass_trunk_features(tiny_model, tiny_data, tmp_path,
+                                                             monkeypatch):
+    """The automatic alignment's pre-pass runs the trunk on the drawn images once; the
+    main pass reuses those features (every image through the trunk exactly once), and
+    the answers are those of the model aligned on the same draw beforehand."""
+    import hiercell.review
+    from hiercell.classify import classify_folder
+
+    monkeypatch.setattr(hiercell.review, "domain_shift", _warns(True))
+    monkeypatch.setattr(auto, "AUTO_SAMPLE", 60)
+    paths = sorted(tiny_data.glob("*.jpg"))
+    assert len(paths) > 60
+    seen = []
+    for name in ("features", "prepared_features"):
+        original = getattr(tiny_model, name)
+
+        def counted(batch, *args, _original=original, **kwargs):
+            seen.append(len(batch))
+            return _original(batch, *args, **kwargs)
+        monkeypatch.setattr(tiny_model, name, counted)
+    result = classify_folder(tiny_data, model=tiny_model, progress=False)
+    assert result.summary["alignment"]["applied"] and result.summary["alignment"]["n_cells"] == 60
+    assert sum(seen) == len(paths)
+    drawn = auto.auto_sample(paths, 60)
+    aligned = auto.align_model(tiny_model, tiny_model.features(rgb_images(drawn)))
+    again = classify_folder(tiny_data, model=aligned, progress=False, auto_align=False)
+    assert [(r.path, r.label) for r in result.records] == [(r.path, r.label) for r in again.records]
+    np.testing.assert_allclose([r.probability for r in result.records],
+                               [r.probability for r in again.records], atol=1e-5)

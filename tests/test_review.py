@@ -1,5 +1,7 @@
 """The review scorer (hiercell.review) on synthetic descriptors and trunk maps."""
 
+import copy
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -73,6 +75,10 @@ def test_domain_shift_fires_on_novel_folders_only():
     assert not domain_shift(rng.random(50))["warning"]
     shifted = domain_shift([0.99] * 40 + [0.5] * 10)
     assert shifted["warning"] and shifted["score"] == 0.8 and "hiercell adapt" in shifted["message"]
+    assert "hiercell align" in shifted["message"]
+    after = domain_shift([0.99] * 40 + [0.5] * 10, aligned=True)
+    assert after["warning"] and "aligned to them" in after["message"]
+    assert "hiercell adapt" in after["message"] and "hiercell align" not in after["message"]
     assert not domain_shift([0.99, 0.99, 0.5])["warning"]  # too few cells to tell
     assert domain_shift([None, None])["score"] is None
 
@@ -197,3 +203,64 @@ def test_a_new_labs_cells_are_novel_against_its_own_labelled_cells(learned):
     # without the lab's cells in the reference, own_lab changes nothing
     np.testing.assert_array_equal(s.score(lab[rest], *args, own_lab=np.ones(200, bool))[1],
                                   s.score(lab[rest], *args)[1])
+
+
+def test_a_new_labs_own_threshold_flags_as_many_cells_as_were_wrong(learned):
+    """calibrate_own_lab: the lab's cells (own_lab) get a threshold of their own, set on
+    out-of-fold answers to flag as many as were wrong; their scores are rescaled so that
+    the bundle's threshold still decides, in the same order; PBC-side rows are untouched;
+    it survives to_arrays and is reset by with_reference."""
+    s, cells, rng = learned
+    d, answers, proba, wrong, y = cells(600, 0.3)
+    lab = unit(d + 0.3 * rng.standard_normal(d.shape))
+    new = s.with_reference(lab[:100], y[:100])
+    held = slice(100, 350)
+    u = new.wrongness(new.signals(lab[held], answers[held], proba[held]))
+    summary = new.calibrate_own_lab(u, wrong[held])
+    assert summary["target_flag_rate"] == pytest.approx(max(0.05, wrong[held].mean()))
+    assert summary["flagged"] == pytest.approx(summary["target_flag_rate"], abs=0.01)
+    assert summary["auroc_wrong_vs_right"] > 0.7 and summary["n"] == 250
+    rest = slice(350, None)
+    args = (lab[rest], proba[rest], None, answers[rest], proba[rest])
+    own = new.score(*args, own_lab=np.ones(250, bool))[0]
+    assert new.flag(own).mean() == pytest.approx(wrong[held].mean(), abs=0.08)
+    uncalibrated = copy.copy(new)
+    uncalibrated.own_threshold_ = None
+    before = uncalibrated.score(*args, own_lab=np.ones(250, bool))[0]
+    assert np.array_equal(np.argsort(own, kind="stable"), np.argsort(before, kind="stable"))
+    assert not np.array_equal(own, before)
+    plain = new.score(*args)[0]
+    mixed = new.score(*args, own_lab=np.arange(250) < 100)[0]
+    np.testing.assert_array_equal(mixed[100:], plain[100:])
+    again = ReviewScorer.from_arrays(new.to_arrays())
+    assert again.own_threshold_ == pytest.approx(new.own_threshold_)
+    np.testing.assert_allclose(again.score(*args, own_lab=np.ones(250, bool))[0], own, atol=1e-6)
+    # uncertain cells: counted in the lab's share and flagged, or (stage 2 not adapted)
+    # neither
+    unsure = np.arange(250) < 50
+    lifting = copy.copy(new)
+    counted = lifting.calibrate_own_lab(u, wrong[held], unsure, lift_uncertain=True)
+    assert counted["flagged"] == pytest.approx(summary["flagged"], abs=0.01)
+    assert lifting.own_threshold_ > new.own_threshold_
+    own_unsure = np.ones(250, bool)
+    scored = lifting.score(*args[:2], unsure, *args[3:], own_lab=own_unsure)[0]
+    assert lifting.flag(scored[:50]).all()
+    ignoring = copy.copy(new)
+    ignoring.calibrate_own_lab(u, wrong[held], unsure, lift_uncertain=False)
+    assert ignoring.own_threshold_ == pytest.approx(new.own_threshold_)
+    np.testing.assert_allclose(ignoring.score(*args[:2], unsure, *args[3:], own_lab=own_unsure)[0],
+                               own)
+    again = ReviewScorer.from_arrays(ignoring.to_arrays())
+    assert not again.own_lifts_uncertain_
+    assert new.with_reference(lab[:20], y[:20]).own_threshold_ is None
+    assert ReviewScorer.from_arrays(s.to_arrays()).own_threshold_ is None
+    # novel cells are flagged anyway: counted in the share; NaN is refused, nothing set
+    gated = copy.copy(new)
+    novel_first = gated.calibrate_own_lab(u, wrong[held], novel=np.arange(250) < 10)
+    assert novel_first["novel"] == 10 and gated.own_threshold_ > new.own_threshold_
+    assert novel_first["flagged"] == pytest.approx(summary["flagged"], abs=0.01)
+    with pytest.raises(ValueError, match="finite"):
+        gated.calibrate_own_lab(np.where(np.arange(250) == 0, np.nan, u), wrong[held])
+    assert gated.own_threshold_ > new.own_threshold_
+    with pytest.raises(ValueError, match="one wrongness, wrong and uncertain"):
+        new.calibrate_own_lab(u, wrong[:3])

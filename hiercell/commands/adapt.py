@@ -40,8 +40,8 @@ def adapt(data, out, model_path, views, folds, block5_epochs, seed, precision):
     hiercell.load(path), with the before/after figures of a cross-validation
     on DATA in its bundle.json and MODEL_CARD.md.
     """
-    from ..adapt import (adaptation_record, adapt_model, cross_validate, data_digest,
-                         model_card, trunk_views)
+    from ..adapt import (adaptation_record, adapt_model, calibrate_review, cross_val_predict,
+                         cv_summary, data_digest, model_card, trunk_views)
     from ..bundle import BundleError, save_bundle
     from ..data import read_dataset
 
@@ -58,10 +58,12 @@ def adapt(data, out, model_path, views, folds, block5_epochs, seed, precision):
     samples = [s for s, good in zip(samples, ok) if good]
     _check_enough(data, len(samples), folds, "readable labelled")
     try:
-        cv = cross_validate(model, maps, samples, k=folds, seed=seed,
-                            block5_epochs=block5_epochs, progress=True)
+        predictions = cross_val_predict(model, maps, samples, k=folds, seed=seed,
+                                        block5_epochs=block5_epochs, progress=True)
+        cv = cv_summary(samples, predictions)
         adapted = adapt_model(model, maps, samples, seed=seed, block5_epochs=block5_epochs,
                               log=echo_err)
+        cv["review"] = calibrate_review(adapted, samples, predictions)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     base = model_path or "bundled default model"
@@ -75,7 +77,8 @@ def adapt(data, out, model_path, views, folds, block5_epochs, seed, precision):
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps({"stage1_accuracy_before": round(cv["stage1_accuracy_before"], 4),
                            "stage1_accuracy_after": round(cv["stage1_accuracy_after"], 4),
-                           "n": cv["n"], "folds": cv["folds"], "fold_kind": cv["fold_kind"]},
+                           "n": cv["n"], "folds": cv["folds"], "fold_kind": cv["fold_kind"],
+                           "review": cv["review"]},
                           indent=2))
     echo_err(f"adapted bundle written to {out} ({time.time() - t0:.0f} s); use it with "
              f"hiercell classify --model {out}")

@@ -111,12 +111,12 @@ def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, 
         _echo_err(f"--resume: {result.n_dropped} earlier row(s) name images that are not part "
                   f"of this run; they are not in the new {display(out)}.")
     click.echo(format_summary(result.summary))
-    shift = result.summary.get("domain_shift") or {}
-    if shift.get("warning"):
-        _echo_err(f"warning: {shift['message']}")
     alignment = result.summary.get("alignment") or {}
     if alignment.get("applied"):
         _echo_err(alignment["message"])
+    shift = result.summary.get("domain_shift") or {}
+    if shift.get("warning"):
+        _echo_err(f"warning: {shift['message']}")
     done = f"{result.n_ok} classified, {result.n_error} errors"
     if result.summary.get("precision"):
         done += f", trunk precision {result.summary['precision']}"
