@@ -91,8 +91,9 @@ def operating_points(model, a, test_recs, test, rates=(0.05, 0.075, 0.10, 0.15))
     right = np.array([r.main_class for r in test_recs]) == np.array([s.main for s in test])
     print("operating points (threshold flagging a share of PBC val -> PBC test):")
     for rate in rates:
-        flag = score >= np.quantile(val_score, 1.0 - rate)
-        print(f"  {rate:.3f} of val: threshold {np.quantile(val_score, 1.0 - rate):.4f}; test "
+        threshold = np.quantile(val_score, 1.0 - rate)
+        flag = score >= threshold
+        print(f"  {rate:.3f} of val: threshold {threshold:.4f}; test "
               f"flagged {flag.mean():.4f}, accuracy unflagged {right[~flag].mean():.4f}")
 
 

@@ -270,7 +270,8 @@ def cross_val_predict(model, maps, samples, k=3, seed=0, block5_epochs=BLOCK5_EP
 
     Returns a dict of arrays, one entry per sample: ``fold``; ``before`` and ``after``
     (stage-1 answers); ``uncertain`` (the adapted model's stage 2 answered
-    ``Others``); ``novel`` (beyond the review scorer's novelty gate); ``wrongness`` (the adapted model's review wrongness,
+    ``Others``); ``novel`` (beyond the review scorer's novelty gate); ``wrongness``
+    (the adapted model's review wrongness,
     :meth:`~hiercell.review.ReviewScorer.wrongness`, NaN where the cell went to the
     base model or the model has no learned review scorer); and ``fold_kind``.
     """
@@ -298,13 +299,10 @@ def cross_val_predict(model, maps, samples, k=3, seed=0, block5_epochs=BLOCK5_EP
             reviewer = hierarchy.reviewer
             if reviewer is not None and reviewer.learned:
                 own = hierarchy.adapted_rows(maps[0, test])
-                descriptors = trunk_descriptor(maps[0, test])
-                proba = [d.main_p for d in decisions]
-                u = reviewer.wrongness(reviewer.signals(descriptors, after[test].astype(str),
-                                                        proba))
+                u, percentile = reviewer.wrongness_and_novelty(
+                    trunk_descriptor(maps[0, test]), after[test].astype(str),
+                    [d.main_p for d in decisions], own_lab=own)
                 wrongness[test] = np.where(own, u, np.nan)
-                _, percentile = reviewer.score(descriptors, proba, None, after[test].astype(str),
-                                               proba, own_lab=own)
                 novel[test] = percentile > reviewer.novel_gate
             update(1)
     return {"fold": fold, "fold_kind": kind, "before": before, "after": after,

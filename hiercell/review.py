@@ -259,12 +259,9 @@ class ReviewScorer:
             return
         # the threshold t flags target_rate of val: the lifted cells (novel beyond the
         # gate, or uncertain: always flagged) plus the others whose wrongness reaches t
-        u = self.wrongness(self.val_signals_)
-        gated = (nov > self.novel_gate) | self.val_uncertain_
-        room = int(round(self.target_rate * len(u))) - int(gated.sum())
-        rest = np.sort(u[~gated])[::-1]
-        self.threshold_ = (1.0 if room <= 0 or not len(rest)
-                           else float(rest[min(room, len(rest)) - 1]))
+        self.threshold_ = _threshold_for_rate(self.wrongness(self.val_signals_),
+                                              (nov > self.novel_gate) | self.val_uncertain_,
+                                              self.target_rate)
 
     @staticmethod
     def _combine(nov, amb):
@@ -324,9 +321,7 @@ class ReviewScorer:
         min_rate = self.target_rate if min_rate is None else float(min_rate)
         rate = float(max(min_rate, wrong.mean()))
         lifted = novel | (uncertain & bool(lift_uncertain))
-        room = int(round(rate * len(u))) - int(lifted.sum())
-        rest = np.sort(u[~lifted])[::-1]
-        threshold = 1.0 if room <= 0 or not len(rest) else float(rest[min(room, len(rest)) - 1])
+        threshold = _threshold_for_rate(u, lifted, rate)
         flagged = lifted | (u >= threshold)
         auroc = None
         if wrong.any() and not wrong.all():
@@ -352,6 +347,14 @@ class ReviewScorer:
         if t_own <= 0.0:
             return t + (1.0 - t) * u
         return np.where(u < t_own, u * t / t_own, t + (1.0 - t) * (u - t_own) / (1.0 - t_own))
+
+    def wrongness_and_novelty(self, descriptors, answers, proba, own_lab=None):
+        """``(wrongness, novelty percentile)`` per cell (learned scorers): :meth:`wrongness`
+        of the cells' :meth:`signals` and the percentile :meth:`score` reads the novelty
+        gate from, before the lab's rescaling and the lifting; one neighbour search."""
+        nb = self._neighbours(descriptors, answers)
+        nov = self._novelty_percentile(nb[:, 0].astype(np.float32), own_lab)
+        return self.wrongness(self._signals(nb, proba)), nov
 
     def novelty(self, descriptors):
         """Raw novelty (mean cosine distance to the k nearest reference cells)."""
@@ -382,9 +385,7 @@ class ReviewScorer:
         else:
             if answers is None or proba is None:
                 raise ValueError("this scorer needs the answered classes and their probabilities")
-            nb = self._neighbours(descriptors, answers)
-            nov = self._novelty_percentile(nb[:, 0].astype(np.float32), own_lab)
-            u = self.wrongness(self._signals(nb, proba))
+            u, nov = self.wrongness_and_novelty(descriptors, answers, proba, own_lab)
             if own_lab is not None and self.own_threshold_ is not None:
                 own = np.asarray(own_lab, bool)
                 u = np.where(own, self._own_scale(u), u)
@@ -450,6 +451,14 @@ class ReviewScorer:
                 self.own_lifts_uncertain_ = bool(np.asarray(arrays["own_lifts_uncertain"]).ravel()[0])
         self._calibrate()
         return self
+
+
+def _threshold_for_rate(wrongness, lifted, rate) -> float:
+    """The threshold on ``wrongness`` that flags ``rate`` of the cells, counting the
+    ``lifted`` ones (flagged anyway) first; 1.0 when they fill the share alone."""
+    room = int(round(rate * len(wrongness))) - int(np.sum(lifted))
+    rest = np.sort(np.asarray(wrongness)[~np.asarray(lifted, bool)])[::-1]
+    return 1.0 if room <= 0 or not len(rest) else float(rest[min(room, len(rest)) - 1])
 
 
 def _binomial_tail(n: int, k: int, p: float) -> float:
