@@ -10,7 +10,8 @@ copy of the training data:
    (its canonical frame) and as ``views`` augmented views;
 2. per stage with labels for it, the dense layers of the head (Dense(1024),
    Dense(512), softmax) are trained further on the source sample plus the new
-   cells, each domain weighing the same in the loss (class-balanced within it);
+   cells, each domain weighing the same in the loss (within the source sample every
+   class the same, within the new cells each class by the square root of its count);
    then block5 and the dense layers are fine-tuned on the new cells' trunk maps
    (``block5_epochs``; 0 keeps block5);
 3. the SVM is refit on the new Dense(1024) embeddings of both (the bundle's
@@ -47,6 +48,21 @@ BLOCK5_EPOCHS = 6
 #: 1e-3 took 41-44 s per adaptation against 47-65 s for 64 at 3e-4, same accuracy within
 #: the spread over draws: bench/bench_adapt.py).
 DENSE_BATCH, DENSE_LR = 256, 1e-3
+#: Epochs of that refit (20 instead of 40: faster, and ``bench/bench_adapt.py --per-class
+#: 20`` gave 0.775 / 0.848 on bccd351 / jtsc300 against 0.760 / 0.847 with 40).
+DENSE_EPOCHS = 20
+#: Batch size of the block5 fine-tune on the new lab's maps (64: ``hiercell adapt``'s
+#: cross-validation on 200 Jiangxi cells of the natural mix fell from 0.85 to 0.69).
+BLOCK5_BATCH = 32
+#: Batches per call into the compiled training graph (Python overhead per step is a large
+#: part of the dense refit's small steps).
+STEPS_PER_EXECUTION = 8
+#: Class weighting of the new lab's cells in every refit (:func:`_balanced_weights`): with
+#: 0.5 a class of n cells weighs sqrt(n) in all (1.0: every class the same). With the
+#: natural mix of 200 Jiangxi cells (110 neutrophils, 1 basophil) full balancing pushed
+#: neutrophils into rarer classes (``hiercell adapt``'s cross-validation 0.69 with 20
+#: dense epochs, 0.85 with 40); square-root weighting with 20 epochs: 0.85.
+TARGET_CLASS_POWER = 0.5
 #: Whether the adapted stages work on lab-aligned trunk maps (:mod:`hiercell.alignment`):
 #: off, since it did worse (20 cells per class, 3 draws: bccd351 0.693 against 0.760,
 #: jtsc300 0.827 against 0.847; ``bench/bench_adapt.py --align``).
@@ -93,16 +109,19 @@ def stage_labels(samples, stage: int):
     return np.array(idx, dtype=int), np.array(lab, dtype=object)
 
 
-def _balanced_weights(y, total):
-    """Per-row weights, every class of ``y`` the same share, summing to ``total``."""
+def _balanced_weights(y, total, power=1.0):
+    """Per-row weights summing to ``total``; a class of ``n`` rows weighs ``n ** (1 -
+    power)`` in all: ``power`` 1 gives every class of ``y`` the same share, 0.5 the
+    square root of its count (:data:`TARGET_CLASS_POWER`)."""
     y = np.asarray(y)
     classes, counts = np.unique(y, return_counts=True)
-    per = {c: total / (len(classes) * n) for c, n in zip(classes, counts)}
-    return np.array([per[v] for v in y], dtype=np.float32)
+    per = {c: float(n) ** -power for c, n in zip(classes, counts)}
+    w = np.array([per[v] for v in y], dtype=np.float64)
+    return (w * total / w.sum()).astype(np.float32)
 
 
-def adapt_stage(stage, target_maps, target_y, epochs=40, lr=DENSE_LR, block5_epochs=0,
-                block5_lr=1e-4, seed=0, verbose=0):
+def adapt_stage(stage, target_maps, target_y, epochs=DENSE_EPOCHS, lr=DENSE_LR,
+                block5_epochs=0, block5_lr=1e-4, seed=0, verbose=0):
     """A copy of ``stage`` whose dense layers and SVM are refit on its source sample plus
     ``target_maps`` (trunk maps, all views stacked) labelled ``target_y``; with
     ``block5_epochs``, block5 and the dense layers are fine-tuned on ``target_maps`` in
@@ -127,7 +146,7 @@ def adapt_stage(stage, target_maps, target_y, epochs=40, lr=DENSE_LR, block5_epo
     y = np.concatenate([src_y, target_y])
     y_idx = np.searchsorted(stage.classes_.astype(str), y)
     weight = np.concatenate([_balanced_weights(src_y, len(src_y)),
-                             _balanced_weights(target_y, len(src_y))])
+                             _balanced_weights(target_y, len(src_y), TARGET_CLASS_POWER)])
 
     new = StageClassifier.from_fitted_state(stage.fitted_state(), stage.svm_,
                                             stage.head_.get_weights())
@@ -138,7 +157,8 @@ def adapt_stage(stage, target_maps, target_y, epochs=40, lr=DENSE_LR, block5_epo
     for name in DENSE_LAYERS:
         x = nodes[name] = new.head_.get_layer(name)(x)
     top = keras.Model(inputs, x)
-    top.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy")
+    top.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
+                steps_per_execution=STEPS_PER_EXECUTION)
     top.fit(gap, y_idx, sample_weight=weight / weight.mean(), batch_size=DENSE_BATCH,
             epochs=epochs, shuffle=True, verbose=verbose)
     if block5_epochs:
@@ -156,7 +176,7 @@ def _finetune_on_target(stage, maps, y_idx, epochs, lr, seed):
     """Fine-tune ``stage``'s whole head (block5 + dense layers) on the new lab's trunk
     maps, in the training precision, with random flips / rotations; the weights go back
     into ``stage.head_`` (float32)."""
-    from .backbone import (augment_feature_maps, build_head, class_weights, fit_keras,
+    from .backbone import (augment_feature_maps, build_head, fit_keras,
                            precision_policy, set_block5_trainable, tensor_dataset,
                            training_precision)
 
@@ -165,8 +185,12 @@ def _finetune_on_target(stage, maps, y_idx, epochs, lr, seed):
         head = build_head(n, stage.feature_shape_, dropout=stage.dropout, seed=seed)
         head.set_weights(stage.head_.get_weights())
         set_block5_trainable(head, True)
-        train = tensor_dataset(maps, y_idx, 32, shuffle_seed=seed).map(augment_feature_maps)
-        fit_keras(head, train, None, epochs, lr, class_weights(y_idx, n), 0, 0)
+        train = tensor_dataset(maps, y_idx, BLOCK5_BATCH, shuffle_seed=seed).map(augment_feature_maps)
+        w = _balanced_weights(y_idx, len(y_idx), TARGET_CLASS_POWER)
+        weights = {c: float(w[np.argmax(y_idx == c)]) if np.any(y_idx == c) else 0.0
+                   for c in range(n)}
+        fit_keras(head, train, None, epochs, lr, weights, 0, 0,
+                  steps_per_execution=STEPS_PER_EXECUTION)
     stage.head_.set_weights([w.astype(np.float32) for w in head.get_weights()])
 
 

@@ -211,11 +211,14 @@ def predict_batches(model, X, batch_size: int = 256) -> np.ndarray:
     return np.concatenate(out)
 
 
-def fit_keras(model, train_ds, val_ds, epochs, lr, class_weight, patience, verbose) -> dict:
-    """Adam + cross-entropy; early stopping on val loss (best weights kept). Returns history."""
+def fit_keras(model, train_ds, val_ds, epochs, lr, class_weight, patience, verbose,
+              steps_per_execution=1) -> dict:
+    """Adam + cross-entropy; early stopping on val loss (best weights kept). Returns history.
+    ``steps_per_execution`` batches run per call into the compiled graph (fewer Python
+    round trips for short steps)."""
     keras = _keras()
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+                  metrics=["accuracy"], steps_per_execution=steps_per_execution)
     callbacks = []
     if val_ds is not None:
         callbacks.append(keras.callbacks.EarlyStopping(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from hiercell.adapt import adapt_stage, stage_labels
+from hiercell.adapt import _balanced_weights, adapt_stage, stage_labels
 from hiercell.bundle import load
 from hiercell.cli import main
 from hiercell.data import read_dataset
@@ -266,3 +266,15 @@ def test_model_card_states_the_labs_review_threshold():
     assert "unflagged 0.900" in card and "0.85" in card and "Stage 2 was not adapted" in card
     cv["review"] = None
     assert "keeps the base model's threshold" in model_card(record, {})
+
+
+def test_class_weights_balance_fully_or_by_the_square_root_of_the_count():
+    y = np.array(["N"] * 100 + ["E"] * 25 + ["B"])
+    full = _balanced_weights(y, 300)
+    assert full.sum() == pytest.approx(300)
+    assert [full[y == c].sum() for c in "NEB"] == pytest.approx([100, 100, 100])
+    root = _balanced_weights(y, 300, power=0.5)
+    assert root.sum() == pytest.approx(300)
+    shares = np.array([root[y == c].sum() for c in "NEB"])
+    np.testing.assert_allclose(shares / shares.sum(), np.array([10, 5, 1]) / 16, rtol=1e-6)
+    assert root[y == "B"][0] > root[y == "N"][0]  # a rare cell still weighs more than a common one

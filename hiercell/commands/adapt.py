@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..adapt import BLOCK5_EPOCHS
+from ..adapt import BLOCK5_EPOCHS, DENSE_EPOCHS
 from .options import echo_err, load_model, model_option, precision_option, seed_option
 
 
@@ -68,8 +68,8 @@ def adapt(data, out, model_path, views, folds, block5_epochs, seed, precision):
         raise click.ClickException(str(exc)) from exc
     base = model_path or "bundled default model"
     record = adaptation_record(samples, cv, base, model.info, data_digest(samples), str(data),
-                               {"views": views, "block5_epochs": block5_epochs, "folds": folds,
-                                "seed": seed})
+                               {"views": views, "dense_epochs": DENSE_EPOCHS,
+                                "block5_epochs": block5_epochs, "folds": folds, "seed": seed})
     try:
         save_bundle(adapted, out, {"adaptation": record, "name": Path(out).name},
                     extra_files={"MODEL_CARD.md": model_card(record, model.info)})
