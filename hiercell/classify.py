@@ -37,6 +37,10 @@ class ModelLoadError(RuntimeError):
     """The model bundle could not be loaded."""
 
 
+class ReviewRateError(ValueError):
+    """A review rate was asked of a model without a review scorer."""
+
+
 class OutputPathError(ValueError):
     """An output path is an input image (or folder) or another output: refused before
     anything is written."""
@@ -213,7 +217,8 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
                     resume: bool = False, summary_path=None, report_path=None,
                     progress=True, workers: int | None = None,
                     report_gradcam: bool = True, precision: str = "auto",
-                    shard=None, auto_align: bool = True) -> ClassifyResult:
+                    shard=None, auto_align: bool = True,
+                    review_rate: float | None = None) -> ClassifyResult:
     """Classify every image under ``paths`` (files and folders, mixed).
 
     Parameters
@@ -258,6 +263,12 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
         the draw, whose trunk features the main pass reuses; every share of a sharded
         run draws the same images). The
         summary's ``alignment`` says what was done; ``None`` when not asked.
+    review_rate : float, optional
+        Flag for review about this share (0 < rate < 1) of the training lab's
+        validation cells instead of the model's default (5 % for the bundled model):
+        :meth:`hiercell.model.ImageClassifier.with_review_rate`. Rows kept by
+        ``resume`` keep the flag they were written with. The summary's ``review_rate``
+        and ``review_threshold`` say what was used (``None``: no review scorer).
 
     The summary gets ``precision`` (the trunk precision(s) of the classified rows)
     and ``shard``, and every record its ``precision`` and ``shard``.
@@ -288,6 +299,8 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
     batch_size = check_positive_int("batch_size", batch_size)
+    if review_rate is not None and not 0.0 < float(review_rate) < 1.0:
+        raise ValueError(f"review_rate must be between 0 and 1, got {review_rate!r}")
     top_k = check_positive_int("top_k", top_k)
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -343,6 +356,11 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
         model = None
     if model is not None:
         check_masking(model, masked)
+        if review_rate is not None:
+            try:
+                model = model.with_review_rate(review_rate)
+            except ValueError as exc:
+                raise ReviewRateError(f"review_rate: {exc}") from None
     alignment, known = None, {}
     if auto_align and model is not None and todo:
         model, alignment, known = _auto_align(model, listed, progress, masked, batch_size,
@@ -395,6 +413,9 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
     summary["precision"] = ",".join(sorted({r.precision for r in records if r.precision})) or None
     summary["shard"] = None if shard is None else str(shard)
     summary["alignment"] = alignment
+    reviewer = getattr(getattr(model, "hierarchy", None), "reviewer", None)
+    summary["review_rate"] = None if reviewer is None else float(reviewer.target_rate)
+    summary["review_threshold"] = None if reviewer is None else float(reviewer.threshold_)
     if sink is not None:
         sink.commit(records, summary)
     if summary_path is not None:

@@ -110,8 +110,11 @@ def review_line(summary: dict) -> str:
     if not summary.get("review_scored", False) and not summary.get("n_review"):
         return "Review: this model gives no review score (no cell flagged)"
     n = summary.get("n_review", 0)
+    rate = summary.get("review_rate")
     return (f"{n} cell{'' if n == 1 else 's'} need{'s' if n == 1 else ''} review "
-            f"({summary.get('review_percent', 0.0):.1f} % of classified cells)")
+            f"({summary.get('review_percent', 0.0):.1f} % of classified cells"
+            + ("" if rate is None else
+               f"; threshold set to flag {100 * rate:g} % of in-lab cells") + ")")
 
 
 def format_summary(summary: dict) -> str:

@@ -108,6 +108,21 @@ class ImageClassifier:
             weights += ":openvino"  # other rounding than Keras': never share a cache
         return TrunkConfig(self.input_size, self.masked, weights, preprocess=self.preprocess)
 
+    def with_review_rate(self, rate) -> "ImageClassifier":
+        """A copy whose review flag flags ``rate`` of the training lab's validation cells
+        (the bundle's default: its scorer's ``target_rate``, 0.05); see
+        :meth:`hiercell.review.ReviewScorer.at_rate`. ``ValueError`` without a review
+        scorer or for a rate outside (0, 1)."""
+        import copy
+
+        reviewer = getattr(self.hierarchy, "reviewer", None)
+        if reviewer is None:
+            raise ValueError("this model has no review scorer: a review rate cannot be set")
+        new = copy.copy(self)
+        new.hierarchy = copy.copy(self.hierarchy)
+        new.hierarchy.reviewer = reviewer.at_rate(rate)
+        return new
+
     # -- images -> features ----------------------------------------------------
     def prepare(self, images, masked=None) -> np.ndarray:
         """The uint8 batch the trunk sees (see :func:`hiercell.preprocess.prepare_batch`).

@@ -292,7 +292,8 @@ def _header(summary: dict, model, masked, notes: list) -> str:
             bits.append(f"masked = {masked if masked is not None else model.masked!r}")
     else:
         bits = []
-    bits += [f"{key} = {summary[key]}" for key in ("precision", "shard") if summary.get(key)]
+    bits += [f"{key} = {summary[key]}" for key in ("precision", "shard", "review_rate")
+             if summary.get(key)]
     if bits:
         parts.append(f"<p class=\"muted\">Model: {e(', '.join(bits))}</p>")
     parts += [f'<div class="note">{e(n)}</div><br>' for n in notes]

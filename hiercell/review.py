@@ -293,6 +293,21 @@ class ReviewScorer:
             new._calibrate()
         return new
 
+    def at_rate(self, rate) -> "ReviewScorer":
+        """A copy whose threshold flags ``rate`` (0 < rate < 1) of the in-lab validation
+        cells instead of :attr:`target_rate`. An adapted-to lab's own threshold
+        (:meth:`calibrate_own_lab`) is kept: its cells' scores are rescaled onto the new
+        threshold, so their flag does not change."""
+        import copy
+
+        rate = float(rate)
+        if not 0.0 < rate < 1.0:
+            raise ValueError(f"the review rate must be between 0 and 1, got {rate!r}")
+        new = copy.copy(self)
+        new.target_rate = rate
+        new._calibrate()
+        return new
+
     def calibrate_own_lab(self, wrongness, wrong, uncertain=None, lift_uncertain=True,
                           novel=None, min_rate=None) -> dict:
         """Set the flag's threshold for the adapted-to lab's cells (``own_lab`` rows of

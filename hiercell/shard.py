@@ -100,14 +100,25 @@ class MergeResult:
     missing: list = field(default_factory=list)  # the K no file covers
 
 
+def _json_summary(path) -> dict:
+    """The ``summary`` a JSON results file carries (``{}`` when it has none)."""
+    import json
+
+    return json.loads(Path(path).read_text(encoding="utf-8")).get("summary") or {}
+
+
+def _agreed(summaries, key):
+    """``key``'s value in every share's summary when all shares have one and agree, else
+    ``None`` (CSV shares carry no summary)."""
+    values = [None if s is None else s.get(key) for s in summaries]
+    return values[0] if values and all(v == values[0] for v in values) else None
+
+
 def _file_shard(path, records, fmt):
     """The one ``K/N`` of a shard results file (rows, else the JSON summary)."""
     values = {r.shard for r in records}
     if fmt == "json" and not values:
-        import json
-
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-        values = {(doc.get("summary") or {}).get("shard")}
+        values = {_json_summary(path).get("shard")}
     values.discard(None)
     if len(values) != 1:
         what = "no shard recorded (not written with --shard K/N?)" if not values else \
@@ -120,6 +131,10 @@ def merge_results(paths, allow_missing: bool = False) -> MergeResult:
     """Combine the results files of ``hiercell classify --shard K/N`` runs (CSV or JSON,
     by extension) into one list of records and one differential count.
 
+    The merged summary carries the shares' ``alignment``, ``review_rate`` and
+    ``review_threshold`` when every share is a JSON file that records the same (all
+    shares of one run align on the same draw of images); otherwise ``None``.
+
     Raises :class:`ShardError` when the files disagree on N, when two files hold the
     same share, when an image appears in two files, or (unless ``allow_missing``) when
     some shares have no file; the message names them.
@@ -128,6 +143,7 @@ def merge_results(paths, allow_missing: bool = False) -> MergeResult:
         raise ShardError("no shard results given")
     result = MergeResult()
     seen = {}
+    summaries = []  # each share's own summary (JSON files; None for CSV)
     for path in map(Path, paths):
         fmt = "json" if path.suffix.lower() == ".json" else "csv"
         rejected = []
@@ -151,11 +167,17 @@ def merge_results(paths, allow_missing: bool = False) -> MergeResult:
                                  "shares: were they run with different N or inputs?)")
             seen[key] = path
         result.records += records
+        summaries.append(_json_summary(path) if fmt == "json" else None)
     result.missing = [k for k in range(1, result.count + 1) if k not in result.shares]
     if result.missing and not allow_missing:
         raise ShardError(f"missing share(s) {', '.join(f'{k}/{result.count}' for k in result.missing)}"
                          f" ({len(result.shares)} of {result.count} given)")
-    result.summary = summarize(result.records)
+    alignment = _agreed(summaries, "alignment")  # every share aligns on the same draw
+    result.summary = summarize(result.records,
+                               aligned=bool(alignment and alignment.get("applied")))
+    result.summary["alignment"] = alignment
+    for key in ("review_rate", "review_threshold"):
+        result.summary[key] = _agreed(summaries, key)
     precisions = sorted({r.precision for r in result.records if r.precision})
     result.summary["precision"] = ",".join(precisions) or None
     result.summary["shards"] = {"count": result.count, "merged": sorted(result.shares),

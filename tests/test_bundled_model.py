@@ -107,3 +107,23 @@ def test_classify_command_with_bad_files(tmp_path, monkeypatch):
     total = sum(v["percent"] for v in summary["main_classes"].values())
     assert abs(total - 100) < 1e-6
     assert "Grad-CAM" in (tmp_path / "r.html").read_text()
+
+
+def test_classify_with_a_review_rate_flags_more_cells(tmp_path, monkeypatch):
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    for p in sorted(FIXTURES.glob("*/*.jpg")):
+        (folder / p.name).write_bytes(p.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    runs = {}
+    for rate in (None, "0.5"):
+        args = ["classify", str(folder), "--out", f"r{rate}.csv", "--summary", f"s{rate}.json"]
+        result = CliRunner().invoke(main, args + ([] if rate is None else ["--review-rate", rate]))
+        assert result.exit_code == 0, result.output
+        runs[rate] = json.loads((tmp_path / f"s{rate}.json").read_text())
+    default, wide = runs[None], runs["0.5"]
+    assert default["review_rate"] == pytest.approx(0.05) and wide["review_rate"] == 0.5
+    assert wide["review_threshold"] < default["review_threshold"]
+    assert wide["n_review"] > default["n_review"]
+    bad = CliRunner().invoke(main, ["classify", str(folder), "--review-rate", "1.5"])
+    assert bad.exit_code == 2 and "--review-rate" in bad.output

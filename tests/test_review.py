@@ -264,3 +264,34 @@ def test_a_new_labs_own_threshold_flags_as_many_cells_as_were_wrong(learned):
     assert gated.own_threshold_ > new.own_threshold_
     with pytest.raises(ValueError, match="one wrongness, wrong and uncertain"):
         new.calibrate_own_lab(u, wrong[:3])
+
+
+def test_a_review_rate_sets_the_share_of_in_lab_cells_flagged(learned):
+    s, cells, _ = learned
+    d, answers, proba, wrong, _ = cells(3000)
+    wider = s.at_rate(0.15)
+    assert s.target_rate == 0.05 and wider.target_rate == 0.15  # the original is untouched
+    assert wider.threshold_ < s.threshold_
+    score, _ = wider.score(d, proba, None, answers, proba)
+    assert 0.12 < wider.flag(score).mean() < 0.18
+    base, _ = s.score(d, proba, None, answers, proba)
+    assert wider.flag(score)[s.flag(base)].all()  # every cell flagged at 5 % still is
+    again = ReviewScorer.from_arrays(wider.to_arrays())
+    assert again.threshold_ == pytest.approx(wider.threshold_)
+    for bad in (0, 1, -0.1, 1.5):
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            s.at_rate(bad)
+
+
+def test_a_review_rate_keeps_an_adapted_labs_own_flag(learned):
+    s, cells, rng = learned
+    d, answers, proba, wrong, y = cells(300, 0.3)
+    lab = s.with_reference(d[:100], y[:100])
+    u, _ = lab.wrongness_and_novelty(d[100:], answers[100:], proba[100:])
+    lab.calibrate_own_lab(u, wrong[100:])
+    own = np.ones(200, bool)
+    flag = lambda m: m.flag(m.score(d[100:], proba[100:], None, answers[100:], proba[100:],
+                                    own_lab=own)[0])
+    wider = lab.at_rate(0.15)
+    assert wider.threshold_ < lab.threshold_
+    np.testing.assert_array_equal(flag(wider), flag(lab))

@@ -136,3 +136,26 @@ def test_merge_refuses_a_torn_shard_file(archive, tmp_path):
         fh.write("/x/cut.png,SNE,0.9\n")  # a row cut by a hard kill
     with pytest.raises(ShardError, match="cannot be read"):
         merge_results(outs)
+
+
+def test_merge_carries_the_shares_alignment_and_review_rate(archive, tmp_path):
+    outs = run_shards(archive, tmp_path, 3, "json")
+    record = {"applied": True, "n_cells": 30, "message": "aligned the model to these images"}
+    for out in outs:  # as shares of an aligned run on novel images write them
+        doc = json.loads(out.read_text())
+        for row in doc["results"]:
+            row["novelty"] = 0.99
+        doc["summary"].update(alignment=record, review_rate=0.1, review_threshold=0.15)
+        out.write_text(json.dumps(doc))
+    merged = merge_results(outs).summary
+    assert merged["alignment"] == record
+    assert (merged["review_rate"], merged["review_threshold"]) == (0.1, 0.15)
+    shift = merged["domain_shift"]
+    assert shift["warning"] and "aligned to them" in shift["message"]
+    assert "hiercell align`" not in shift["message"]
+    doc = json.loads(outs[1].read_text())  # one share not aligned: nothing is claimed
+    doc["summary"]["alignment"] = {"applied": False, "n_cells": 30, "message": "not aligned"}
+    outs[1].write_text(json.dumps(doc))
+    merged = merge_results(outs).summary
+    assert merged["alignment"] is None and "hiercell align`" in merged["domain_shift"]["message"]
+    assert merge_results(run_shards(archive, tmp_path / "csv", 3)).summary["alignment"] is None

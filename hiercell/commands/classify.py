@@ -49,8 +49,13 @@ _MAX_LISTED_ERRORS = 10
 @click.option("--auto-align/--no-auto-align", default=True, show_default=True,
               help="When the images look unlike the training data (at least 50 of them), "
                    "align the model to them first, without labels (see 'hiercell align').")
+@click.option("--review-rate", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=None,
+              help="Flag for review about this share of the training lab's validation cells "
+                   "(e.g. 0.10; higher flags more cells and leaves fewer errors unflagged). "
+                   "[default: the model's, 0.05 for the bundled model]")
 def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, report_path,
-             gradcam, summary_path, resume, precision, shard, auto_align):
+             gradcam, summary_path, resume, precision, shard, auto_align, review_rate):
     """Classify the cell images in PATH... (image files and/or folders).
 
     Writes one row per image (label, probability, main class, subclass,
@@ -65,7 +70,8 @@ def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, 
     1 other failure (e.g. the model cannot be loaded); 130 interrupted (the
     finished rows are kept in OUT.partial for --resume).
     """
-    from ..classify import ModelLoadError, NoImagesError, OutputPathError, classify_folder
+    from ..classify import (ModelLoadError, NoImagesError, OutputPathError, ReviewRateError,
+                            classify_folder)
     from ..differential import format_summary
     from ..fileutil import display
     from ..model import MaskingError
@@ -88,8 +94,9 @@ def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, 
             list(paths), model=model_path, out=out, fmt=fmt, masked=masked, top_k=top_k,
             recursive=recursive, batch_size=batch_size, resume=resume,
             summary_path=summary_path, report_path=report_path, progress=True,
-            report_gradcam=gradcam, precision=precision, shard=shard, auto_align=auto_align)
-    except (NoImagesError, ResumeError, OutputPathError, MaskingError) as exc:
+            report_gradcam=gradcam, precision=precision, shard=shard, auto_align=auto_align,
+            review_rate=review_rate)
+    except (NoImagesError, ResumeError, OutputPathError, MaskingError, ReviewRateError) as exc:
         raise click.UsageError(str(exc)) from None
     except ModelLoadError as exc:
         raise click.ClickException(str(exc)) from None
