@@ -58,7 +58,8 @@ BLOCK5_BATCH = 32
 #: part of the dense refit's small steps).
 STEPS_PER_EXECUTION = 8
 #: Class weighting of the new lab's cells in every refit (:func:`_balanced_weights`): with
-#: 0.5 a class of n cells weighs sqrt(n) in all (1.0: every class the same). With the
+#: 0.5 a class of n cells weighs sqrt(n) in all (1.0: every class the same; the SVM's own
+#: class_weight="balanced" acts on top, over source and new rows together). With the
 #: natural mix of 200 Jiangxi cells (110 neutrophils, 1 basophil) full balancing pushed
 #: neutrophils into rarer classes (``hiercell adapt``'s cross-validation 0.69 with 20
 #: dense epochs, 0.85 with 40); square-root weighting with 20 epochs: 0.85.
@@ -396,7 +397,7 @@ def data_digest(samples) -> str:
 def adaptation_record(samples, cv: dict, base: str, base_info: dict, digest: str,
                       data: str, settings: dict | None = None) -> dict:
     """What ``bundle.json`` says about an adaptation (key ``adaptation``); ``settings``:
-    the options it ran with (views, block5 epochs, folds, seed)."""
+    the options it ran with (views, dense and block5 epochs, folds, seed)."""
     from collections import Counter
 
     return {"base_model": base, "base_model_name": base_info.get("name"),

@@ -266,9 +266,11 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
     review_rate : float, optional
         Flag for review about this share (0 < rate < 1) of the training lab's
         validation cells instead of the model's default (5 % for the bundled model):
-        :meth:`hiercell.model.ImageClassifier.with_review_rate`. Rows kept by
-        ``resume`` keep the flag they were written with. The summary's ``review_rate``
-        and ``review_threshold`` say what was used (``None``: no review scorer).
+        :meth:`hiercell.model.ImageClassifier.with_review_rate` (in a model adapted to
+        a lab, that lab's cells keep the adaptation's threshold). The summary's
+        ``review_rate`` is this rate (``None``: the model's default) and
+        ``review_threshold`` the threshold used (``None`` without a review scorer, or
+        when rows were kept by ``resume``: they keep the flag they were written with).
 
     The summary gets ``precision`` (the trunk precision(s) of the classified rows)
     and ``shard``, and every record its ``precision`` and ``shard``.
@@ -414,8 +416,9 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
     summary["shard"] = None if shard is None else str(shard)
     summary["alignment"] = alignment
     reviewer = getattr(getattr(model, "hierarchy", None), "reviewer", None)
-    summary["review_rate"] = None if reviewer is None else float(reviewer.target_rate)
-    summary["review_threshold"] = None if reviewer is None else float(reviewer.threshold_)
+    summary["review_rate"] = None if review_rate is None else float(review_rate)
+    summary["review_threshold"] = (None if reviewer is None or previous  # kept rows: unknown
+                                   else float(reviewer.threshold_))
     if sink is not None:
         sink.commit(records, summary)
     if summary_path is not None:

@@ -101,10 +101,16 @@ class MergeResult:
 
 
 def _json_summary(path) -> dict:
-    """The ``summary`` a JSON results file carries (``{}`` when it has none)."""
+    """The ``summary`` a JSON results file carries (``{}`` when it has none or is not one
+    JSON document, e.g. a partial file of JSON lines)."""
     import json
 
-    return json.loads(Path(path).read_text(encoding="utf-8")).get("summary") or {}
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError:
+        return {}
+    summary = doc.get("summary") if isinstance(doc, dict) else None
+    return summary if isinstance(summary, dict) else {}
 
 
 def _agreed(summaries, key):
@@ -112,6 +118,16 @@ def _agreed(summaries, key):
     ``None`` (CSV shares carry no summary)."""
     values = [None if s is None else s.get(key) for s in summaries]
     return values[0] if values and all(v == values[0] for v in values) else None
+
+
+def _agreed_alignment(summaries):
+    """The first share's ``alignment`` record when every share has one and all agree on
+    whether it was applied (their figures, e.g. the estimated class mix, may differ in
+    the last digits between machines of other trunk precisions), else ``None``."""
+    records = [None if s is None else s.get("alignment") for s in summaries]
+    if not records or not all(isinstance(r, dict) for r in records):
+        return None
+    return records[0] if len({bool(r.get("applied")) for r in records}) == 1 else None
 
 
 def _file_shard(path, records, fmt):
@@ -131,9 +147,10 @@ def merge_results(paths, allow_missing: bool = False) -> MergeResult:
     """Combine the results files of ``hiercell classify --shard K/N`` runs (CSV or JSON,
     by extension) into one list of records and one differential count.
 
-    The merged summary carries the shares' ``alignment``, ``review_rate`` and
-    ``review_threshold`` when every share is a JSON file that records the same (all
-    shares of one run align on the same draw of images); otherwise ``None``.
+    The merged summary carries the shares' ``alignment`` (when every share is a JSON
+    file that records one, all applied or all not: the shares of one run align on the
+    same draw of images), ``review_rate`` and ``review_threshold`` (when every share
+    records the same); otherwise ``None``.
 
     Raises :class:`ShardError` when the files disagree on N, when two files hold the
     same share, when an image appears in two files, or (unless ``allow_missing``) when
@@ -172,7 +189,7 @@ def merge_results(paths, allow_missing: bool = False) -> MergeResult:
     if result.missing and not allow_missing:
         raise ShardError(f"missing share(s) {', '.join(f'{k}/{result.count}' for k in result.missing)}"
                          f" ({len(result.shares)} of {result.count} given)")
-    alignment = _agreed(summaries, "alignment")  # every share aligns on the same draw
+    alignment = _agreed_alignment(summaries)  # every share aligns on the same draw
     result.summary = summarize(result.records,
                                aligned=bool(alignment and alignment.get("applied")))
     result.summary["alignment"] = alignment

@@ -122,8 +122,16 @@ def test_classify_with_a_review_rate_flags_more_cells(tmp_path, monkeypatch):
         assert result.exit_code == 0, result.output
         runs[rate] = json.loads((tmp_path / f"s{rate}.json").read_text())
     default, wide = runs[None], runs["0.5"]
-    assert default["review_rate"] == pytest.approx(0.05) and wide["review_rate"] == 0.5
+    assert default["review_rate"] is None and wide["review_rate"] == 0.5
     assert wide["review_threshold"] < default["review_threshold"]
     assert wide["n_review"] > default["n_review"]
+    extra = sorted(FIXTURES.glob("*/*.jpg"))[0]
+    (folder / f"new_{extra.name}").write_bytes(extra.read_bytes())
+    again = CliRunner().invoke(main, ["classify", str(folder), "--out", "r0.5.csv", "--resume",
+                                      "--summary", "again.json", "--review-rate", "0.5"])
+    assert again.exit_code == 0, again.output
+    resumed = json.loads((tmp_path / "again.json").read_text())
+    assert resumed["n_images"] == default["n_images"] + 1
+    assert resumed["review_rate"] == 0.5 and resumed["review_threshold"] is None  # kept rows
     bad = CliRunner().invoke(main, ["classify", str(folder), "--review-rate", "1.5"])
     assert bad.exit_code == 2 and "--review-rate" in bad.output

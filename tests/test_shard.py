@@ -159,3 +159,14 @@ def test_merge_carries_the_shares_alignment_and_review_rate(archive, tmp_path):
     merged = merge_results(outs).summary
     assert merged["alignment"] is None and "hiercell align`" in merged["domain_shift"]["message"]
     assert merge_results(run_shards(archive, tmp_path / "csv", 3)).summary["alignment"] is None
+    mixed = [outs[0], *run_shards(archive, tmp_path / "csv2", 3)[1:]]  # JSON + CSV shares
+    assert merge_results(mixed).summary["alignment"] is None
+
+
+def test_merge_keeps_an_alignment_whose_figures_differ_in_the_last_digits(archive, tmp_path):
+    outs = run_shards(archive, tmp_path, 2, "json")
+    for k, out in enumerate(outs):  # shares on machines of other trunk precisions
+        doc = json.loads(out.read_text())
+        doc["summary"]["alignment"] = {"applied": True, "domain_score": 0.9 + 1e-4 * k}
+        out.write_text(json.dumps(doc))
+    assert merge_results(outs).summary["alignment"]["applied"] is True

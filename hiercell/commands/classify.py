@@ -52,8 +52,9 @@ _MAX_LISTED_ERRORS = 10
 @click.option("--review-rate", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=None,
               help="Flag for review about this share of the training lab's validation cells "
-                   "(e.g. 0.10; higher flags more cells and leaves fewer errors unflagged). "
-                   "[default: the model's, 0.05 for the bundled model]")
+                   "(e.g. 0.10; higher flags more cells and leaves fewer errors unflagged; "
+                   "in a model adapted to a lab, that lab's cells keep the adaptation's "
+                   "threshold). [default: the model's, 0.05 for the bundled model]")
 def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, report_path,
              gradcam, summary_path, resume, precision, shard, auto_align, review_rate):
     """Classify the cell images in PATH... (image files and/or folders).
