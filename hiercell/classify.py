@@ -120,6 +120,22 @@ def _classify(model, images, paths, top_k, masked, prepared=None, known=None):
     return records, list(feats)
 
 
+def _batch_or_one_by_one(run, items, failed) -> list:
+    """``run(items)``, one result per item; when it raises, ``run`` on each item alone,
+    with ``failed(item, exc)`` as the result of an item that fails by itself, so that one
+    bad image costs only its own result."""
+    try:
+        return list(run(items))
+    except Exception:  # noqa: BLE001 - find the offending item(s) one at a time
+        out = []
+        for item in items:
+            try:
+                out += list(run([item]))
+            except Exception as exc:  # noqa: BLE001
+                out.append(failed(item, exc))
+        return out
+
+
 def classify_batch(model, loaded, top_k=3, masked=None, known=None):
     """Records and trunk features for one batch of ``(path, rgb | None, reason[, prepared])``,
     in order (features ``None`` where an image failed; ``prepared``: the image's network
@@ -133,21 +149,18 @@ def classify_batch(model, loaded, top_k=3, masked=None, known=None):
     good = [i for i, item in enumerate(loaded) if item[1] is not None]
     if not good:
         return records, features
-    try:
-        recs, feats = _classify(model, [loaded[i][1] for i in good], [loaded[i][0] for i in good],
-                                top_k, masked, [loaded[i][3] for i in good], known)
-    except Exception:  # noqa: BLE001 - find the offending image(s) one at a time
-        recs, feats = [], []
-        for i in good:
-            path, rgb, _, prepared = loaded[i]
-            try:
-                r, f = _classify(model, [rgb], [path], top_k, masked, [prepared], known)
-            except Exception as exc:  # noqa: BLE001
-                reason = f"classification failed ({type(exc).__name__}: {exc})"
-                r, f = [Prediction.failed(path, reason)], [None]
-            recs += r
-            feats += f
-    for i, rec, feat in zip(good, recs, feats):
+
+    def run(items):
+        recs, feats = _classify(model, [it[1] for it in items], [it[0] for it in items],
+                                top_k, masked, [it[3] for it in items], known)
+        return zip(recs, feats)
+
+    def failed(item, exc):
+        reason = f"classification failed ({type(exc).__name__}: {exc})"
+        return Prediction.failed(item[0], reason), None
+
+    results = _batch_or_one_by_one(run, [loaded[i] for i in good], failed)
+    for i, (rec, feat) in zip(good, results):
         records[i], features[i] = rec, feat
     return records, features
 
@@ -197,16 +210,11 @@ def _auto_align(model, images, progress, masked=None, batch_size=32, workers=Non
         with closing(loaded):
             for chunk in chunks(loaded, batch_size):
                 good = [item for item in chunk if item[1] is not None]
-                try:
-                    feats = _features(model, [g[1] for g in good], [g[0] for g in good],
-                                      masked, [g[3] for g in good]) if good else []
-                    known.update((str(g[0]), f) for g, f in zip(good, feats))
-                except Exception:  # noqa: BLE001 - one image at a time; the main pass
-                    for g in good:  # reports the one at fault
-                        try:
-                            known[str(g[0])] = _features(model, [g[1]], [g[0]], masked, [g[3]])[0]
-                        except Exception:  # noqa: BLE001
-                            pass
+                feats = _batch_or_one_by_one(  # an image at fault: the main pass reports it
+                    lambda items: _features(model, [g[1] for g in items], [g[0] for g in items],
+                                            masked, [g[3] for g in items]),
+                    good, lambda item, exc: None) if good else []
+                known.update((str(g[0]), f) for g, f in zip(good, feats) if f is not None)
                 update(len(chunk))
     maps = np.stack(list(known.values())).astype(np.float32) if known else []
     return (*auto_align(model, maps), known)

@@ -156,13 +156,15 @@ def open_sink(out, fmt: str = "csv", previous=()) -> ResultsSink:
 # --------------------------------------------------------------------------- reading back
 
 
-def read_results(path, fmt: str = "csv", rejected: list | None = None) -> list:
+def read_results(path, fmt: str = "csv", rejected: list | None = None,
+                 summary: dict | None = None) -> list:
     """The valid records of a results file written by
     :func:`hiercell.classify.classify_folder` (or of its partial file).
 
     Rows that fail :func:`check_row` (e.g. the last line of a file cut by a hard
     kill) are skipped, and appended to ``rejected`` as ``(row number, reason)``
-    when it is a list. Files from before the ``top3`` -> ``top_k`` rename are read too.
+    when it is a list. A JSON file's own ``summary`` is copied into ``summary`` when
+    that is a dict. Files from before the ``top3`` -> ``top_k`` rename are read too.
     """
     path = Path(path)
     records = []
@@ -177,6 +179,8 @@ def read_results(path, fmt: str = "csv", rejected: list | None = None) -> list:
             doc = None
         if isinstance(doc, dict) and "results" in doc:
             rows = doc["results"] if isinstance(doc["results"], list) else []
+            if summary is not None and isinstance(doc.get("summary"), dict):
+                summary.update(doc["summary"])
         else:  # a partial file: JSON lines
             rows = []
             for line in text.splitlines():

@@ -100,19 +100,6 @@ class MergeResult:
     missing: list = field(default_factory=list)  # the K no file covers
 
 
-def _json_summary(path) -> dict:
-    """The ``summary`` a JSON results file carries (``{}`` when it has none or is not one
-    JSON document, e.g. a partial file of JSON lines)."""
-    import json
-
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except ValueError:
-        return {}
-    summary = doc.get("summary") if isinstance(doc, dict) else None
-    return summary if isinstance(summary, dict) else {}
-
-
 def _agreed(summaries, key):
     """``key``'s value in every share's summary when all shares have one and agree, else
     ``None`` (CSV shares carry no summary)."""
@@ -130,11 +117,11 @@ def _agreed_alignment(summaries):
     return records[0] if len({bool(r.get("applied")) for r in records}) == 1 else None
 
 
-def _file_shard(path, records, fmt):
-    """The one ``K/N`` of a shard results file (rows, else the JSON summary)."""
+def _file_shard(path, records, summary):
+    """The one ``K/N`` of a shard results file (rows, else its JSON ``summary``)."""
     values = {r.shard for r in records}
-    if fmt == "json" and not values:
-        values = {_json_summary(path).get("shard")}
+    if not values:
+        values = {summary.get("shard")}
     values.discard(None)
     if len(values) != 1:
         what = "no shard recorded (not written with --shard K/N?)" if not values else \
@@ -163,13 +150,13 @@ def merge_results(paths, allow_missing: bool = False) -> MergeResult:
     summaries = []  # each share's own summary (JSON files; None for CSV)
     for path in map(Path, paths):
         fmt = "json" if path.suffix.lower() == ".json" else "csv"
-        rejected = []
-        records = read_results(path, fmt, rejected)
+        rejected, summary = [], {}
+        records = read_results(path, fmt, rejected, summary)
         if rejected:
             row, reason = rejected[0]
             raise ShardError(f"{path}: {len(rejected)} row(s) cannot be read (row {row}: "
                              f"{reason}); re-run that share")
-        shard = _file_shard(path, records, fmt)
+        shard = _file_shard(path, records, summary)
         if result.count and shard.count != result.count:
             raise ShardError(f"{path}: share {shard} of {shard.count}, but "
                              f"{result.shares[next(iter(result.shares))]} is of {result.count}")
@@ -184,7 +171,7 @@ def merge_results(paths, allow_missing: bool = False) -> MergeResult:
                                  "shares: were they run with different N or inputs?)")
             seen[key] = path
         result.records += records
-        summaries.append(_json_summary(path) if fmt == "json" else None)
+        summaries.append(summary if fmt == "json" else None)
     result.missing = [k for k in range(1, result.count + 1) if k not in result.shares]
     if result.missing and not allow_missing:
         raise ShardError(f"missing share(s) {', '.join(f'{k}/{result.count}' for k in result.missing)}"

@@ -321,3 +321,32 @@ def test_classify_folder_reuses_the_pre_pass_trunk_features(tiny_model, tiny_dat
     assert [(r.path, r.label) for r in result.records] == [(r.path, r.label) for r in again.records]
     np.testing.assert_allclose([r.probability for r in result.records],
                                [r.probability for r in again.records], atol=1e-5)
+
+
+def test_a_bad_image_in_the_pre_pass_costs_only_itself(tiny_model, tiny_data, tmp_path,
+                                                      monkeypatch):
+    """An image the trunk fails on in the automatic alignment's pre-pass is left out of
+    the alignment, the rest of its batch is kept, and the main pass reports it."""
+    import hiercell.classify
+    import hiercell.review
+    from hiercell.classify import classify_folder
+
+    folder = tmp_path / "cells"
+    shutil.copytree(tiny_data, folder)
+    shutil.copy(sorted(folder.glob("*.jpg"))[0], folder / "poison.jpg")
+    monkeypatch.setattr(hiercell.review, "domain_shift", _warns(True))
+    monkeypatch.setattr(auto, "AUTO_SAMPLE", 10_000)  # every image drawn
+    original = hiercell.classify._features
+
+    def failing(model, images, paths, *args, **kwargs):
+        if any("poison" in str(p) for p in paths):
+            raise RuntimeError("trunk failed")
+        return original(model, images, paths, *args, **kwargs)
+    monkeypatch.setattr(hiercell.classify, "_features", failing)
+    result = classify_folder(folder, model=tiny_model, progress=False, batch_size=8)
+    n = len(list(folder.glob("*.jpg")))
+    assert result.summary["alignment"]["applied"]
+    assert result.summary["alignment"]["n_cells"] == n - 1
+    bad = [r for r in result.records if r.status != "ok"]
+    assert [r.path.rsplit("/", 1)[-1] for r in bad] == ["poison.jpg"]
+    assert "trunk failed" in bad[0].error and result.n_ok == n - 1
