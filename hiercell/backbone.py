@@ -223,8 +223,9 @@ def fit_keras(model, train_ds, val_ds, epochs, lr, class_weight, patience, verbo
     if val_ds is not None:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=patience, restore_best_weights=True))
+    # the tf.data sets shuffle themselves (shuffle=True would only make Keras warn)
     hist = model.fit(train_ds, epochs=epochs, validation_data=val_ds, class_weight=class_weight,
-                     callbacks=callbacks, verbose=verbose)
+                     callbacks=callbacks, verbose=verbose, shuffle=False)
     return {k: [float(v) for v in vs] for k, vs in hist.history.items()}
 
 

@@ -51,6 +51,17 @@ def test_stage_classifier_fit_predict_shapes():
     assert clone(clf).get_params()["head_epochs"] == 5
 
 
+def test_training_a_stage_does_not_make_keras_warn(recwarn):
+    # every Keras fit gets self-shuffling tf.data sets: its own shuffle must be off, or
+    # each fit prints a UserWarning that a user of train/adapt takes for a problem
+    rng = np.random.default_rng(1)
+    X, y = _features(24, rng, ["a", "b"])
+    StageClassifier(head_epochs=1, finetune_epochs=1, batch_size=8, verbose=0,
+                    svm_C=(1.0,)).fit(X[:16], y[:16], X[16:], y[16:])
+    keras_warnings = [str(w.message) for w in recwarn if "shuffle" in str(w.message)]
+    assert keras_warnings == []
+
+
 def _p1(main, p=0.9):
     row = np.full(len(MAIN_CLASSES), (1 - p) / (len(MAIN_CLASSES) - 1))
     row[MAIN_CLASSES.index(main)] = p
