@@ -21,10 +21,13 @@ Prints, for the bundle (default: the bundled model):
    scorer is fit as the bundle's is (:func:`hiercell.review.fit_reviewer`, the
    kind the bundle holds: learned or legacy) on ``--reference`` random training
    cells and the validation cells of the other classes (with ``--views``
-   shifted views of them), and the stage-1 SVM is refit without the class
-   on the bundle's source sample (the network itself still saw the class in
-   training, which this protocol cannot undo without retraining); AUROC of ``review_score`` for held-out-class test
-   cells against the other classes' test cells, and share of them flagged.
+   shifted views of them), and the stage-1 SVM and the network head's softmax
+   layer (a multinomial logistic regression on its Dense(512) activations, which
+   the review score reads) are refit without the class on the bundle's source
+   sample (the rest of the network still saw the class in training, which this
+   protocol cannot undo without retraining); AUROC of ``review_score`` for
+   held-out-class test cells against the other classes' test cells, and share
+   of them flagged.
 
 Trunk features are cached (``--cache``) so that reruns are quick.
 """
@@ -100,13 +103,14 @@ def operating_points(model, a, test_recs, test, rates=(0.05, 0.075, 0.10, 0.15))
 def held_out(model, X_test, test, X_ref, ref, X_val, val, cls, val_views=()):
     """Review scores of the test cells with class ``cls`` held out (see module doc):
     reviewer refit on training and validation cells of the other classes, stage-1 SVM
-    refit on the bundle's source sample without ``cls``."""
+    and the head's softmax layer refit on the bundle's source sample without ``cls``."""
     import keras
+    from sklearn.linear_model import LogisticRegression
 
     from hiercell.backbone import predict_batches
 
     hier = copy.copy(model.hierarchy)
-    stage = hier.stage1  # the SVM is swapped for the run and put back below
+    stage = hier.stage1  # the SVM and softmax are swapped for the run and put back below
     saved = (stage.svm_, stage.svm_max_per_class, stage.svm_C,
              stage.svm_best_params_, stage.svm_cv_score_, stage.classes_)
     src = stage.source_sample_
@@ -114,14 +118,20 @@ def held_out(model, X_test, test, X_ref, ref, X_val, val, cls, val_views=()):
     inputs = keras.Input(shape=(src["gap"].shape[1],))
     embed = keras.Model(inputs, stage.head_.get_layer("embedding")(inputs))
     emb = predict_batches(embed, src["gap"][keep].astype(np.float32), 512)
+    w512, b512 = (np.asarray(w, np.float32) for w in stage.head_.get_layer("dense_512").get_weights())
+    relu512 = lambda e: np.maximum(np.asarray(e, np.float32) @ w512 + b512, 0.0)
+    softmax = LogisticRegression(max_iter=3000).fit(relu512(emb), src["y"][keep])
     stage.svm_max_per_class = None
     stage.svm_C = (saved[3]["svc__C"],)
     try:
         stage.fit_svm_embeddings(emb, src["y"][keep])
         stage.classes_ = stage.svm_.classes_
+        assert list(softmax.classes_) == list(stage.classes_)
+        stage.network_proba_of_embeddings = lambda e: softmax.predict_proba(relu512(e))
         return _held_out_scores(hier, X_test, test, X_ref, ref, X_val, val, cls, val_views,
                                 learned=model.hierarchy.reviewer.learned)
     finally:
+        stage.__dict__.pop("network_proba_of_embeddings", None)
         (stage.svm_, stage.svm_max_per_class, stage.svm_C,
          stage.svm_best_params_, stage.svm_cv_score_, stage.classes_) = saved
 

@@ -326,7 +326,8 @@ def cross_val_predict(model, maps, samples, k=3, seed=0, block5_epochs=BLOCK5_EP
                 own = hierarchy.adapted_rows(maps[0, test])
                 u, percentile = reviewer.wrongness_and_novelty(
                     trunk_descriptor(maps[0, test]), after[test].astype(str),
-                    [d.main_p for d in decisions], own_lab=own)
+                    [d.main_p for d in decisions], own_lab=own,
+                    network_proba=[d.network_p for d in decisions])
                 wrongness[test] = np.where(own, u, np.nan)
                 novel[test] = percentile > reviewer.novel_gate
             update(1)

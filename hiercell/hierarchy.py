@@ -41,6 +41,7 @@ class Decision:
     sub: str | None = None
     sub_p: float | None = None
     uncertain: bool = False
+    network_p: float | None = None  # stage 1's network head on ``main`` (review signal)
 
     @property
     def label(self) -> str:
@@ -113,18 +114,25 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         """Probabilities of stage ``number`` (1 or 2) over that stage's ``classes_``, each
         row from the adapted stage or the base's as the gate decides (``own``: the
         :meth:`adapted_rows` mask, when already known)."""
+        return self._stage_outputs(number, X, own)[0]
+
+    def _stage_outputs(self, number, X, own=None):
+        """``(SVM probabilities, network head probabilities)`` of stage ``number``, both
+        over its ``classes_``, rows answered as :meth:`stage_proba` says."""
         stage = self.stage1 if number == 1 else self.stage2
         own = self.adapted_rows(X) if own is None else own
         if own.all():
-            return stage.predict_proba(self.aligned(X))
+            return stage.predict_proba_and_network_proba(self.aligned(X))
         fallback = self.base.stage1 if number == 1 else self.base.stage2
-        out = np.empty((len(X), len(stage.classes_)))
+        want = [str(c) for c in stage.classes_]
+        svm, net = np.empty((len(X), len(want))), np.empty((len(X), len(want)))
         for rows, model, aligned in ((own, stage, True), (~own, fallback, False)):
             if rows.any():
                 X_rows = self.aligned(X[rows]) if aligned else X[rows]
-                out[rows] = _reorder(model.predict_proba(X_rows), model.classes_,
-                                     [str(c) for c in stage.classes_])
-        return out
+                p, q = model.predict_proba_and_network_proba(X_rows)
+                svm[rows] = _reorder(p, model.classes_, want)
+                net[rows] = _reorder(q, model.classes_, want)
+        return svm, net
 
     def predict_stage(self, number, X):
         """Most probable class of stage ``number`` per row (the stage alone, as trained:
@@ -133,15 +141,19 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         return stage.classes_[self.stage_proba(number, X).argmax(1)]
 
     def _stage_probas(self, X, own=None):
+        """``(p1, p2, n1)``: stage-1 probabilities over :data:`MAIN_CLASSES`, stage 2's
+        over its classes (NaN rows where it did not run; ``None`` without stage 2), and
+        stage 1's network head probabilities over :data:`MAIN_CLASSES`."""
         own = self.adapted_rows(X) if own is None else own
-        p1 = _reorder(self.stage_proba(1, X, own), self.stage1.classes_, MAIN_CLASSES)
+        p1, n1 = (_reorder(p, self.stage1.classes_, MAIN_CLASSES)
+                  for p in self._stage_outputs(1, X, own))
         if self.stage2 is None:
-            return p1, None
+            return p1, None, n1
         p2 = np.full((len(X), len(self.stage2.classes_)), np.nan)
         routed = np.isin(np.asarray(MAIN_CLASSES)[p1.argmax(1)], ROUTED_MAIN)
         if routed.any():
             p2[routed] = self.stage_proba(2, X[routed], own[routed])
-        return p1, p2
+        return p1, p2, n1
 
     def _stage2_classes(self):
         return [str(c) for c in self.stage2.classes_] if self.stage2 is not None else []
@@ -149,12 +161,12 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X):
         """End-to-end probabilities over :attr:`classes_`, ``(n, 11)`` (``(n, 8)`` without
         stage 2); rows sum to 1."""
-        p1, p2 = self._stage_probas(X)
+        p1, p2, _ = self._stage_probas(X)
         return combine_probabilities(p1, p2, self._stage2_classes())
 
     def predict(self, X):
         """The finest decided label per row: a subclass, or a main class."""
-        p1, p2 = self._stage_probas(X)
+        p1, p2, _ = self._stage_probas(X)
         return np.array([d.label for d in route(p1, p2, self._stage2_classes())], dtype=object)
 
     def predict_records(self, X, paths=None, top_k=3):
@@ -165,12 +177,12 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         (which is also its end-to-end probability).
         """
         own = self.adapted_rows(X)  # the gate decides once for both stages and the review
-        p1, p2 = self._stage_probas(X, own)
+        p1, p2, n1 = self._stage_probas(X, own)
         s2 = self._stage2_classes()
         fine = combine_probabilities(p1, p2, s2)
         classes = [str(c) for c in self.classes_]
         paths = list(paths) if paths is not None else [None] * len(X)
-        decisions = route(p1, p2, s2)
+        decisions = route(p1, p2, s2, n1)
         review = self.review_scores(X, p1, decisions, own)
         out = []
         for i, d in enumerate(decisions):
@@ -191,8 +203,8 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
     def decide(self, X):
         """``(p1, decisions)``: stage-1 probabilities over :data:`MAIN_CLASSES` and one
         routed :class:`Decision` per row of ``X``."""
-        p1, p2 = self._stage_probas(X)
-        return p1, route(p1, p2, self._stage2_classes())
+        p1, p2, n1 = self._stage_probas(X)
+        return p1, route(p1, p2, self._stage2_classes(), n1)
 
     def review_scores(self, X, p1=None, decisions=None, own=None):
         """``(review_score, review, novelty)`` arrays for trunk features ``X`` (see
@@ -210,14 +222,16 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         score, novelty = self.reviewer.score(
             trunk_descriptor(X), p1.max(1), [d.uncertain for d in decisions],
             answers=[d.main for d in decisions], proba=[d.main_p for d in decisions],
-            own_lab=own if self.adapted else None)
+            own_lab=own if self.adapted else None,
+            network_proba=[d.network_p for d in decisions])
         return score, self.reviewer.flag(score), novelty
 
 
-def route(p1, p2, stage2_classes) -> list:
+def route(p1, p2, stage2_classes, network_p1=None) -> list:
     """Apply the routing rules to stage-1 probabilities ``p1`` (over :data:`MAIN_CLASSES`)
     and stage-2 probabilities ``p2`` (over ``stage2_classes``; rows of NaN, or ``None``,
-    where stage 2 did not run); one :class:`Decision` per row."""
+    where stage 2 did not run); one :class:`Decision` per row. ``network_p1`` (stage 1's
+    network head probabilities, as ``p1``) gives each decision's ``network_p``."""
     s2 = list(stage2_classes)
     decisions = []
     for i in range(len(p1)):
@@ -231,6 +245,8 @@ def route(p1, p2, stage2_classes) -> list:
             else:
                 d.main = SUB_TO_MAIN[d.sub]
                 d.main_p = float(p1[i, MAIN_CLASSES.index(d.main)])
+        if network_p1 is not None:
+            d.network_p = float(network_p1[i, MAIN_CLASSES.index(d.main)])
         decisions.append(d)
     return decisions
 

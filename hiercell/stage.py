@@ -285,10 +285,44 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         """Softmax probabilities of the network head itself (before the SVM)."""
         return predict_batches(self.head_, X, batch_size)
 
+    def network_proba_of_embeddings(self, emb):
+        """The network head's softmax ``(n, n_classes)`` from Dense(1024) embeddings
+        ``(n, 1024)`` (:meth:`transform`): Dense(512) + ReLU + softmax in numpy (dropout
+        is off at inference), so it costs no second pass through block5."""
+        w512, b512, w_out, b_out = self._top_weights()
+        hidden = np.maximum(np.asarray(emb, np.float32) @ w512 + b512, 0.0)
+        logits = hidden @ w_out + b_out
+        logits -= logits.max(1, keepdims=True)
+        e = np.exp(logits)
+        return e / e.sum(1, keepdims=True)
+
+    def _top_weights(self) -> list:
+        """Dense(512) and softmax kernels and biases, float32: read from the Keras head
+        when it is built (training changes it in place), else once from the stored
+        weights (their last four arrays, in Keras order)."""
+        head = self.__dict__.get("_head")
+        if head is not None:
+            return [np.asarray(w, np.float32) for name in ("dense_512", "softmax")
+                    for w in head.get_layer(name).get_weights()]
+        top = self.__dict__.get("_top")
+        if top is None:
+            source = self.__dict__.get("_head_source")
+            weights = source() if callable(source) else source
+            if not weights:
+                raise AttributeError("this stage has no trained head")
+            top = self._top = [np.asarray(w, np.float32) for w in weights[-4:]]
+        return top
+
     def predict_proba(self, X):
         """Calibrated class probabilities from the SVM, ``(n, n_classes)`` (the kernel as
         one matrix product: :func:`hiercell.svmpredict.predict_proba`)."""
         return svm_predict_proba(self.svm_, self.transform(X))
+
+    def predict_proba_and_network_proba(self, X):
+        """``(predict_proba(X), network_proba(X))`` from one pass through block5: the SVM's
+        calibrated probabilities and the network head's softmax, each ``(n, n_classes)``."""
+        emb = self.transform(X)
+        return svm_predict_proba(self.svm_, emb), self.network_proba_of_embeddings(emb)
 
     def predict(self, X):
         """Most probable class per row (by the SVM's decision)."""
@@ -344,11 +378,12 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
     def head_(self, head):  # new weights: an embedder of the old ones must go
         self.__dict__.pop("_head_source", None)
         self.__dict__.pop("_fast_embedder", None)
+        self.__dict__.pop("_top", None)
         self._head = head
 
     def __getstate__(self):  # keras models are saved by the bundle, not pickled
         state = self.__dict__.copy()
-        for key in ("_embedder", "_fast_embedder", "_head", "_head_source", "_t0"):
+        for key in ("_embedder", "_fast_embedder", "_head", "_head_source", "_top", "_t0"):
             state.pop(key, None)
         state["block5_weights"] = None  # only the starting point; the trained weights are in head_
         return state

@@ -51,6 +51,20 @@ def test_stage_classifier_fit_predict_shapes():
     assert clone(clf).get_params()["head_epochs"] == 5
 
 
+def test_the_heads_softmax_from_embeddings_is_the_networks_own(tiny_model, tiny_data):
+    # the review signal reads the head's softmax from the embedding the SVM gets (numpy,
+    # no second block5 pass): it must be what the Keras head itself gives
+    X = tiny_model.features(rgb_images(sorted(tiny_data.glob("*.jpg"))[:6]))
+    stage = tiny_model.stage1
+    svm, network = stage.predict_proba_and_network_proba(X)
+    np.testing.assert_allclose(network, stage.network_proba(X), atol=2e-3)
+    np.testing.assert_allclose(svm, stage.predict_proba(X), atol=1e-6)
+    _, decisions = tiny_model.hierarchy.decide(X)
+    classes = [str(c) for c in stage.classes_]
+    assert [d.network_p for d in decisions] == pytest.approx(
+        [network[i, classes.index(d.main)] for i, d in enumerate(decisions)], abs=1e-6)
+
+
 def test_training_a_stage_does_not_make_keras_warn(recwarn):
     # every Keras fit gets self-shuffling tf.data sets: its own shuffle must be off, or
     # each fit prints a UserWarning that a user of train/adapt takes for a problem

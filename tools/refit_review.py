@@ -19,7 +19,7 @@ import hiercell
 from hiercell.bundle import default_bundle_path, replace_reviewer
 from hiercell.data import read_dataset
 from hiercell.features import FeatureCache, extract_trunk_features
-from hiercell.review import SIGNALS, fit_reviewer
+from hiercell.review import fit_reviewer
 
 
 def main():
@@ -53,7 +53,7 @@ def main():
                             labels=[s.main for s in samples], shifted=shifted)
     replace_reviewer(a.model, reviewer)
     print(f"{a.model}: review scorer refit; threshold {reviewer.threshold_:.4f}; weights "
-          + ", ".join(f"{n} {w:+.2f}" for n, w in zip(SIGNALS, reviewer.coef_)))
+          + ", ".join(f"{n} {w:+.2f}" for n, w in zip(reviewer.signals_, reviewer.coef_)))
 
 
 if __name__ == "__main__":
