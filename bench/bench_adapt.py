@@ -35,8 +35,8 @@ import numpy as np
 import hiercell
 from sklearn.metrics import roc_auc_score
 
-from hiercell.adapt import (BLOCK5_EPOCHS, adapt_model, calibrate_review, cross_val_predict,
-                            trunk_views)
+from hiercell.adapt import (BLOCK5_EPOCHS, NETWORK_WEIGHT, adapt_model, calibrate_review,
+                            cross_val_predict, trunk_views)
 from hiercell.data import read_dataset
 from hiercell.features import FeatureCache, extract_trunk_features
 from hiercell.review import domain_shift
@@ -61,6 +61,8 @@ def main():
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--views", type=int, default=4)
     ap.add_argument("--block5-epochs", type=int, default=BLOCK5_EPOCHS)
+    ap.add_argument("--network-weight", type=float, default=NETWORK_WEIGHT,
+                    help="the adapted head's share of the stage probabilities (0: the SVM alone)")
     ap.add_argument("--align", action="store_true",
                     help="adapt on lab-aligned trunk maps (hiercell.alignment; not the default)")
     ap.add_argument("--folds", type=int, default=3,
@@ -96,12 +98,14 @@ def main():
                 rest = np.setdiff1d(np.arange(len(samples)), train)
                 t0 = time.time()
                 adapted = adapt_model(model, maps[:, train], [samples[i] for i in train], seed=seed,
-                                      block5_epochs=a.block5_epochs, align=a.align)
+                                      block5_epochs=a.block5_epochs, align=a.align,
+                                      network_weight=a.network_weight)
                 sec = time.time() - t0
                 if a.folds:
                     picked = [samples[i] for i in train]
                     oof = cross_val_predict(model, maps[:, train], picked, k=a.folds, seed=seed,
-                                            block5_epochs=a.block5_epochs)
+                                            block5_epochs=a.block5_epochs,
+                                            network_weight=a.network_weight)
                     calibrate_review(adapted, picked, oof)
                 recs = adapted.hierarchy.predict_records(maps[0, rest])
                 after = np.array([r.main_class for r in recs])

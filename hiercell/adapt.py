@@ -15,7 +15,9 @@ copy of the training data:
    then block5 and the dense layers are fine-tuned on the new cells' trunk maps
    (``block5_epochs``; 0 keeps block5);
 3. the SVM is refit on the new Dense(1024) embeddings of both (the bundle's
-   ``C``; new cells weighted like the whole source sample);
+   ``C``; new cells weighted like the whole source sample); the adapted stage's
+   probabilities are the mean of the new SVM's and the new head's own softmax
+   (:data:`NETWORK_WEIGHT`);
 4. the review scorer takes the new cells into its reference, so the lab's
    normal cells are no longer "novel"; :func:`calibrate_review` then gives its
    flag a threshold of the lab's own from :func:`cross_val_predict`'s held-out
@@ -54,6 +56,11 @@ DENSE_EPOCHS = 20
 #: Batch size of the block5 fine-tune on the new lab's maps (64: ``hiercell adapt``'s
 #: cross-validation on 200 Jiangxi cells of the natural mix fell from 0.85 to 0.69).
 BLOCK5_BATCH = 32
+#: Weight of an adapted stage's network head in its probabilities (the rest: its SVM;
+#: :class:`hiercell.stage.StageClassifier` ``network_weight``). On 20 labelled cells per
+#: class the adapted head alone beat the refit SVM on the lab's other cells, and the mean of
+#: the two did as well as the head (bench/bench_adapt.py --network-weight 0 against 0.5).
+NETWORK_WEIGHT = 0.5
 #: Batches per call into the compiled training graph (Python overhead per step is a large
 #: part of the dense refit's small steps).
 STEPS_PER_EXECUTION = 8
@@ -122,11 +129,13 @@ def _balanced_weights(y, total, power=1.0):
 
 
 def adapt_stage(stage, target_maps, target_y, epochs=DENSE_EPOCHS, lr=DENSE_LR,
-                block5_epochs=0, block5_lr=1e-4, seed=0, verbose=0):
+                block5_epochs=0, block5_lr=1e-4, seed=0, verbose=0,
+                network_weight=NETWORK_WEIGHT):
     """A copy of ``stage`` whose dense layers and SVM are refit on its source sample plus
     ``target_maps`` (trunk maps, all views stacked) labelled ``target_y``; with
     ``block5_epochs``, block5 and the dense layers are fine-tuned on ``target_maps`` in
-    between (:func:`_finetune_on_target`).
+    between (:func:`_finetune_on_target`). Its probabilities mix the new SVM's and the
+    new head's (``network_weight``: the head's share).
 
     Target classes the stage does not know are dropped; the stage keeps its classes.
     """
@@ -168,7 +177,7 @@ def adapt_stage(stage, target_maps, target_y, epochs=DENSE_EPOCHS, lr=DENSE_LR,
     emb = predict_batches(keras.Model(inputs, nodes["embedding"]), gap, 512)
     best = stage.svm_best_params_ or {}
     new.set_params(svm_C=(best.get("svc__C", 1.0),), svm_gamma=(best.get("svc__gamma", "scale"),),
-                   svm_max_per_class=None)
+                   svm_max_per_class=None, network_weight=network_weight)
     new.fit_svm_embeddings(emb, y, sample_weight=weight / weight.mean())
     return new
 
@@ -218,7 +227,7 @@ def trunk_views(model, paths, views=4, progress=None, cache_dir=None,
 
 
 def adapt_model(model, maps, samples, seed=0, block5_epochs=BLOCK5_EPOCHS, log=None,
-                align=ALIGN):
+                align=ALIGN, network_weight=NETWORK_WEIGHT):
     """A copy of ``model`` (an :class:`~hiercell.model.ImageClassifier`) adapted to the
     cells ``samples`` whose trunk maps (all views) are ``maps`` ``(v, n, h, w, 512)``;
     with ``align`` (and a model that has a training-lab reference), the adapted stages
@@ -258,7 +267,8 @@ def adapt_model(model, maps, samples, seed=0, block5_epochs=BLOCK5_EPOCHS, log=N
         t0 = time.time()
         target = maps[:, idx].reshape((-1,) + maps.shape[2:])
         setattr(new.hierarchy, attr, adapt_stage(stage, target, np.tile(y, maps.shape[0]),
-                                                 block5_epochs=block5_epochs, seed=seed))
+                                                 block5_epochs=block5_epochs, seed=seed,
+                                                 network_weight=network_weight))
         if log:
             log(f"stage {number}: adapted on {len(idx)} cells x {maps.shape[0]} views "
                 f"in {time.time() - t0:.0f}s")
@@ -289,7 +299,7 @@ def _folds(samples, k, seed):
 
 
 def cross_val_predict(model, maps, samples, k=3, seed=0, block5_epochs=BLOCK5_EPOCHS,
-                      progress=None) -> dict:
+                      progress=None, network_weight=NETWORK_WEIGHT) -> dict:
     """Out-of-fold answers on the labelled cells: k folds (:func:`_folds`), each scored
     by the base ``model`` and by the model adapted on the other folds.
 
@@ -315,7 +325,7 @@ def cross_val_predict(model, maps, samples, k=3, seed=0, block5_epochs=BLOCK5_EP
             test = np.flatnonzero(fold == f)
             train = np.flatnonzero(fold != f)
             adapted = adapt_model(model, maps[:, train], [samples[i] for i in train], seed,
-                                  block5_epochs)
+                                  block5_epochs, network_weight=network_weight)
             before[test] = [r.main_class for r in model.hierarchy.predict_records(maps[0, test])]
             hierarchy = adapted.hierarchy
             _, decisions = hierarchy.decide(maps[0, test])

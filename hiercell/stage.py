@@ -91,13 +91,18 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         Cap on the SVM's training rows per class (RBF SVM time grows ~n^2).
     random_state : int
     verbose : int
+    network_weight : float
+        Weight ``w`` of the network head's softmax in :meth:`predict_proba`:
+        ``(1 - w) x SVM + w x head``. 0 (the default, the study's recipe): the SVM
+        alone. Stages adapted to a new lab use :data:`hiercell.adapt.NETWORK_WEIGHT`.
     """
 
     def __init__(self, head_epochs=30, finetune_epochs=4, head_lr=1e-3, finetune_lr=1e-4,
                  batch_size=64, dropout=0.2, augment=True, svm_C=(0.3, 1.0, 3.0, 10.0),
                  svm_gamma=("scale",), svm_include_val=True, block5_weights=None, patience=3,
                  precision="auto", svm_view_fraction=0.33, svm_max_per_class=None,
-                 random_state=0, verbose=1):
+                 random_state=0, verbose=1, network_weight=0.0):
+        self.network_weight = network_weight
         self.svm_view_fraction = svm_view_fraction
         self.svm_max_per_class = svm_max_per_class
         self.head_epochs = head_epochs
@@ -314,19 +319,28 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         return top
 
     def predict_proba(self, X):
-        """Calibrated class probabilities from the SVM, ``(n, n_classes)`` (the kernel as
-        one matrix product: :func:`hiercell.svmpredict.predict_proba`)."""
-        return svm_predict_proba(self.svm_, self.transform(X))
+        """Class probabilities ``(n, n_classes)``: the SVM's calibrated ones (the kernel
+        as one matrix product: :func:`hiercell.svmpredict.predict_proba`), mixed with the
+        network head's softmax when ``network_weight`` > 0."""
+        return self.predict_proba_and_network_proba(X)[0]
 
     def predict_proba_and_network_proba(self, X):
-        """``(predict_proba(X), network_proba(X))`` from one pass through block5: the SVM's
-        calibrated probabilities and the network head's softmax, each ``(n, n_classes)``."""
+        """``(predict_proba(X), network_proba(X))`` from one pass through block5, each
+        ``(n, n_classes)``."""
         emb = self.transform(X)
-        return svm_predict_proba(self.svm_, emb), self.network_proba_of_embeddings(emb)
+        network = self.network_proba_of_embeddings(emb)
+        proba = svm_predict_proba(self.svm_, emb)
+        w = float(self.network_weight or 0.0)
+        if w:
+            proba = (1.0 - w) * proba + w * network
+        return proba, network
 
     def predict(self, X):
-        """Most probable class per row (by the SVM's decision)."""
-        return self.svm_.predict(self.transform(X))
+        """Most probable class per row (the SVM's decision; with ``network_weight`` > 0,
+        the argmax of :meth:`predict_proba`)."""
+        if not self.network_weight:
+            return self.svm_.predict(self.transform(X))
+        return self.classes_[self.predict_proba(X).argmax(1)]
 
     # -- persistence (see hiercell.bundle) -----------------------------------
     def fitted_state(self) -> dict:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from hiercell.adapt import _balanced_weights, adapt_stage, stage_labels
+from hiercell.adapt import NETWORK_WEIGHT, _balanced_weights, adapt_stage, stage_labels
 from hiercell.bundle import load
 from hiercell.cli import main
 from hiercell.data import read_dataset
@@ -107,6 +107,11 @@ def test_adapt_writes_a_loadable_bundle_with_its_record(tiny_bundle, new_lab, tm
                    zip(base.stage1.head_.get_weights(), adapted.stage1.head_.get_weights()))
     assert all(np.array_equal(a, b) for a, b in
                zip(base.stage2.head_.get_weights(), adapted.stage2.head_.get_weights()))
+    # the adapted stage mixes its SVM and its head (hiercell.adapt.NETWORK_WEIGHT); the
+    # kept stage 2 and the base stay the SVM alone; the bundle and its card say so
+    assert adapted.stage1.network_weight == NETWORK_WEIGHT > 0
+    assert adapted.stage2.network_weight == base.stage1.network_weight == 0
+    assert record["settings"]["network_weight"] == NETWORK_WEIGHT
     n_lab = len(read_dataset(new_lab))
     assert len(adapted.hierarchy.reviewer.reference_) == len(base.hierarchy.reviewer.reference_) + n_lab
     if adapted.hierarchy.reviewer.learned:  # the lab's cells joined with their classes

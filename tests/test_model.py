@@ -65,6 +65,22 @@ def test_the_heads_softmax_from_embeddings_is_the_networks_own(tiny_model, tiny_
         [network[i, classes.index(d.main)] for i, d in enumerate(decisions)], abs=1e-6)
 
 
+def test_network_weight_mixes_the_heads_softmax_into_the_stage_probabilities(tiny_model, tiny_data):
+    X = tiny_model.features(rgb_images(sorted(tiny_data.glob("*.jpg"))[:8]))
+    stage = tiny_model.stage1  # (a copy would lose its head: stages pickle without it)
+    svm, network = stage.predict_proba_and_network_proba(X)
+    assert stage.network_weight == 0 and not np.allclose(svm, network, atol=1e-3)
+    try:
+        stage.set_params(network_weight=0.25)
+        mixed, same_network = stage.predict_proba_and_network_proba(X)
+        np.testing.assert_allclose(mixed, 0.75 * svm + 0.25 * network, atol=1e-6)
+        np.testing.assert_allclose(same_network, network, atol=1e-6)
+        np.testing.assert_allclose(stage.predict_proba(X), mixed, atol=1e-6)
+        assert list(stage.predict(X)) == list(stage.classes_[mixed.argmax(1)])
+    finally:
+        stage.set_params(network_weight=0.0)
+
+
 def test_training_a_stage_does_not_make_keras_warn(recwarn):
     # every Keras fit gets self-shuffling tf.data sets: its own shuffle must be off, or
     # each fit prints a UserWarning that a user of train/adapt takes for a problem

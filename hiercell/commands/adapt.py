@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..adapt import BLOCK5_EPOCHS, DENSE_EPOCHS
+from ..adapt import BLOCK5_EPOCHS, DENSE_EPOCHS, NETWORK_WEIGHT
 from .options import echo_err, load_model, model_option, precision_option, seed_option
 
 
@@ -69,6 +69,7 @@ def adapt(data, out, model_path, views, folds, block5_epochs, seed, precision):
     base = model_path or "bundled default model"
     record = adaptation_record(samples, cv, base, model.info, data_digest(samples), str(data),
                                {"views": views, "dense_epochs": DENSE_EPOCHS,
+                                "network_weight": NETWORK_WEIGHT,
                                 "block5_epochs": block5_epochs, "folds": folds, "seed": seed})
     try:
         save_bundle(adapted, out, {"adaptation": record, "name": Path(out).name},
