@@ -1,6 +1,9 @@
 """The ``hiercell`` command line (click): the group; each command is a module of
 :mod:`hiercell.commands`."""
 
+import logging
+import os
+
 import click
 
 from .version import __version__
@@ -19,6 +22,12 @@ from .commands.train import train
 @click.version_option(__version__, prog_name="hiercell")
 def main():
     """Classify peripheral blood cell images with a two-stage VGG16 + SVM model."""
+    # TensorFlow's informational notes (CPU features) and its retracing hints speak to
+    # developers of hiercell, not to its users; errors still show (TF_CPP_MIN_LOG_LEVEL=0
+    # in the environment brings the notes back; the oneDNN line is printed before
+    # TensorFlow reads that setting and stays)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 for _command in (classify, merge, train, evaluate, ablate, segment, quantize, align, adapt):

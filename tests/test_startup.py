@@ -103,3 +103,25 @@ def test_engine_is_checked(tiny_bundle, monkeypatch):
         load(tiny_bundle, precision="float32", engine="onnx")
     monkeypatch.setenv("HIERCELL_ENGINE", "keras")
     assert load(tiny_bundle, precision="float32").info["engine"] == "keras"
+
+
+@pytest.mark.parametrize("given, expected", [(None, "2"), ("0", "0")])
+def test_the_command_line_quiets_tensorflows_notes_unless_asked(monkeypatch, tmp_path,
+                                                                given, expected):
+    import logging
+
+    from click.testing import CliRunner
+
+    from hiercell.cli import main
+
+    if given is None:
+        monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    else:
+        monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", given)
+    logger = logging.getLogger("tensorflow")
+    monkeypatch.setattr(logger, "level", logging.NOTSET)
+    result = CliRunner().invoke(main, ["merge", str(tmp_path / "missing.csv"), "--out",
+                                       str(tmp_path / "all.csv")])
+    assert result.exit_code != 0  # the command itself fails; the group ran first
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == expected
+    assert logger.level == logging.ERROR
