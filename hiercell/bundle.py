@@ -66,9 +66,12 @@ def _save_weights(model, path: Path) -> None:
     np.savez_compressed(path, **arrays)
 
 
-def _read_weights(path: Path) -> list:
+def _read_weights(path: Path, last: int | None = None) -> list:
+    """The weight arrays of ``path`` in Keras order, float32; only the ``last`` ones
+    when given (the others are not decompressed)."""
     with np.load(path, allow_pickle=False) as data:
-        return [data[k].astype(np.float32) for k in sorted(data.files)]
+        keys = sorted(data.files)
+        return [data[k].astype(np.float32) for k in (keys[-last:] if last else keys)]
 
 
 def save_bundle(model, path, metadata: dict | None = None, extra_files: dict | None = None) -> Path:
@@ -426,6 +429,12 @@ class _WeightsFile:
         import io
 
         return _read_weights(io.BytesIO(self.data))
+
+    def last(self, n: int) -> list:
+        """Only the last ``n`` arrays (e.g. the dense layers after block5)."""
+        import io
+
+        return _read_weights(io.BytesIO(self.data), last=n)
 
 
 def _warn_on_version_mismatch(path, saved: dict) -> None:

@@ -304,7 +304,8 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
     def _top_weights(self) -> list:
         """Dense(512) and softmax kernels and biases, float32: read from the Keras head
         when it is built (training changes it in place), else once from the stored
-        weights (their last four arrays, in Keras order)."""
+        weights (their last four arrays, in Keras order; a bundle's weights file decodes
+        only those, not block5 again beside the embedder)."""
         head = self.__dict__.get("_head")
         if head is not None:
             return [np.asarray(w, np.float32) for name in ("dense_512", "softmax")
@@ -312,7 +313,9 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         top = self.__dict__.get("_top")
         if top is None:
             source = self.__dict__.get("_head_source")
-            weights = source() if callable(source) else source
+            read_last = getattr(source, "last", None)
+            weights = (read_last(4) if read_last is not None
+                       else source() if callable(source) else source)
             if not weights:
                 raise AttributeError("this stage has no trained head")
             top = self._top = [np.asarray(w, np.float32) for w in weights[-4:]]
