@@ -127,11 +127,12 @@ def held_out(model, X_test, test, X_ref, ref, X_val, val, cls, val_views=()):
         stage.fit_svm_embeddings(emb, src["y"][keep])
         stage.classes_ = stage.svm_.classes_
         assert list(softmax.classes_) == list(stage.classes_)
-        stage.network_proba_of_embeddings = lambda e: softmax.predict_proba(relu512(e))
+        # the refit softmax layer's logits (multinomial: its predict_proba is their softmax)
+        stage.network_logits_of_embeddings = lambda e: softmax.decision_function(relu512(e))
         return _held_out_scores(hier, X_test, test, X_ref, ref, X_val, val, cls, val_views,
                                 learned=model.hierarchy.reviewer.learned)
     finally:
-        stage.__dict__.pop("network_proba_of_embeddings", None)
+        stage.__dict__.pop("network_logits_of_embeddings", None)
         (stage.svm_, stage.svm_max_per_class, stage.svm_C,
          stage.svm_best_params_, stage.svm_cv_score_, stage.classes_) = saved
 

@@ -337,7 +337,8 @@ def cross_val_predict(model, maps, samples, k=3, seed=0, block5_epochs=BLOCK5_EP
                 u, percentile = reviewer.wrongness_and_novelty(
                     trunk_descriptor(maps[0, test]), after[test].astype(str),
                     [d.main_p for d in decisions], own_lab=own,
-                    network_proba=[d.network_p for d in decisions])
+                    network_proba=[d.network_p for d in decisions],
+                    network_energy=[d.network_energy for d in decisions])
                 wrongness[test] = np.where(own, u, np.nan)
                 novel[test] = percentile > reviewer.novel_gate
             update(1)
@@ -393,6 +394,32 @@ def calibrate_review(adapted, samples, predictions):
                                       predictions["uncertain"][rows],
                                       lift_uncertain=subclass_labels,
                                       novel=predictions["novel"][rows])
+
+
+def label_check(samples, predictions) -> list[dict]:
+    """The labelled cells that :func:`cross_val_predict` answered as another main class
+    when they were held out, by path: ``{"path", "label", "main_class", "held_out_answer"}``
+    each. A wrong label in a few dozen cells teaches the adapted model the mistake, and
+    such cells land here (with the model's own errors): the first labels to re-check."""
+    after = predictions["after"]
+    rows = [{"path": str(s.path), "label": s.raw_label, "main_class": s.main,
+             "held_out_answer": str(after[i])}
+            for i, s in enumerate(samples) if s.main is not None and after[i] != s.main]
+    return sorted(rows, key=lambda r: r["path"])
+
+
+def label_check_csv(rows) -> str:
+    """:func:`label_check`'s rows as CSV text (header ``path,label,main_class,
+    held_out_answer``)."""
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=["path", "label", "main_class", "held_out_answer"],
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
 
 
 def data_digest(samples) -> str:
@@ -462,7 +489,16 @@ on frozen trunk statistics) sends each cell that looks like the base's
 training lab to the base model, and the new lab's cells to the adapted
 stages. {review_text} Settings: {json.dumps(record.get('settings', {}))}.
 
-These figures come from the adaptation data itself (held-out folds): check
+{_label_check_text(record)}These figures come from the adaptation data itself (held-out folds): check
 the adapted model on cells of the new lab that were not used here before
 relying on it. The base model's own card describes its training and limits.
 """
+
+
+def _label_check_text(record: dict) -> str:
+    n = record["cross_validation"].get("labels_to_check")
+    if n is None:
+        return ""
+    return (f"When held out, {n} of the {record['n_images']} labelled cells were answered "
+            "as another main class (`label_check.csv` lists them): the model's errors, "
+            "and any wrong labels, which adapting on teaches it. Check those labels first.\n\n")

@@ -42,6 +42,7 @@ class Decision:
     sub_p: float | None = None
     uncertain: bool = False
     network_p: float | None = None  # stage 1's network head on ``main`` (review signal)
+    network_energy: float | None = None  # that head's free energy (review signal)
 
     @property
     def label(self) -> str:
@@ -117,22 +118,25 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         return self._stage_outputs(number, X, own)[0]
 
     def _stage_outputs(self, number, X, own=None):
-        """``(SVM probabilities, network head probabilities)`` of stage ``number``, both
-        over its ``classes_``, rows answered as :meth:`stage_proba` says."""
+        """``(probabilities, network head probabilities, network energy)`` of stage
+        ``number`` (as :class:`hiercell.stage.StageOutputs`; probabilities over its
+        ``classes_``), rows answered as :meth:`stage_proba` says."""
         stage = self.stage1 if number == 1 else self.stage2
         own = self.adapted_rows(X) if own is None else own
         if own.all():
-            return stage.predict_proba_and_network_proba(self.aligned(X))
+            return stage.predict_outputs(self.aligned(X))
         fallback = self.base.stage1 if number == 1 else self.base.stage2
         want = [str(c) for c in stage.classes_]
-        svm, net = np.empty((len(X), len(want))), np.empty((len(X), len(want)))
+        proba, net = np.empty((len(X), len(want))), np.empty((len(X), len(want)))
+        energy = np.empty(len(X))
         for rows, model, aligned in ((own, stage, True), (~own, fallback, False)):
             if rows.any():
                 X_rows = self.aligned(X[rows]) if aligned else X[rows]
-                p, q = model.predict_proba_and_network_proba(X_rows)
-                svm[rows] = _reorder(p, model.classes_, want)
+                p, q, e = model.predict_outputs(X_rows)
+                proba[rows] = _reorder(p, model.classes_, want)
                 net[rows] = _reorder(q, model.classes_, want)
-        return svm, net
+                energy[rows] = e
+        return proba, net, energy
 
     def predict_stage(self, number, X):
         """Most probable class of stage ``number`` per row (the stage alone, as trained:
@@ -143,10 +147,11 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
     def _stage_probas(self, X, own=None):
         """``(p1, p2, n1)``: stage-1 probabilities over :data:`MAIN_CLASSES`, stage 2's
         over its classes (NaN rows where it did not run; ``None`` without stage 2), and
-        stage 1's network head probabilities over :data:`MAIN_CLASSES`."""
+        stage 1's network head outputs ``(probabilities over MAIN_CLASSES, energy)``."""
         own = self.adapted_rows(X) if own is None else own
-        p1, n1 = (_reorder(p, self.stage1.classes_, MAIN_CLASSES)
-                  for p in self._stage_outputs(1, X, own))
+        proba, network, energy = self._stage_outputs(1, X, own)
+        p1, net1 = (_reorder(p, self.stage1.classes_, MAIN_CLASSES) for p in (proba, network))
+        n1 = (net1, energy)
         if self.stage2 is None:
             return p1, None, n1
         p2 = np.full((len(X), len(self.stage2.classes_)), np.nan)
@@ -223,15 +228,17 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
             trunk_descriptor(X), p1.max(1), [d.uncertain for d in decisions],
             answers=[d.main for d in decisions], proba=[d.main_p for d in decisions],
             own_lab=own if self.adapted else None,
-            network_proba=[d.network_p for d in decisions])
+            network_proba=[d.network_p for d in decisions],
+            network_energy=[d.network_energy for d in decisions])
         return score, self.reviewer.flag(score), novelty
 
 
-def route(p1, p2, stage2_classes, network_p1=None) -> list:
+def route(p1, p2, stage2_classes, network1=None) -> list:
     """Apply the routing rules to stage-1 probabilities ``p1`` (over :data:`MAIN_CLASSES`)
     and stage-2 probabilities ``p2`` (over ``stage2_classes``; rows of NaN, or ``None``,
-    where stage 2 did not run); one :class:`Decision` per row. ``network_p1`` (stage 1's
-    network head probabilities, as ``p1``) gives each decision's ``network_p``."""
+    where stage 2 did not run); one :class:`Decision` per row. ``network1``, stage 1's
+    network head outputs ``(probabilities as p1, energy per row)``, gives each decision's
+    ``network_p`` and ``network_energy``."""
     s2 = list(stage2_classes)
     decisions = []
     for i in range(len(p1)):
@@ -245,8 +252,9 @@ def route(p1, p2, stage2_classes, network_p1=None) -> list:
             else:
                 d.main = SUB_TO_MAIN[d.sub]
                 d.main_p = float(p1[i, MAIN_CLASSES.index(d.main)])
-        if network_p1 is not None:
-            d.network_p = float(network_p1[i, MAIN_CLASSES.index(d.main)])
+        if network1 is not None:
+            d.network_p = float(network1[0][i, MAIN_CLASSES.index(d.main)])
+            d.network_energy = float(network1[1][i])
         decisions.append(d)
     return decisions
 

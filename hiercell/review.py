@@ -18,7 +18,10 @@ reference of training cells with their classes, per cell (:func:`neighbour_signa
 * **network probability**: stage 1's network head (its own softmax over the
   Dense(1024) embedding the SVM reads, computed in numpy from that embedding:
   no second pass) on the same answer. Where the head and the SVM disagree, or
-  the head is unsure, the answer is often wrong.
+  the head is unsure, the answer is often wrong;
+* **network energy**: that head's free energy, minus the log-sum-exp of its
+  logits (Liu et al., NeurIPS 2020): high where no class's logit is large,
+  which the softmax hides when all are small alike.
 
 :class:`ReviewScorer` (fit at training time, stored in the bundle) combines
 them with a logistic regression that predicts a wrong answer, fit on in-lab
@@ -75,10 +78,13 @@ SHIFT_WARN_SHARE = 0.25
 MIN_ANSWERS = 5
 #: What the learned combination reads, in order (see :func:`neighbour_signals`).
 SIGNALS = ("log_novelty", "log_class_distance_ratio", "neighbour_vote", "log_probability",
-           "log_network_probability")
-#: The signals of scorers fit without the network head's probability (and of
+           "log_network_probability", "network_energy")
+#: The signals of scorers fit without the network head's outputs (and of
 #: ``review.npz`` files that do not name theirs).
 SIGNALS_WITHOUT_NETWORK = SIGNALS[:4]
+#: The network head's signals and the argument each is computed from.
+_NETWORK_SIGNALS = {"log_network_probability": "network_proba",
+                    "network_energy": "network_energy"}
 
 
 def trunk_descriptor(maps: np.ndarray) -> np.ndarray:
@@ -153,20 +159,24 @@ class ReviewScorer:
     """Review score from trunk neighbours and stage-1 probabilities (see module doc).
 
     ``fit(reference, val_descriptors, val_top_proba, reference_labels, val_answers,
-    val_proba, val_wrong, shifted, val_uncertain, val_network_proba)``: ``reference``
+    val_proba, val_wrong, shifted, val_uncertain, val_network_proba, val_network_energy)``:
+    ``reference``
     are training-cell descriptors (:func:`trunk_descriptor`) with their classes
     ``reference_labels``; the validation arrays (in-lab cells not in ``reference``)
     calibrate the novelty percentiles and the threshold, and with ``shifted``
-    (tuples ``(descriptors, answers, proba, wrong[, network_proba])`` of shifted
-    views) train the logistic regression: ``*_answers`` the answered main classes,
-    ``*_proba`` their probabilities, ``*_network_proba`` the network head's
-    probabilities of the same answers (given everywhere or nowhere: without them the
-    scorer reads :data:`SIGNALS_WITHOUT_NETWORK`), ``*_wrong`` whether the answers are
+    (tuples ``(descriptors, answers, proba, wrong[, network_proba[, network_energy]])``
+    of shifted views) train the logistic regression: ``*_answers`` the answered main
+    classes, ``*_proba`` their probabilities, ``*_network_proba`` the network head's
+    probabilities of the same answers and ``*_network_energy`` its energy per cell
+    (each given everywhere or nowhere: the scorer reads the signals of what was given,
+    :attr:`signals_`; with neither, :data:`SIGNALS_WITHOUT_NETWORK`), ``*_wrong`` whether
+    the answers are
     wrong; ``val_uncertain`` marks the validation cells stage 2 called ``Others``
     (flagged anyway: counted in the threshold's share). Without ``reference_labels``
     the legacy rule is fit (module doc).
 
-    ``score(descriptors, top_proba, uncertain, answers, proba, network_proba=...)``
+    ``score(descriptors, top_proba, uncertain, answers, proba, network_proba=...,
+    network_energy=...)``
     returns ``(review_score, novelty)``: novelty as its percentile among in-lab cells.
 
     Parameters
@@ -194,7 +204,7 @@ class ReviewScorer:
 
     def fit(self, reference, val_descriptors, val_top_proba, reference_labels=None,
             val_answers=None, val_proba=None, val_wrong=None, shifted=(), val_uncertain=None,
-            val_network_proba=None):
+            val_network_proba=None, val_network_energy=None):
         self.reference_ = np.asarray(reference, dtype=np.float16)
         self.val_novelty_ = knn_distance(self.reference_, val_descriptors, self.k)
         self.val_ambiguity_ = 1.0 - np.asarray(val_top_proba, dtype=np.float32)
@@ -206,12 +216,13 @@ class ReviewScorer:
                                else np.asarray(val_uncertain, bool))
         if reference_labels is not None:
             self._fit_combination(reference_labels, val_descriptors, val_answers, val_proba,
-                                  val_wrong, shifted, val_network_proba)
+                                  val_wrong, shifted, val_network_proba, val_network_energy)
         self._calibrate()
         return self
 
     def _fit_combination(self, reference_labels, val_descriptors, val_answers, val_proba,
-                         val_wrong, shifted, val_network_proba=None):
+                         val_wrong, shifted, val_network_proba=None,
+                         val_network_energy=None):
         """The logistic regression over :data:`SIGNALS` that predicts a wrong answer."""
         from sklearn.linear_model import LogisticRegression
 
@@ -221,15 +232,19 @@ class ReviewScorer:
         if val_answers is None or val_proba is None or val_wrong is None:
             raise ValueError("the learned combination needs val_answers, val_proba and val_wrong")
         self.reference_labels_ = labels
-        sets = [(val_descriptors, val_answers, val_proba, val_wrong, val_network_proba),
-                *[(*v[:4], v[4] if len(v) > 4 else None) for v in shifted]]
-        given = [q is not None for *_, q in sets]
-        if any(given) and not all(given):
-            raise ValueError("give the network probabilities for the validation cells and "
-                             "every shifted view, or for none")
-        self.signals_ = SIGNALS if all(given) else SIGNALS_WITHOUT_NETWORK
-        S = [self.signals(d, a, p, q) for d, a, p, _, q in sets]
-        y = np.concatenate([np.asarray(w, bool) for _, _, _, w, _ in sets])
+        sets = [(val_descriptors, val_answers, val_proba, val_wrong, val_network_proba,
+                 val_network_energy),
+                *[(*v[:4], *(v[j] if len(v) > j else None for j in (4, 5))) for v in shifted]]
+        self.signals_ = SIGNALS_WITHOUT_NETWORK
+        for j, (name, argument) in enumerate(_NETWORK_SIGNALS.items(), start=4):
+            given = [v[j] is not None for v in sets]
+            if any(given) and not all(given):
+                raise ValueError(f"give {argument} for the validation cells and every "
+                                 "shifted view, or for none")
+            if all(given):
+                self.signals_ += (name,)
+        S = [self.signals(d, a, p, q, e) for d, a, p, _, q, e in sets]
+        y = np.concatenate([np.asarray(v[3], bool) for v in sets])
         if y.all() or not y.any():
             raise ValueError("the learned combination needs right and wrong answers")
         X = np.vstack(S)
@@ -239,25 +254,30 @@ class ReviewScorer:
         self.coef_, self.intercept_ = lr.coef_[0].astype(np.float64), float(lr.intercept_[0])
         self.val_signals_ = S[0]
 
-    def signals(self, descriptors, answers, proba, network_proba=None) -> np.ndarray:
-        """``(n, len(signals_))`` signals per cell (the learned combination's input:
-        :attr:`signals_`, :data:`SIGNALS` or :data:`SIGNALS_WITHOUT_NETWORK`)."""
-        return self._signals(self._neighbours(descriptors, answers), proba, network_proba)
+    def signals(self, descriptors, answers, proba, network_proba=None,
+                network_energy=None) -> np.ndarray:
+        """``(n, len(signals_))`` signals per cell (the learned combination's input,
+        :attr:`signals_`: a prefix of :data:`SIGNALS` or more of it)."""
+        return self._signals(self._neighbours(descriptors, answers), proba, network_proba,
+                             network_energy)
 
     def _neighbours(self, descriptors, answers):
         return neighbour_signals(self.reference_, self.reference_labels_, descriptors,
                                  answers, self.k)
 
-    def _signals(self, nb, proba, network_proba=None):
+    def _signals(self, nb, proba, network_proba=None, network_energy=None):
         p = np.asarray(proba, dtype=np.float64)
         columns = [np.log(nb[:, 0] + 1e-6), np.log(nb[:, 1]), nb[:, 2],
                    np.log(np.clip(p, 0, 1) + 1e-4)]
-        if "log_network_probability" in self.signals_:
-            if network_proba is None or any(v is None for v in network_proba):
-                raise ValueError("this review scorer needs the network head's probability "
-                                 "of each answer (network_proba)")
-            q = np.asarray(network_proba, dtype=np.float64)
-            columns.append(np.log(np.clip(q, 0, 1) + 1e-4))
+        given = {"network_proba": network_proba, "network_energy": network_energy}
+        for name in self.signals_[len(columns):]:
+            values = given[_NETWORK_SIGNALS[name]]
+            if values is None or any(v is None for v in values):
+                raise ValueError(f"this review scorer needs {_NETWORK_SIGNALS[name]} "
+                                 "(the network head's outputs per cell)")
+            q = np.asarray(values, dtype=np.float64)
+            columns.append(np.log(np.clip(q, 0, 1) + 1e-4)
+                           if name == "log_network_probability" else q)
         return np.column_stack(columns)
 
     def decision_function(self, signals) -> np.ndarray:
@@ -388,13 +408,13 @@ class ReviewScorer:
         return np.where(u < t_own, u * t / t_own, t + (1.0 - t) * (u - t_own) / (1.0 - t_own))
 
     def wrongness_and_novelty(self, descriptors, answers, proba, own_lab=None,
-                              network_proba=None):
+                              network_proba=None, network_energy=None):
         """``(wrongness, novelty percentile)`` per cell (learned scorers): :meth:`wrongness`
         of the cells' :meth:`signals` and the percentile :meth:`score` reads the novelty
         gate from, before the lab's rescaling and the lifting; one neighbour search."""
         nb = self._neighbours(descriptors, answers)
         nov = self._novelty_percentile(nb[:, 0].astype(np.float32), own_lab)
-        return self.wrongness(self._signals(nb, proba, network_proba)), nov
+        return self.wrongness(self._signals(nb, proba, network_proba, network_energy)), nov
 
     def novelty(self, descriptors):
         """Raw novelty (mean cosine distance to the k nearest reference cells)."""
@@ -411,13 +431,14 @@ class ReviewScorer:
         return nov
 
     def score(self, descriptors, top_proba, uncertain=None, answers=None, proba=None,
-              own_lab=None, network_proba=None):
+              own_lab=None, network_proba=None, network_energy=None):
         """``(review_score, novelty)`` per cell, both in [0, 1]; ``novelty`` is the
         percentile of the cell's novelty among in-lab validation cells (for the rows of
         ``own_lab``, among the adapted-to lab's labelled cells). ``answers`` (the
         answered main classes) and ``proba`` (their probabilities) are needed by the
-        learned combination, and ``network_proba`` (the network head's probabilities of
-        the same answers) by one fit with them (:attr:`signals_`)."""
+        learned combination, ``network_proba`` (the network head's probabilities of
+        the same answers) and ``network_energy`` (its energy) by one fit with them
+        (:attr:`signals_`)."""
         if not self.learned:
             nov = self._novelty_percentile(self.novelty(descriptors), own_lab)
             amb = _percentile_of(self.ambiguity_ref_,
@@ -427,7 +448,7 @@ class ReviewScorer:
             if answers is None or proba is None:
                 raise ValueError("this scorer needs the answered classes and their probabilities")
             u, nov = self.wrongness_and_novelty(descriptors, answers, proba, own_lab,
-                                                network_proba)
+                                                network_proba, network_energy)
             if own_lab is not None and self.own_threshold_ is not None:
                 own = np.asarray(own_lab, bool)
                 u = np.where(own, self._own_scale(u), u)
@@ -576,22 +597,25 @@ def fit_reviewer(hierarchy, X, reference_rows, val_rows, max_reference=4000, see
         return ReviewScorer().fit(reference, trunk_descriptor(X_val), p1.max(1))
     labels = np.array(["" if c is None else str(c) for c in labels])
     truth = labels[val_rows]
-    (d, answers, proba, wrong, network, uncertain), *views = [
+    (d, answers, proba, wrong, network, energy, uncertain), *views = [
         _answers(hierarchy, maps, truth) for maps in [X_val, *shifted]]
     n_wrong = int(wrong.sum() + sum(v[3].sum() for v in views))
     if min(n_wrong, len(wrong) + sum(len(v[3]) for v in views) - n_wrong) < MIN_ANSWERS:
         return ReviewScorer().fit(reference, d, p1.max(1))  # too few to learn from
     return ReviewScorer().fit(reference, d, p1.max(1), labels[reference_rows[pick]], answers,
-                              proba, wrong, shifted=[v[:5] for v in views],
-                              val_uncertain=uncertain, val_network_proba=network)
+                              proba, wrong, shifted=[v[:6] for v in views],
+                              val_uncertain=uncertain, val_network_proba=network,
+                              val_network_energy=energy)
 
 
 def _answers(hierarchy, maps, truth):
     """``(descriptors, answered main classes, their probabilities, wrong, the network
-    head's probabilities of them, uncertain)`` of trunk maps."""
+    head's probabilities of them, its energy, uncertain)`` of trunk maps."""
     _, decisions = hierarchy.decide(maps)
     answers = np.array([d.main for d in decisions])
     proba = np.array([d.main_p for d in decisions])
     network = np.array([d.network_p for d in decisions], dtype=np.float64)
+    energy = np.array([d.network_energy for d in decisions], dtype=np.float64)
     uncertain = np.array([d.uncertain for d in decisions])
-    return trunk_descriptor(maps), answers, proba, answers != truth, network, uncertain
+    return (trunk_descriptor(maps), answers, proba, answers != truth, network, energy,
+            uncertain)

@@ -37,6 +37,7 @@ are the two ends of that.
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -55,6 +56,24 @@ from .svmpredict import predict_proba as svm_predict_proba
 #: Fitted attributes kept in ``bundle.json`` (JSON-ready), besides ``classes_`` and the weights.
 _STATE_KEYS = ("feature_shape_", "svm_best_params_", "svm_cv_score_", "precision_",
                "history_", "train_seconds_")
+
+
+class StageOutputs(NamedTuple):
+    """What a stage computes for ``n`` cells (:meth:`StageClassifier.predict_outputs`)."""
+
+    proba: np.ndarray            #: ``(n, n_classes)``: :meth:`StageClassifier.predict_proba`
+    network_proba: np.ndarray    #: ``(n, n_classes)``: the network head's own softmax
+    network_energy: np.ndarray   #: ``(n,)``: minus the log-sum-exp of the head's logits
+
+
+def _softmax_and_energy(logits):
+    """``(softmax, energy)`` of logits ``(n, k)``: the softmax rows and the free energy
+    ``-log(sum(exp(logits)))`` per row (high: no class fits; Liu et al., NeurIPS 2020)."""
+    logits = np.asarray(logits, np.float64)
+    top = logits.max(1, keepdims=True)
+    e = np.exp(logits - top)
+    total = e.sum(1, keepdims=True)
+    return e / total, -(top + np.log(total))[:, 0]
 
 
 class StageClassifier(ClassifierMixin, BaseEstimator):
@@ -290,16 +309,18 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         """Softmax probabilities of the network head itself (before the SVM)."""
         return predict_batches(self.head_, X, batch_size)
 
-    def network_proba_of_embeddings(self, emb):
-        """The network head's softmax ``(n, n_classes)`` from Dense(1024) embeddings
-        ``(n, 1024)`` (:meth:`transform`): Dense(512) + ReLU + softmax in numpy (dropout
-        is off at inference), so it costs no second pass through block5."""
+    def network_logits_of_embeddings(self, emb):
+        """The network head's logits ``(n, n_classes)`` (its softmax layer's input) from
+        Dense(1024) embeddings ``(n, 1024)`` (:meth:`transform`): Dense(512) + ReLU +
+        the softmax layer's affine map in numpy (dropout is off at inference), so it
+        costs no second pass through block5."""
         w512, b512, w_out, b_out = self._top_weights()
         hidden = np.maximum(np.asarray(emb, np.float32) @ w512 + b512, 0.0)
-        logits = hidden @ w_out + b_out
-        logits -= logits.max(1, keepdims=True)
-        e = np.exp(logits)
-        return e / e.sum(1, keepdims=True)
+        return hidden @ w_out + b_out
+
+    def network_proba_of_embeddings(self, emb):
+        """The network head's softmax ``(n, n_classes)`` from Dense(1024) embeddings."""
+        return _softmax_and_energy(self.network_logits_of_embeddings(emb))[0]
 
     def _top_weights(self) -> list:
         """Dense(512) and softmax kernels and biases, float32: read from the Keras head
@@ -325,18 +346,18 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         """Class probabilities ``(n, n_classes)``: the SVM's calibrated ones (the kernel
         as one matrix product: :func:`hiercell.svmpredict.predict_proba`), mixed with the
         network head's softmax when ``network_weight`` > 0."""
-        return self.predict_proba_and_network_proba(X)[0]
+        return self.predict_outputs(X).proba
 
-    def predict_proba_and_network_proba(self, X):
-        """``(predict_proba(X), network_proba(X))`` from one pass through block5, each
-        ``(n, n_classes)``."""
+    def predict_outputs(self, X) -> "StageOutputs":
+        """:class:`StageOutputs` of trunk features ``X`` from one pass through block5:
+        :meth:`predict_proba`, the network head's softmax and its energy."""
         emb = self.transform(X)
-        network = self.network_proba_of_embeddings(emb)
+        network, energy = _softmax_and_energy(self.network_logits_of_embeddings(emb))
         proba = svm_predict_proba(self.svm_, emb)
         w = float(self.network_weight or 0.0)
         if w:
             proba = (1.0 - w) * proba + w * network
-        return proba, network
+        return StageOutputs(proba, network, energy)
 
     def predict(self, X):
         """Most probable class per row (the SVM's decision; with ``network_weight`` > 0,
@@ -397,6 +418,13 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         self.__dict__.pop("_fast_embedder", None)
         self.__dict__.pop("_top", None)
         self._head = head
+
+    def __copy__(self):
+        """A shallow copy that shares the head (pickling, and so the default copy, drops
+        the Keras parts: :meth:`__getstate__`)."""
+        new = self.__class__.__new__(self.__class__)
+        new.__dict__.update(self.__dict__)
+        return new
 
     def __getstate__(self):  # keras models are saved by the bundle, not pickled
         state = self.__dict__.copy()

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from hiercell.adapt import NETWORK_WEIGHT, _balanced_weights, adapt_stage, stage_labels
+from hiercell.adapt import (NETWORK_WEIGHT, _balanced_weights, adapt_stage, label_check,
+                            label_check_csv, stage_labels)
 from hiercell.bundle import load
 from hiercell.cli import main
 from hiercell.data import read_dataset
@@ -94,6 +95,11 @@ def test_adapt_writes_a_loadable_bundle_with_its_record(tiny_bundle, new_lab, tm
     assert 0 <= record["cross_validation"]["stage1_accuracy_after"] <= 1
     card = (out / "MODEL_CARD.md").read_text()
     assert "Before / after" in card
+    # the labelled cells answered otherwise when held out, listed for a second look
+    listed = list(csv.DictReader((out / "label_check.csv").open()))
+    assert len(listed) == figures["labels_to_check"] == record["cross_validation"]["labels_to_check"]
+    assert all(r["held_out_answer"] != r["main_class"] for r in listed)
+    assert f"{len(listed)} of the {record['n_images']} labelled cells" in card
     base, adapted = load(tiny_bundle), load(out)
     # these "lab" cells are the base's own training images, tinted: the gate hands most
     # held-out cells to the base, too few are left to set a review threshold of the
@@ -283,3 +289,18 @@ def test_class_weights_balance_fully_or_by_the_square_root_of_the_count():
     shares = np.array([root[y == c].sum() for c in "NEB"])
     np.testing.assert_allclose(shares / shares.sum(), np.array([10, 5, 1]) / 16, rtol=1e-6)
     assert root[y == "B"][0] > root[y == "N"][0]  # a rare cell still weighs more than a common one
+
+
+def test_label_check_lists_the_cells_answered_otherwise_when_held_out(new_lab):
+    samples = read_dataset(new_lab)[:6]
+    after = np.array([s.main for s in samples], dtype=object)
+    after[[1, 4]] = ["basophil" if samples[i].main != "basophil" else "platelet" for i in (1, 4)]
+    rows = label_check(samples, {"after": after})
+    assert [r["path"] for r in rows] == sorted(str(samples[i].path) for i in (1, 4))
+    assert {r["held_out_answer"] for r in rows} <= {"basophil", "platelet"}
+    assert [r["label"] for r in rows] == [s.raw_label for s in sorted(
+        (samples[1], samples[4]), key=lambda s: str(s.path))]
+    text = label_check_csv(rows)
+    assert text.splitlines()[0] == "path,label,main_class,held_out_answer"
+    assert list(csv.DictReader(text.splitlines())) == rows
+    assert label_check(samples, {"after": np.array([s.main for s in samples])}) == []

@@ -5,6 +5,7 @@ Everything runs the real code paths on a randomly initialised VGG16 at 32 px
 fixture images: fast, and no ImageNet weights needed.
 """
 
+import copy
 import json
 import shutil
 
@@ -52,33 +53,55 @@ def test_stage_classifier_fit_predict_shapes():
 
 
 def test_the_heads_softmax_from_embeddings_is_the_networks_own(tiny_model, tiny_data):
-    # the review signal reads the head's softmax from the embedding the SVM gets (numpy,
-    # no second block5 pass): it must be what the Keras head itself gives
+    # the review signals read the head's softmax and energy from the embedding the SVM
+    # gets (numpy, no second block5 pass): the softmax must be what the Keras head gives
     X = tiny_model.features(rgb_images(sorted(tiny_data.glob("*.jpg"))[:6]))
     stage = tiny_model.stage1
-    svm, network = stage.predict_proba_and_network_proba(X)
+    svm, network, energy = stage.predict_outputs(X)
     np.testing.assert_allclose(network, stage.network_proba(X), atol=2e-3)
     np.testing.assert_allclose(svm, stage.predict_proba(X), atol=1e-6)
+    logits = stage.network_logits_of_embeddings(stage.transform(X))
+    np.testing.assert_allclose(energy, -np.log(np.exp(logits.astype(float)).sum(1)), atol=1e-4)
     _, decisions = tiny_model.hierarchy.decide(X)
     classes = [str(c) for c in stage.classes_]
     assert [d.network_p for d in decisions] == pytest.approx(
         [network[i, classes.index(d.main)] for i, d in enumerate(decisions)], abs=1e-6)
+    assert [d.network_energy for d in decisions] == pytest.approx(list(energy), abs=1e-6)
+
+
+def test_network_energy_is_minus_the_log_sum_exp_of_the_logits_without_overflow():
+    from hiercell.stage import _softmax_and_energy
+
+    proba, energy = _softmax_and_energy(np.array([[0.0, 0.0], [1000.0, 0.0], [-5.0, -5.0]]))
+    np.testing.assert_allclose(proba, [[0.5, 0.5], [1.0, 0.0], [0.5, 0.5]], atol=1e-12)
+    np.testing.assert_allclose(energy, [-np.log(2), -1000.0, 5 - np.log(2)], atol=1e-9)
 
 
 def test_network_weight_mixes_the_heads_softmax_into_the_stage_probabilities(tiny_model, tiny_data):
     X = tiny_model.features(rgb_images(sorted(tiny_data.glob("*.jpg"))[:8]))
-    stage = tiny_model.stage1  # (a copy would lose its head: stages pickle without it)
-    svm, network = stage.predict_proba_and_network_proba(X)
+    stage = tiny_model.stage1
+    svm, network, energy = stage.predict_outputs(X)
     assert stage.network_weight == 0 and not np.allclose(svm, network, atol=1e-3)
     try:
         stage.set_params(network_weight=0.25)
-        mixed, same_network = stage.predict_proba_and_network_proba(X)
+        mixed, same_network, same_energy = stage.predict_outputs(X)
         np.testing.assert_allclose(mixed, 0.75 * svm + 0.25 * network, atol=1e-6)
         np.testing.assert_allclose(same_network, network, atol=1e-6)
+        np.testing.assert_allclose(same_energy, energy, atol=1e-6)
         np.testing.assert_allclose(stage.predict_proba(X), mixed, atol=1e-6)
         assert list(stage.predict(X)) == list(stage.classes_[mixed.argmax(1)])
     finally:
         stage.set_params(network_weight=0.0)
+
+
+def test_a_copied_stage_keeps_its_head_and_its_own_parameters(tiny_model, tiny_data):
+    X = tiny_model.features(rgb_images(sorted(tiny_data.glob("*.jpg"))[:4]))
+    stage = tiny_model.stage1
+    twin = copy.copy(stage)
+    np.testing.assert_allclose(twin.predict_outputs(X).network_proba,
+                               stage.predict_outputs(X).network_proba, atol=1e-6)
+    twin.set_params(network_weight=0.5)
+    assert stage.network_weight == 0.0 and twin.head_ is stage.head_
 
 
 def test_training_a_stage_does_not_make_keras_warn(recwarn):

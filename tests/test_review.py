@@ -299,22 +299,24 @@ def test_a_review_rate_keeps_an_adapted_labs_own_flag(learned):
 
 @pytest.fixture
 def with_network():
-    """A learned scorer fit with the network head's probability of each answer, on
-    cells whose wrong answers the head doubts (as in the real model: AUROC 0.944
-    against 0.917 without it on the PBC test split)."""
+    """Cells whose wrong answers the network head doubts (as in the real model: AUROC
+    0.944 against 0.917 without its probability on the PBC test split) and whose head
+    energy is higher, and a learned scorer fit with the head's probability alone."""
     rng = np.random.default_rng(7)
     centres = rng.random((3, 64))
 
-    def cells(n, wrong_share=0.1):
+    def cells(n, wrong_share=0.1, looks_like="truth"):
         y = rng.integers(0, 3, n)
-        d = unit(centres[y] + 0.05 * rng.standard_normal((n, 64)))
         wrong = rng.random(n) < wrong_share
         answer = np.where(wrong, (y + 1) % 3, y)
+        near = y if looks_like == "truth" else answer  # "answer": neighbours cannot tell
+        d = unit(centres[near] + 0.05 * rng.standard_normal((n, 64)))
         proba = rng.uniform(0.5, 1.0, n)  # the SVM alone says nothing here
         network = np.where(wrong, rng.uniform(0.05, 0.6, n), rng.uniform(0.4, 1.0, n))
-        return d, CLASSES[answer], proba, wrong, network, CLASSES[y]
+        energy = np.where(wrong, -4.0, -7.0) + 1.5 * rng.standard_normal(n)
+        return d, CLASSES[answer], proba, wrong, network, energy, CLASSES[y]
 
-    ref, _, _, _, _, ref_y = cells(900, 0.0)
+    ref, *_, ref_y = cells(900, 0.0)
     val = cells(600)
     view = cells(600, 0.3)
     s = ReviewScorer(k=5).fit(ref, val[0], val[2], ref_y, *val[1:4], shifted=[view[:5]],
@@ -324,16 +326,40 @@ def with_network():
 
 def test_the_network_heads_probability_is_a_fifth_signal_that_finds_wrong_answers(with_network):
     s, cells = with_network
-    assert s.signals_ == SIGNALS and s.coef_.shape == (5,) and s.coef_[4] < 0
-    d, answers, proba, wrong, network, _ = cells(3000)
+    assert s.signals_ == SIGNALS[:5] and s.coef_.shape == (5,) and s.coef_[4] < 0
+    d, answers, proba, wrong, network, *_ = cells(3000)
     score, _ = s.score(d, proba, None, answers, proba, network_proba=network)
     assert roc_auc_score(wrong, score) > 0.85
-    with pytest.raises(ValueError, match="network head"):
+    with pytest.raises(ValueError, match="network_proba"):
         s.score(d, proba, None, answers, proba)
-    again = ReviewScorer.from_arrays(s.to_arrays())
-    assert again.signals_ == SIGNALS
+    again = ReviewScorer.from_arrays(s.to_arrays())  # five named signals: last release's files
+    assert again.signals_ == SIGNALS[:5]
     np.testing.assert_allclose(again.score(d, proba, None, answers, proba, network_proba=network)[0],
                                score, atol=1e-6)
+
+
+def test_the_network_heads_energy_is_a_sixth_signal_that_adds_to_its_probability(with_network):
+    _, cells = with_network
+    # cells that look like their (wrong) answers: only the head's outputs can tell
+    ref, *_, ref_y = cells(900, 0.0)
+    val, view = cells(600, 0.1, "answer"), cells(600, 0.3, "answer")
+    s = ReviewScorer(k=5).fit(ref, val[0], val[2], ref_y, *val[1:4], shifted=[view[:6]],
+                              val_network_proba=val[4], val_network_energy=val[5])
+    assert s.signals_ == SIGNALS and s.coef_.shape == (6,) and s.coef_[5] > 0
+    five = ReviewScorer(k=5).fit(ref, val[0], val[2], ref_y, *val[1:4], shifted=[view[:5]],
+                                 val_network_proba=val[4])
+    d, answers, proba, wrong, network, energy, _ = cells(3000, 0.1, "answer")
+    score, _ = s.score(d, proba, None, answers, proba, network_proba=network,
+                       network_energy=energy)
+    score5, _ = five.score(d, proba, None, answers, proba, network_proba=network)
+    assert roc_auc_score(wrong, score) > roc_auc_score(wrong, score5) + 0.02
+    with pytest.raises(ValueError, match="network_energy"):
+        s.score(d, proba, None, answers, proba, network_proba=network)
+    again = ReviewScorer.from_arrays(s.to_arrays())
+    assert again.signals_ == SIGNALS
+    np.testing.assert_allclose(
+        again.score(d, proba, None, answers, proba, network_proba=network,
+                    network_energy=energy)[0], score, atol=1e-6)
 
 
 def test_scorers_fit_without_the_network_signal_keep_four(learned):
@@ -348,10 +374,13 @@ def test_scorers_fit_without_the_network_signal_keep_four(learned):
                                s.score(d, proba, None, answers, proba)[0], atol=1e-6)
 
 
-def test_network_probabilities_must_be_given_for_every_fit_set_or_none(with_network):
+def test_network_outputs_must_be_given_for_every_fit_set_or_none(with_network):
     _, cells = with_network
-    ref, _, _, _, _, ref_y = cells(300, 0.0)
+    ref, *_, ref_y = cells(300, 0.0)
     val, view = cells(200, 0.2), cells(200, 0.3)
-    with pytest.raises(ValueError, match="every shifted view"):
+    with pytest.raises(ValueError, match="network_proba .* every shifted view"):
         ReviewScorer(k=5).fit(ref, val[0], val[2], ref_y, *val[1:4], shifted=[view[:4]],
                               val_network_proba=val[4])
+    with pytest.raises(ValueError, match="network_energy .* every shifted view"):
+        ReviewScorer(k=5).fit(ref, val[0], val[2], ref_y, *val[1:4], shifted=[view[:5]],
+                              val_network_proba=val[4], val_network_energy=val[5])

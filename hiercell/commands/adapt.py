@@ -41,7 +41,8 @@ def adapt(data, out, model_path, views, folds, block5_epochs, seed, precision):
     on DATA in its bundle.json and MODEL_CARD.md.
     """
     from ..adapt import (adaptation_record, adapt_model, calibrate_review, cross_val_predict,
-                         cv_summary, data_digest, model_card, trunk_views)
+                         cv_summary, data_digest, label_check, label_check_csv, model_card,
+                         trunk_views)
     from ..bundle import BundleError, save_bundle
     from ..data import read_dataset
 
@@ -61,6 +62,8 @@ def adapt(data, out, model_path, views, folds, block5_epochs, seed, precision):
         predictions = cross_val_predict(model, maps, samples, k=folds, seed=seed,
                                         block5_epochs=block5_epochs, progress=True)
         cv = cv_summary(samples, predictions)
+        to_check = label_check(samples, predictions)
+        cv["labels_to_check"] = len(to_check)
         adapted = adapt_model(model, maps, samples, seed=seed, block5_epochs=block5_epochs,
                               log=echo_err)
         cv["review"] = calibrate_review(adapted, samples, predictions)
@@ -73,14 +76,19 @@ def adapt(data, out, model_path, views, folds, block5_epochs, seed, precision):
                                 "block5_epochs": block5_epochs, "folds": folds, "seed": seed})
     try:
         save_bundle(adapted, out, {"adaptation": record, "name": Path(out).name},
-                    extra_files={"MODEL_CARD.md": model_card(record, model.info)})
+                    extra_files={"MODEL_CARD.md": model_card(record, model.info),
+                                 "label_check.csv": label_check_csv(to_check)})
     except BundleError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps({"stage1_accuracy_before": round(cv["stage1_accuracy_before"], 4),
                            "stage1_accuracy_after": round(cv["stage1_accuracy_after"], 4),
                            "n": cv["n"], "folds": cv["folds"], "fold_kind": cv["fold_kind"],
-                           "review": cv["review"]},
+                           "labels_to_check": len(to_check), "review": cv["review"]},
                           indent=2))
+    if to_check:
+        echo_err(f"{len(to_check)} of {len(samples)} labelled cells were answered as another "
+                 f"class when held out: {Path(out) / 'label_check.csv'} lists them; check "
+                 f"those labels first (a wrong label teaches the model the mistake)")
     echo_err(f"adapted bundle written to {out} ({time.time() - t0:.0f} s); use it with "
              f"hiercell classify --model {out}")
 
