@@ -3,7 +3,7 @@
 
     python bench/bench_adapt.py --external ../shared/data/external/bccd351/manifest.csv \
         --external ../shared/data/external/jtsc300/manifest.csv --pbc ../shared/data/pbc \
-        [--model BUNDLE] [--per-class 5,10,20,50] [--seeds 3] [--align]
+        [--model BUNDLE] [--per-class 5,10,20,50] [--seeds 3] [--align] [--exclude FILE]
 
 For each external labelled set and each n in --per-class, over --seeds random
 draws: adapt the bundle (default: the bundled model) on n labelled cells per
@@ -22,13 +22,16 @@ lab's own (:func:`hiercell.adapt.calibrate_review`); the flag is then scored
 on the set's other cells: share flagged, accuracy of the unflagged cells,
 AUROC of ``review_score`` for wrong against right answers (``--folds 0``
 skips this and keeps the base's threshold).
-Trunk features are cached in --cache.
+``--exclude FILE`` leaves the images named in FILE out of the external sets
+(e.g. ``bench/bccd351_eosinophils_without_granules.txt``: cells whose label
+is doubted). Trunk features are cached in --cache.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -68,7 +71,14 @@ def main():
     ap.add_argument("--folds", type=int, default=3,
                     help="cross-validation folds per draw for the review threshold (0: none)")
     ap.add_argument("--cache", default=None)
+    ap.add_argument("--exclude", default=None,
+                    help="file of image names (one per line, # comments) to leave out of "
+                         "the external sets, e.g. cells whose label is doubted")
     a = ap.parse_args()
+    excluded = set()
+    if a.exclude:
+        lines = Path(a.exclude).read_text().splitlines()
+        excluded = {ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")}
     model = hiercell.load(a.model, precision="auto")
     X_pbc = y_pbc = None
     if a.pbc:
@@ -81,7 +91,8 @@ def main():
         base_pbc = np.mean(model.hierarchy.predict_stage(1, X_pbc) == y_pbc)
         print(f"PBC test stage-1 accuracy, base model: {base_pbc:.4f} (n={len(y_pbc)})")
     for ext in a.external:
-        samples = [s for s in read_dataset(ext) if s.main is not None]
+        samples = [s for s in read_dataset(ext)
+                   if s.main is not None and Path(s.path).name not in excluded]
         maps, ok, _ = trunk_views(model, [s.path for s in samples], a.views, cache_dir=a.cache)
         samples = [s for s, good in zip(samples, ok) if good]
         truth = np.array([s.main for s in samples])
