@@ -258,7 +258,11 @@ def multiview_dataset(views, y_idx, batch_size, seed=0):
             yield x, y_idx[sel].astype(np.int32)
 
     spec = (tf.TensorSpec((None,) + shape, tf.float32), tf.TensorSpec((None,), tf.int32))
-    return tf.data.Dataset.from_generator(batches, output_signature=spec).prefetch(2)
+    ds = tf.data.Dataset.from_generator(batches, output_signature=spec)
+    # a generator's length is unknown to Keras, which then finds the epoch's end by running
+    # out of data and warns that it did ("Your input ran out of data") on every fit
+    n_batches = -(-n // batch_size)
+    return ds.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(2)
 
 
 def augment_feature_maps(x, y):

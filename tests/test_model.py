@@ -105,14 +105,26 @@ def test_a_copied_stage_keeps_its_head_and_its_own_parameters(tiny_model, tiny_d
 
 
 def test_training_a_stage_does_not_make_keras_warn(recwarn):
-    # every Keras fit gets self-shuffling tf.data sets: its own shuffle must be off, or
-    # each fit prints a UserWarning that a user of train/adapt takes for a problem
+    # every Keras fit gets self-shuffling tf.data sets of known length: its own shuffle
+    # must be off, and the multi-view sets must say how many batches they hold, or each
+    # fit prints a UserWarning that a user of train/adapt takes for a problem
     rng = np.random.default_rng(1)
     X, y = _features(24, rng, ["a", "b"])
-    StageClassifier(head_epochs=1, finetune_epochs=1, batch_size=8, verbose=0,
-                    svm_C=(1.0,)).fit(X[:16], y[:16], X[16:], y[16:])
-    keras_warnings = [str(w.message) for w in recwarn if "shuffle" in str(w.message)]
+    views = [X[:18] + 0.01 * rng.standard_normal(X[:18].shape).astype(X.dtype)]
+    StageClassifier(head_epochs=2, finetune_epochs=2, batch_size=8, verbose=0,
+                    svm_C=(1.0,)).fit(X[:18], y[:18], X[18:], y[18:], X_views=views)
+    keras_warnings = [str(w.message) for w in recwarn
+                      if "shuffle" in str(w.message) or "ran out of data" in str(w.message)]
     assert keras_warnings == []
+
+
+def test_multiview_batches_have_a_known_count():
+    from hiercell.backbone import multiview_dataset
+
+    views = [np.zeros((19, 2, 2, 3), np.float32), np.ones((19, 2, 2, 3), np.float32)]
+    ds = multiview_dataset(views, np.zeros(19, int), batch_size=8)
+    assert int(ds.cardinality()) == 3
+    assert [len(y) for _, y in ds] == [8, 8, 3]
 
 
 def _p1(main, p=0.9):
