@@ -118,9 +118,8 @@ def held_out(model, X_test, test, X_ref, ref, X_val, val, cls, val_views=()):
     inputs = keras.Input(shape=(src["gap"].shape[1],))
     embed = keras.Model(inputs, stage.head_.get_layer("embedding")(inputs))
     emb = predict_batches(embed, src["gap"][keep].astype(np.float32), 512)
-    w512, b512 = (np.asarray(w, np.float32) for w in stage.head_.get_layer("dense_512").get_weights())
-    relu512 = lambda e: np.maximum(np.asarray(e, np.float32) @ w512 + b512, 0.0)
-    softmax = LogisticRegression(max_iter=3000).fit(relu512(emb), src["y"][keep])
+    hidden = stage.network_hidden_of_embeddings  # the head's Dense(512) activations
+    softmax = LogisticRegression(max_iter=3000).fit(hidden(emb), src["y"][keep])
     stage.svm_max_per_class = None
     stage.svm_C = (saved[3]["svc__C"],)
     try:
@@ -128,7 +127,7 @@ def held_out(model, X_test, test, X_ref, ref, X_val, val, cls, val_views=()):
         stage.classes_ = stage.svm_.classes_
         assert list(softmax.classes_) == list(stage.classes_)
         # the refit softmax layer's logits (multinomial: its predict_proba is their softmax)
-        stage.network_logits_of_embeddings = lambda e: softmax.decision_function(relu512(e))
+        stage.network_logits_of_embeddings = lambda e: softmax.decision_function(hidden(e))
         return _held_out_scores(hier, X_test, test, X_ref, ref, X_val, val, cls, val_views,
                                 learned=model.hierarchy.reviewer.learned)
     finally:

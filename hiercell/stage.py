@@ -309,14 +309,19 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         """Softmax probabilities of the network head itself (before the SVM)."""
         return predict_batches(self.head_, X, batch_size)
 
+    def network_hidden_of_embeddings(self, emb):
+        """The head's Dense(512) activations ``(n, 512)`` (after ReLU; dropout is off at
+        inference) from Dense(1024) embeddings ``(n, 1024)`` (:meth:`transform`), in
+        numpy: no second pass through block5."""
+        w512, b512 = self._top_weights()[:2]
+        return np.maximum(np.asarray(emb, np.float32) @ w512 + b512, 0.0)
+
     def network_logits_of_embeddings(self, emb):
         """The network head's logits ``(n, n_classes)`` (its softmax layer's input) from
-        Dense(1024) embeddings ``(n, 1024)`` (:meth:`transform`): Dense(512) + ReLU +
-        the softmax layer's affine map in numpy (dropout is off at inference), so it
-        costs no second pass through block5."""
-        w512, b512, w_out, b_out = self._top_weights()
-        hidden = np.maximum(np.asarray(emb, np.float32) @ w512 + b512, 0.0)
-        return hidden @ w_out + b_out
+        Dense(1024) embeddings: :meth:`network_hidden_of_embeddings` and the softmax
+        layer's affine map."""
+        w_out, b_out = self._top_weights()[2:]
+        return self.network_hidden_of_embeddings(emb) @ w_out + b_out
 
     def network_proba_of_embeddings(self, emb):
         """The network head's softmax ``(n, n_classes)`` from Dense(1024) embeddings."""
