@@ -77,8 +77,9 @@ def main():
     a = ap.parse_args()
     excluded = set()
     if a.exclude:
-        lines = Path(a.exclude).read_text().splitlines()
-        excluded = {ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")}
+        lines = (ln.strip() for ln in Path(a.exclude).read_text().splitlines())
+        excluded = {ln for ln in lines if ln and not ln.startswith("#")}
+    matched = set()
     model = hiercell.load(a.model, precision="auto")
     X_pbc = y_pbc = None
     if a.pbc:
@@ -91,8 +92,12 @@ def main():
         base_pbc = np.mean(model.hierarchy.predict_stage(1, X_pbc) == y_pbc)
         print(f"PBC test stage-1 accuracy, base model: {base_pbc:.4f} (n={len(y_pbc)})")
     for ext in a.external:
-        samples = [s for s in read_dataset(ext)
-                   if s.main is not None and Path(s.path).name not in excluded]
+        samples = [s for s in read_dataset(ext) if s.main is not None]
+        left_out = {Path(s.path).name for s in samples} & excluded
+        matched |= left_out
+        samples = [s for s in samples if Path(s.path).name not in left_out]
+        if excluded:
+            print(f"{ext}: {len(left_out)} images left out (--exclude)")
         maps, ok, _ = trunk_views(model, [s.path for s in samples], a.views, cache_dir=a.cache)
         samples = [s for s, good in zip(samples, ok) if good]
         truth = np.array([s.main for s in samples])
@@ -140,6 +145,9 @@ def main():
                   f"{r[:, 3].mean():5.0f} {r[:, 5].mean():18.4f} {r[:, 6].mean():13.4f} "
                   f"{int(r[:, 7].sum())}/{len(r)} {r[:, 8].mean():7.3f} {r[:, 9].mean():13.3f} "
                   f"{r[:, 10].mean():6.3f}")
+    if excluded - matched:
+        print(f"--exclude: {len(excluded - matched)} names matched no image, e.g. "
+              f"{sorted(excluded - matched)[0]}")
 
 
 if __name__ == "__main__":

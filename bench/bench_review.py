@@ -22,10 +22,12 @@ Prints, for the bundle (default: the bundled model):
    kind the bundle holds: learned or legacy) on ``--reference`` random training
    cells and the validation cells of the other classes (with ``--views``
    shifted views of them), and the stage-1 SVM and the network head's softmax
-   layer (a multinomial logistic regression on its Dense(512) activations, which
-   the review score reads) are refit without the class on the bundle's source
-   sample (the rest of the network still saw the class in training, which this
-   protocol cannot undo without retraining); AUROC of ``review_score`` for
+   layer (a multinomial logistic regression on its Dense(512) activations; the
+   review score reads its probability and its energy, the latter from the
+   regression's logits, scaled unlike the trained layer's) are refit without
+   the class on the bundle's source sample (the rest of the network still saw
+   the class in training, which this protocol cannot undo without
+   retraining); AUROC of ``review_score`` for
    held-out-class test cells against the other classes' test cells, and share
    of them flagged.
 

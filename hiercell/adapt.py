@@ -499,6 +499,9 @@ def _label_check_text(record: dict) -> str:
     n = record["cross_validation"].get("labels_to_check")
     if n is None:
         return ""
+    if n == 0:
+        return ("When held out, every labelled cell was answered as its label says "
+                "(`label_check.csv` lists none).\n\n")
     return (f"When held out, {n} of the {record['n_images']} labelled cells were answered "
             "as another main class (`label_check.csv` lists them): the model's errors, "
             "and any wrong labels, which adapting on teaches it. Check those labels first.\n\n")

@@ -118,13 +118,13 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         return self._stage_outputs(number, X, own)[0]
 
     def _stage_outputs(self, number, X, own=None):
-        """``(probabilities, network head probabilities, network energy)`` of stage
-        ``number`` (as :class:`hiercell.stage.StageOutputs`; probabilities over its
-        ``classes_``), rows answered as :meth:`stage_proba` says."""
+        """The tuple ``(probabilities, network head probabilities, network energy)`` of
+        stage ``number`` (the fields of :class:`hiercell.stage.StageOutputs`;
+        probabilities over its ``classes_``), rows answered as :meth:`stage_proba` says."""
         stage = self.stage1 if number == 1 else self.stage2
         own = self.adapted_rows(X) if own is None else own
         if own.all():
-            return stage.predict_outputs(self.aligned(X))
+            return tuple(stage.predict_outputs(self.aligned(X)))
         fallback = self.base.stage1 if number == 1 else self.base.stage2
         want = [str(c) for c in stage.classes_]
         proba, net = np.empty((len(X), len(want))), np.empty((len(X), len(want)))

@@ -257,7 +257,8 @@ class ReviewScorer:
     def signals(self, descriptors, answers, proba, network_proba=None,
                 network_energy=None) -> np.ndarray:
         """``(n, len(signals_))`` signals per cell (the learned combination's input,
-        :attr:`signals_`: a prefix of :data:`SIGNALS` or more of it)."""
+        :attr:`signals_`: the first four of :data:`SIGNALS` and the network signals
+        the fit was given)."""
         return self._signals(self._neighbours(descriptors, answers), proba, network_proba,
                              network_energy)
 
@@ -438,7 +439,8 @@ class ReviewScorer:
         answered main classes) and ``proba`` (their probabilities) are needed by the
         learned combination, ``network_proba`` (the network head's probabilities of
         the same answers) and ``network_energy`` (its energy) by one fit with them
-        (:attr:`signals_`)."""
+        (:attr:`signals_`). A cell with a signal that is not finite (NaN) scores 1:
+        flagged."""
         if not self.learned:
             nov = self._novelty_percentile(self.novelty(descriptors), own_lab)
             amb = _percentile_of(self.ambiguity_ref_,
@@ -462,6 +464,7 @@ class ReviewScorer:
             score = np.where(lifted, t + (1.0 - t) * u, u)
         if uncertain is not None and not self.learned:
             score = np.where(np.asarray(uncertain, bool), 1.0, score)
+        score = np.where(np.isfinite(score), score, 1.0)  # a signal not computable: look
         return np.clip(score, 0.0, 1.0), nov.astype(np.float32)
 
     def flag(self, review_score):

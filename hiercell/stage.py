@@ -426,7 +426,10 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
 
     def __copy__(self):
         """A shallow copy that shares the head (pickling, and so the default copy, drops
-        the Keras parts: :meth:`__getstate__`)."""
+        the Keras parts: :meth:`__getstate__`); a head not yet built from a bundle's
+        weights is built first, so that the two do not each build their own."""
+        if "_head_source" in self.__dict__:
+            self.head_  # noqa: B018 - builds it
         new = self.__class__.__new__(self.__class__)
         new.__dict__.update(self.__dict__)
         return new

@@ -277,6 +277,12 @@ def test_model_card_states_the_labs_review_threshold():
     assert "unflagged 0.900" in card and "0.85" in card and "Stage 2 was not adapted" in card
     cv["review"] = None
     assert "keeps the base model's threshold" in model_card(record, {})
+    assert "label_check.csv" not in model_card(record, {})  # records from before the check
+    cv["labels_to_check"] = 16
+    assert "16 of the 80 labelled cells were answered as another" in model_card(record, {})
+    cv["labels_to_check"] = 0
+    card = model_card(record, {})
+    assert "lists none" in card and "Check those labels" not in card
 
 
 def test_class_weights_balance_fully_or_by_the_square_root_of_the_count():

@@ -355,6 +355,13 @@ def test_the_network_heads_energy_is_a_sixth_signal_that_adds_to_its_probability
     assert roc_auc_score(wrong, score) > roc_auc_score(wrong, score5) + 0.02
     with pytest.raises(ValueError, match="network_energy"):
         s.score(d, proba, None, answers, proba, network_proba=network)
+    broken = energy.copy()
+    broken[:3] = np.nan  # e.g. an input the head could not make sense of
+    nan_score, _ = s.score(d, proba, None, answers, proba, network_proba=network,
+                           network_energy=broken)
+    np.testing.assert_array_equal(nan_score[:3], 1.0)
+    assert s.flag(nan_score[:3]).all()
+    np.testing.assert_allclose(nan_score[3:], score[3:], atol=1e-6)
     again = ReviewScorer.from_arrays(s.to_arrays())
     assert again.signals_ == SIGNALS
     np.testing.assert_allclose(
