@@ -311,7 +311,7 @@ def cross_val_predict(model, maps, samples, k=3, seed=0, block5_epochs=BLOCK5_EP
     base model or the model has no learned review scorer); and ``fold_kind``.
     """
     from .progress import tracker
-    from .review import trunk_descriptor
+    from .review import review_inputs, trunk_descriptor
 
     fold, kind = _folds(samples, k, seed)
     k = int(fold.max()) + 1
@@ -335,10 +335,7 @@ def cross_val_predict(model, maps, samples, k=3, seed=0, block5_epochs=BLOCK5_EP
             if reviewer is not None and reviewer.learned:
                 own = hierarchy.adapted_rows(maps[0, test])
                 u, percentile = reviewer.wrongness_and_novelty(
-                    trunk_descriptor(maps[0, test]), after[test].astype(str),
-                    [d.main_p for d in decisions], own_lab=own,
-                    network_proba=[d.network_p for d in decisions],
-                    network_energy=[d.network_energy for d in decisions])
+                    trunk_descriptor(maps[0, test]), own_lab=own, **review_inputs(decisions))
                 wrongness[test] = np.where(own, u, np.nan)
                 novel[test] = percentile > reviewer.novel_gate
             update(1)

@@ -218,7 +218,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         given)."""
         if self.reviewer is None:
             return None
-        from .review import trunk_descriptor
+        from .review import review_inputs, trunk_descriptor
 
         if p1 is None or decisions is None:
             p1, decisions = self.decide(X)
@@ -226,10 +226,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
             own = self.adapted_rows(X)
         score, novelty = self.reviewer.score(
             trunk_descriptor(X), p1.max(1), [d.uncertain for d in decisions],
-            answers=[d.main for d in decisions], proba=[d.main_p for d in decisions],
-            own_lab=own if self.adapted else None,
-            network_proba=[d.network_p for d in decisions],
-            network_energy=[d.network_energy for d in decisions])
+            own_lab=own if self.adapted else None, **review_inputs(decisions))
         return score, self.reviewer.flag(score), novelty
 
 

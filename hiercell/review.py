@@ -150,6 +150,17 @@ def neighbour_signals(reference, reference_labels, queries, answers, k=K_NEIGHBO
     return out
 
 
+def review_inputs(decisions) -> dict:
+    """What :meth:`ReviewScorer.score` (and :meth:`~ReviewScorer.wrongness_and_novelty`)
+    read from routed decisions (:class:`hiercell.hierarchy.Decision`), by keyword: the
+    answered main classes, their probabilities, and stage 1's network head probability
+    of each answer and its energy (``None`` entries where the routing had no head)."""
+    return {"answers": np.array([d.main for d in decisions]),
+            "proba": np.array([d.main_p for d in decisions], dtype=np.float64),
+            "network_proba": [d.network_p for d in decisions],
+            "network_energy": [d.network_energy for d in decisions]}
+
+
 def _percentile_of(sorted_ref: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Share of ``sorted_ref`` below each value, in [0, 1]."""
     return np.searchsorted(sorted_ref, values, side="right") / max(len(sorted_ref), 1)
@@ -615,10 +626,8 @@ def _answers(hierarchy, maps, truth):
     """``(descriptors, answered main classes, their probabilities, wrong, the network
     head's probabilities of them, its energy, uncertain)`` of trunk maps."""
     _, decisions = hierarchy.decide(maps)
-    answers = np.array([d.main for d in decisions])
-    proba = np.array([d.main_p for d in decisions])
-    network = np.array([d.network_p for d in decisions], dtype=np.float64)
-    energy = np.array([d.network_energy for d in decisions], dtype=np.float64)
+    given = review_inputs(decisions)
+    answers = given["answers"]
     uncertain = np.array([d.uncertain for d in decisions])
-    return (trunk_descriptor(maps), answers, proba, answers != truth, network, energy,
-            uncertain)
+    return (trunk_descriptor(maps), answers, given["proba"], answers != truth,
+            given["network_proba"], given["network_energy"], uncertain)
