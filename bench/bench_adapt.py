@@ -77,7 +77,11 @@ def main():
     a = ap.parse_args()
     excluded = set()
     if a.exclude:
-        lines = (ln.strip() for ln in Path(a.exclude).read_text().splitlines())
+        try:
+            text = Path(a.exclude).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            ap.error(f"--exclude {a.exclude}: cannot read it ({exc.__class__.__name__}: {exc})")
+        lines = (ln.strip() for ln in text.splitlines())
         excluded = {ln for ln in lines if ln and not ln.startswith("#")}
     matched = set()
     model = hiercell.load(a.model, precision="auto")
