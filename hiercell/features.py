@@ -1,7 +1,8 @@
 """Trunk features (VGG16 ``block4_pool``) computed once and cached on disk.
 
 The cache is a folder per *configuration* (input size, masking, backbone
-weights, preprocessing) holding one ``float16`` ``.npy`` file per image, named
+weights, preprocessing, and the segmentation's version where masks or the
+canonical frame are used) holding one ``float16`` ``.npy`` file per image, named
 by the SHA-1 of the image file's bytes. Renaming or moving images keeps their
 features; changing a pixel does not. Extraction resumes where it stopped, and
 a file torn by a killed run is recomputed.
@@ -50,6 +51,11 @@ class TrunkConfig:
         d = dict(self.__dict__)
         if not d["preprocess"]:  # keeps the keys of caches written before the option existed
             del d["preprocess"]
+        if d["masked"] or (d.get("preprocess") or {}).get("framing"):
+            from .segmentation import VERSION
+
+            if VERSION > 1:  # keeps the keys of caches written with the first masks
+                d["segmentation_version"] = VERSION
         if not d["view"]:
             del d["view"]
         else:

@@ -6,6 +6,7 @@ Pure functions on RGB ``uint8`` arrays of shape ``(H, W, 3)``; masks are
 
 from .masks import (
     REASONS,
+    VERSION,
     SegmentationResult,
     apply_mask,
     cell_mask,
@@ -16,6 +17,7 @@ from .overlay import draw_overlay
 
 __all__ = [
     "REASONS",
+    "VERSION",
     "SegmentationResult",
     "apply_mask",
     "cell_mask",

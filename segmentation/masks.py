@@ -26,7 +26,12 @@ Raabin (575 px) originals need no retuning:
    granular cytoplasm of neutrophils -- ``fe`` > ``T_PALE`` after a wider blur
    on stained (non-background) pixels.  Opening, hole filling.
 4. As in the study, the outer contour nearest the image centre is the cell
-   (filled, closed).  If it is two cells touching, it is split: at narrow necks
+   (filled, closed).  Where the ring just outside it is densely stained
+   (summed OD above ``DENSE_RING``: denser than around 99.9 % of PBC's cells),
+   the contour stopped at the nucleus inside cytoplasm as pink as red cells
+   (e.g. Jiangxi Tecom's rapid stain): it grows into the connected pixels
+   denser than ``DENSE_FRAC`` of that ring, if the result stays round
+   (``DENSE_SOLIDITY``) and not too big (``DENSE_GROW_MAX``).  If it is two cells touching, it is split: at narrow necks
    of its distance transform (the study's distance-transform step), or along
    the line joining its two deepest concavities when both sides hold nucleus.
 5. Nucleus: the optical density in green inside the cell above an Otsu
@@ -59,6 +64,7 @@ import cv2
 import numpy as np
 
 __all__ = [
+    "VERSION",
     "SegmentationResult",
     "REASONS",
     "cell_mask",
@@ -66,6 +72,11 @@ __all__ = [
     "apply_mask",
     "segment",
 ]
+
+#: Version of the masks this module draws: raised whenever a change alters any mask,
+#: so that cached features of masked or framed images are recomputed (2: cells grow
+#: into dense cytoplasm).
+VERSION = 2
 
 #: Longest side of the working resolution (px); all sizes below are for it.
 WORK_SIDE = 256
@@ -76,12 +87,22 @@ K_DEFAULT, K_RANGE = 0.63, (0.45, 0.85)  #: red-cell blue/green OD ratio: defaul
 T_LO = 0.05  #: blue excess over red-cell colour, 1.5 px blur
 T_PALE = 0.03  #: same, 3 px blur, for pale granular cytoplasm
 T_BG = 0.2  #: summed OD above which a pixel is stained (not background)
+#: Summed OD of the ring just outside a cell candidate above which it stopped at
+#: the nucleus inside dense cytoplasm (stains where cytoplasm is as pink as red
+#: cells but denser than them, e.g. Jiangxi Tecom's rapid stain); above the
+#: 99.9th percentile of that ring over PBC (0.86), so PBC's masks never grow
+DENSE_RING = 0.9
+DENSE_FRAC = 0.5  #: the grown cell keeps pixels denser than this share of the ring's OD
+DENSE_GROW_MAX = 4.0  #: a grown cell may be at most this many times the candidate's area
+DENSE_SOLIDITY = 0.85  #: ... and must stay this convex (area / convex hull area)
 NUC_T_MIN, NUC_T_MAX = 0.9, 1.4  #: clip range of the nucleus (green OD) threshold
 NUC_FLOOR = 1.0  #: green OD that counts as nucleus when judging splits
 
 # Sizes as fractions of the image side (radii) or of the image area.
 OPEN_R = 2 / 256  #: opening radius removing red-cell rims and specks
 CLOSE_R = 4 / 256  #: closing radius smoothing the cell outline
+RING_R = 4 / 256  #: width of the ring outside a candidate that judges dense cytoplasm
+DENSE_OPEN_R = 3 / 256  #: opening radius detaching red cells from grown cytoplasm
 NUC_SMOOTH_R = 2 / 256  #: closing-then-opening radius smoothing the nucleus
 NOISE_AREA = 0.0003  #: objects smaller than this are ignored
 MIN_AREA = 0.003  #: smallest plausible cell (platelets ~0.015)
@@ -329,6 +350,46 @@ def _pick(parts, npart, c):
     return (parts == sel + 1).astype(np.uint8), [(pe[j], pa[j]) for j in range(npart) if j != sel]
 
 
+def _grow_into_dense_cytoplasm(cell: np.ndarray, od: np.ndarray, side: float) -> np.ndarray:
+    """``cell`` (uint8 0/1, working size) grown into the dense cytoplasm around it,
+    or ``cell`` itself where the ring around it is not dense or the growth is
+    implausible (see step 4 of the module notes); ``od``: optical density
+    ``(h, w, 3)``."""
+    def density(region):  # summed OD, blurred
+        return cv2.GaussianBlur(cv2.transform(region, _SUM), (0, 0), 2.0 * side / 256,
+                                borderType=cv2.BORDER_REPLICATE)
+
+    # the ring is judged on a crop (with the blur's margin): most cells stop there
+    h, w = cell.shape
+    x, y, bw, bh = cv2.boundingRect(cell)
+    pad = int(np.ceil((RING_R + 6 / 256) * side)) + 1
+    x0, y0, x1, y1 = max(x - pad, 0), max(y - pad, 0), min(x + bw + pad, w), min(y + bh + pad, h)
+    near = cell[y0:y1, x0:x1]
+    ring = (cv2.dilate(near, _disk(RING_R * side)) > 0) & (near == 0)
+    if np.count_nonzero(ring) < 10:
+        return cell
+    level = float(np.median(density(od[y0:y1, x0:x1])[ring]))
+    if level < DENSE_RING:
+        return cell
+    tot = density(od)
+    dense = ((tot > DENSE_FRAC * level) | (cell > 0)).astype(np.uint8)
+    dense = cv2.morphologyEx(dense, cv2.MORPH_OPEN, _disk(DENSE_OPEN_R * side))
+    _, lab = cv2.connectedComponents(dense)
+    ids = np.unique(lab[cell > 0])
+    grown = np.isin(lab, ids[ids > 0]).astype(np.uint8)
+    grown = _fill_holes(cv2.morphologyEx(grown, cv2.MORPH_CLOSE, _disk(CLOSE_R * side)))
+    contours = _outer_contours(grown)
+    if not contours:
+        return cell
+    outline = max(contours, key=cv2.contourArea)
+    hull = max(cv2.contourArea(cv2.convexHull(outline)), 1.0)
+    area = np.count_nonzero(grown)
+    if (area > DENSE_GROW_MAX * np.count_nonzero(cell) or area > MAX_AREA * grown.size
+            or cv2.contourArea(outline) / hull < DENSE_SOLIDITY):
+        return cell
+    return grown
+
+
 def _nucleus(odg: np.ndarray, cell: np.ndarray, side: float) -> np.ndarray:
     """Nucleus (uint8 0/1) inside ``cell`` (uint8 0/1) given the green optical
     density ``odg`` (same shape); ``side`` is the working image side."""
@@ -371,13 +432,17 @@ def _segment_work(rgb):
     i = int(np.lexsort((-area, edge))[0])
     if edge[i] > CENTRE_TOL * side:
         return none, none, "no_central_object"
-    others = [(edge[j], area[j]) for j in range(len(contours)) if j != i]
+    chosen = _filled((h, w), [contours[i]])
+    grown = _grow_into_dense_cytoplasm(chosen, od, side)
+    # objects the grown cell took in (other nucleus lobes) are no rivals
+    others = [(edge[j], area[j]) for j in range(len(contours))
+              if j != i and not grown[min(int(cen[j][1]), h - 1), min(int(cen[j][0]), w - 1)]]
     # work on a crop around the chosen object from here on
     pad = int(np.ceil(CLOSE_R * side)) + 2
-    x, y, bw, bh = cv2.boundingRect(contours[i])
+    x, y, bw, bh = cv2.boundingRect(grown)
     x0, y0 = max(x - pad, 0), max(y - pad, 0)
     x1, y1 = min(x + bw + pad, w), min(y + bh + pad, h)
-    cell = _filled((y1 - y0, x1 - x0), [contours[i] - np.array([x0, y0], np.int32)])
+    cell = np.ascontiguousarray(grown[y0:y1, x0:x1])
     cell = _fill_holes(cv2.morphologyEx(cell, cv2.MORPH_CLOSE, _disk(CLOSE_R * side)))
     odg = od[y0:y1, x0:x1, 1]
     dense = (odg > NUC_FLOOR).astype(np.uint8)

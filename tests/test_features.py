@@ -73,6 +73,21 @@ def test_cache_key_changes_with_size_masking_weights_and_preprocessing(tmp_path)
     assert base.key == TrunkConfig(160, False, "sha256:abc", preprocess={}).key == expected
 
 
+def test_cache_key_of_masked_or_framed_images_names_the_segmentation_version(monkeypatch):
+    """A change of the masks must not serve features cached with the previous masks;
+    plain resized images do not depend on them and keep their key."""
+    import hiercell.segmentation as segmentation
+
+    framed = {"framing": "canonical"}
+    configs = [TrunkConfig(160, True, "w"), TrunkConfig(160, False, "w", preprocess=framed)]
+    plain = TrunkConfig(160, False, "w")
+    now = [c.key for c in configs]
+    plain_key = plain.key
+    monkeypatch.setattr(segmentation, "VERSION", segmentation.VERSION + 1)
+    assert all(c.key != k for c, k in zip(configs, now))
+    assert plain.key == plain_key
+
+
 def test_masked_features_differ_and_unreadable_files_are_reported(trunk, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_text("not an image")

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from hiercell.cli import main
+from hiercell.segmentation import masks
 from hiercell.segmentation import (
     REASONS,
     SegmentationResult,
@@ -29,22 +30,26 @@ CYTOPLASM = (196, 164, 196)
 NUCLEUS = (88, 42, 136)
 
 
-def scene(size=256, cells=((0.5, 0.5),), cell_r=0.15, nuc_r=0.075, rbc=True, seed=0):
+def scene(size=256, cells=((0.5, 0.5),), cell_r=0.15, nuc_r=0.075, rbc=True, seed=0,
+          colours=None):
     """(rgb, cell_masks, nucleus_masks) of a synthetic smear of side ``size``;
     positions and radii are fractions of the side (drawn at 4x and reduced, so
-    the scene is the same at every size)."""
+    the scene is the same at every size); ``colours``: another stain's
+    background, red_cell, pallor, cytoplasm and nucleus RGB."""
+    c = {"background": BACKGROUND, "red_cell": RED_CELL, "pallor": PALLOR,
+         "cytoplasm": CYTOPLASM, "nucleus": NUCLEUS, **(colours or {})}
     rng = np.random.default_rng(seed)
     big = size * 4
     img = np.empty((big, big, 3), np.uint8)
-    img[:] = BACKGROUND
+    img[:] = c["background"]
     cells_px = [(cx * big, cy * big) for cx, cy in cells]
     r_cell, r_nuc, r_rbc = cell_r * big, nuc_r * big, 0.07 * big
     if rbc:
         for _ in range(90):  # scattered red cells, some touching/under the white cells
             x, y = rng.uniform(0, big, 2)
             if all(np.hypot(x - cx, y - cy) > r_cell + 0.5 * r_rbc for cx, cy in cells_px):
-                cv2.circle(img, (int(x), int(y)), int(r_rbc), RED_CELL, -1, cv2.LINE_AA)
-                cv2.circle(img, (int(x), int(y)), int(r_rbc * 0.4), PALLOR, -1, cv2.LINE_AA)
+                cv2.circle(img, (int(x), int(y)), int(r_rbc), c["red_cell"], -1, cv2.LINE_AA)
+                cv2.circle(img, (int(x), int(y)), int(r_rbc * 0.4), c["pallor"], -1, cv2.LINE_AA)
     cms, nms = [], []
     for cx, cy in cells_px:
         cm = np.zeros((big, big), np.uint8)
@@ -53,8 +58,8 @@ def scene(size=256, cells=((0.5, 0.5),), cell_r=0.15, nuc_r=0.075, rbc=True, see
         # an off-centre, elongated nucleus
         cv2.ellipse(nm, (int(cx - 0.2 * r_nuc), int(cy + 0.1 * r_nuc)),
                     (int(r_nuc * 1.2), int(r_nuc * 0.85)), 30, 0, 360, 1, -1)
-        img[cm > 0] = CYTOPLASM
-        img[nm > 0] = NUCLEUS
+        img[cm > 0] = c["cytoplasm"]
+        img[nm > 0] = c["nucleus"]
         cms.append(cv2.resize(cm * 255, (size, size), interpolation=cv2.INTER_AREA) > 127)
         nms.append(cv2.resize(nm * 255, (size, size), interpolation=cv2.INTER_AREA) > 127)
     img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
@@ -107,6 +112,38 @@ def test_red_cells_are_not_the_cell():
     band = cv2.dilate(cm.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     assert not np.logical_and(res.cell_mask, ~band).any()
     assert not np.logical_and(cm, ~res.cell_mask).sum() > 0.01 * cm.sum()
+
+
+# A rapid stain (Jiangxi Tecom's): yellow field, neutrophil cytoplasm and
+# nucleus in the median colours of that set's expert-masked neutrophils, red
+# cells of the cytoplasm's hue (same blue/green density ratio) at a quarter of
+# its density, so the blue-excess feature sees neither
+RAPID = {"background": (255, 255, 166), "red_cell": (241, 224, 151), "pallor": (248, 239, 158),
+         "cytoplasm": (202, 152, 112), "nucleus": (102, 28, 88)}
+
+
+def test_cell_grows_into_dense_cytoplasm_as_pink_as_red_cells(monkeypatch):
+    rgb, (cm,), (nm,) = scene(256, cell_r=0.3, nuc_r=0.15, colours=RAPID, seed=11)
+    res = segment(rgb)
+    assert res.ok, res.reason
+    assert iou(res.cell_mask, cm) >= 0.9  # the whole cell, not just its nucleus
+    assert iou(res.nucleus_mask, nm) >= 0.9
+    # the grown cell did not take in the red cells around it
+    band = cv2.dilate(cm.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+    assert np.logical_and(res.cell_mask, ~band).sum() < 0.02 * cm.sum()
+    # without the growth the blue-excess feature stops at the nucleus
+    monkeypatch.setattr(masks, "DENSE_RING", np.inf)
+    assert iou(segment(rgb).cell_mask, cm) < 0.5
+
+
+def test_pale_cytoplasm_ring_does_not_grow_the_cell():
+    # the usual stain: the cell's edge meets background and red cells, whose density
+    # is far below the dense-cytoplasm level, so the mask is the drawn cell
+    rgb, (cm,), _ = scene(256, seed=7)
+    work = masks._to_work(rgb)
+    od, _ = masks._optical_density(work)
+    cell = masks._segment_work(work)[0]
+    assert masks._grow_into_dense_cytoplasm(cell, od, 256.0) is cell
 
 
 def test_masked_image_is_zero_outside_cell():
