@@ -50,7 +50,7 @@ DEFAULT_MODEL = "pbc-robust-vgg16-svm"
 #: bundle.json keys the loader interprets; every other key goes to ``model.info``.
 _STRUCTURE_KEYS = ("input_size", "masked", "stages", "base_stages", "preprocess")
 #: ``model.info`` keys that describe a loaded model, not the bundle (never saved).
-_RUNTIME_KEYS = ("trunk_sha256", "precision")
+_RUNTIME_KEYS = ("trunk_sha256", "precision", "engine")
 
 
 class BundleError(RuntimeError):

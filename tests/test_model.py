@@ -240,7 +240,12 @@ def test_unknown_bundle_keys_pass_through(tiny_bundle, tmp_path):
     model = load(again)
     assert model.info["review"] == {"threshold": 0.5}
     assert model.preprocess == load(tiny_bundle).preprocess
-    assert json.loads((again / "bundle.json").read_text())["review"] == {"threshold": 0.5}
+    saved = json.loads((again / "bundle.json").read_text())
+    assert saved["review"] == {"threshold": 0.5}
+    # what describes the loaded model, not the bundle, is never saved: a bundle loaded
+    # with one engine or precision and saved again must not claim it for later loads
+    assert model.info["engine"] and model.info["precision"] and model.info["trunk_sha256"]
+    assert not {"engine", "precision", "trunk_sha256"} & set(saved)
 
 
 def test_tampered_bundle_is_refused(tiny_bundle, tmp_path):
