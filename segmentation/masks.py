@@ -31,9 +31,10 @@ Raabin (575 px) originals need no retuning:
    the contour stopped at the nucleus inside cytoplasm as pink as red cells
    (e.g. Jiangxi Tecom's rapid stain): it grows into the connected pixels
    denser than ``DENSE_FRAC`` of that ring, if the result stays round
-   (``DENSE_SOLIDITY``) and not too big (``DENSE_GROW_MAX``).  If it is two cells touching, it is split: at narrow necks
-   of its distance transform (the study's distance-transform step), or along
-   the line joining its two deepest concavities when both sides hold nucleus.
+   (``DENSE_SOLIDITY``) and not too big (``DENSE_GROW_MAX``).  If it is two
+   cells touching, it is split: at narrow necks of its distance transform
+   (the study's distance-transform step), or along the line joining its two
+   deepest concavities when both sides hold nucleus.
 5. Nucleus: the optical density in green inside the cell above an Otsu
    threshold (clipped to [``NUC_T_MIN``, ``NUC_T_MAX``]), closed then opened
    (fills chromatin gaps, drops cytoplasmic granules), small bits removed,
