@@ -377,18 +377,26 @@ def _grow_into_dense_cytoplasm(cell: np.ndarray, od: np.ndarray, side: float) ->
     dense = cv2.morphologyEx(dense, cv2.MORPH_OPEN, _disk(DENSE_OPEN_R * side))
     _, lab = cv2.connectedComponents(dense)
     ids = np.unique(lab[cell > 0])
-    grown = np.isin(lab, ids[ids > 0]).astype(np.uint8)
+    grown = np.isin(lab, ids[ids > 0]).astype(np.uint8) | cell
     grown = _fill_holes(cv2.morphologyEx(grown, cv2.MORPH_CLOSE, _disk(CLOSE_R * side)))
     contours = _outer_contours(grown)
-    if not contours:
+    if len(contours) != 1:  # the growth must give one cell, not pieces
         return cell
-    outline = max(contours, key=cv2.contourArea)
+    outline = contours[0]
     hull = max(cv2.contourArea(cv2.convexHull(outline)), 1.0)
     area = np.count_nonzero(grown)
     if (area > DENSE_GROW_MAX * np.count_nonzero(cell) or area > MAX_AREA * grown.size
             or cv2.contourArea(outline) / hull < DENSE_SOLIDITY):
         return cell
     return grown
+
+
+def _mostly_inside(contour, mask: np.ndarray) -> bool:
+    """Whether most of ``contour``'s filled pixels lie in ``mask`` (uint8 0/1): an object
+    a grown cell took in (another nucleus lobe) is no rival of it."""
+    x, y, bw, bh = cv2.boundingRect(contour)
+    own = _filled((bh, bw), [contour - np.array([x, y], np.int32)])
+    return np.count_nonzero(own & mask[y:y + bh, x:x + bw]) > 0.5 * np.count_nonzero(own)
 
 
 def _nucleus(odg: np.ndarray, cell: np.ndarray, side: float) -> np.ndarray:
@@ -435,9 +443,8 @@ def _segment_work(rgb):
         return none, none, "no_central_object"
     chosen = _filled((h, w), [contours[i]])
     grown = _grow_into_dense_cytoplasm(chosen, od, side)
-    # objects the grown cell took in (other nucleus lobes) are no rivals
     others = [(edge[j], area[j]) for j in range(len(contours))
-              if j != i and not grown[min(int(cen[j][1]), h - 1), min(int(cen[j][0]), w - 1)]]
+              if j != i and not (grown is not chosen and _mostly_inside(contours[j], grown))]
     # work on a crop around the chosen object from here on
     pad = int(np.ceil(CLOSE_R * side)) + 2
     x, y, bw, bh = cv2.boundingRect(grown)

@@ -42,6 +42,9 @@ def test_combine_stages_takes_stage2_from_the_second_bundle(tiny_bundle, tiny_da
     assert set(info["composed_from"]) == {"stage1", "stage2"}
     assert "metrics" not in info  # the first bundle's figures are not the new model's
     assert not {"engine", "precision", "trunk_sha256"} & set(info)
+    assert info["name"] == "both"
+    # the first bundle's review scorer read the first bundle's stage 2: not carried over
+    assert not (tmp_path / "both" / "review.npz").exists()
     first, other = load(tiny_bundle, precision="float32"), load(second, precision="float32")
     both = load(tmp_path / "both", precision="float32")
     X = first.features(rgb_images(sorted(tiny_data.glob("*.jpg"))[:8]))
@@ -72,3 +75,10 @@ def test_combine_stages_refuses_bundles_that_cannot_share_a_trunk_pass(tiny_bund
     done = _combine(tiny_bundle, seeded, tmp_path / "both")
     assert done.returncode != 0 and "different trunks" in done.stderr
     assert not (tmp_path / "both").exists()
+    aligned = tmp_path / "aligned"  # a bundle tuned to a lab is no ingredient
+    shutil.copytree(tiny_bundle, aligned)
+    model = load(aligned, precision="float32")
+    model.info["alignment"] = {"applied": True}
+    save_bundle(model, aligned)
+    done = _combine(aligned, tiny_bundle, tmp_path / "both")
+    assert done.returncode != 0 and "aligned to or adapted for a lab" in done.stderr
