@@ -17,15 +17,16 @@ confusion matrices in ``C-evaluation/``).
 """
 
 import argparse
-import hashlib
 from pathlib import Path
 
 import hiercell
 from hiercell.bundle import save_bundle, verify_bundle
+from hiercell.fileutil import file_digest
 
 
 def _digest(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    """A short name of a file's contents for ``bundle.json`` (as its backbone weights)."""
+    return "sha256:" + file_digest(path)[:16]
 
 
 def main():
@@ -50,7 +51,7 @@ def main():
     for key in ("input_size", "masked", "preprocess"):
         if info1.get(key) != info2.get(key):
             raise SystemExit(f"the bundles differ in {key}: {info1.get(key)!r} against {info2.get(key)!r}")
-    if _digest(first / "trunk.npz") != _digest(second / "trunk.npz"):
+    if file_digest(first / "trunk.npz") != file_digest(second / "trunk.npz"):
         raise SystemExit("the bundles have different trunks (trunk.npz): one trunk pass cannot serve both")
     if "stage2" not in info2.get("stages", {}):
         raise SystemExit(f"{second} has no stage 2")
