@@ -68,6 +68,9 @@ def test_combine_stages_refuses_bundles_that_cannot_share_a_trunk_pass(tiny_bund
     save_bundle(other, tmp_path / "plain")
     done = _combine(tiny_bundle, tmp_path / "plain", tmp_path / "both")
     assert done.returncode != 0 and "differ in preprocess" in done.stderr
+    done = _combine(tiny_bundle, tmp_path / "nothing", tmp_path / "both")  # one line, no traceback
+    assert done.returncode != 0 and "not a model bundle" in done.stderr
+    assert "Traceback" not in done.stderr
     seeded = tmp_path / "seeded"  # random weights of another seed: another trunk
     trained = CliRunner().invoke(main, ["train", str(tiny_data), "--out", str(seeded),
                                         "--cache", str(tmp_path / "cache"), *TINY, "--seed", "1"])

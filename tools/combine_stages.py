@@ -20,7 +20,7 @@ import argparse
 from pathlib import Path
 
 import hiercell
-from hiercell.bundle import save_bundle, verify_bundle
+from hiercell.bundle import BundleError, save_bundle, verify_bundle
 from hiercell.fileutil import file_digest
 
 
@@ -30,6 +30,13 @@ def _digest(path: Path) -> str:
 
 
 def main():
+    try:
+        combine()
+    except BundleError as exc:  # a folder that is no bundle, or an --out that is not one
+        raise SystemExit(str(exc)) from None
+
+
+def combine():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--stage1-from", required=True, help="bundle giving stage 1 (and the rest)")
     ap.add_argument("--stage2-from", required=True, help="bundle giving stage 2")
