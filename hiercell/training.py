@@ -22,9 +22,11 @@ from .fileutil import json_text, to_jsonable
 from .segment_files import exclude_mask_failures
 from .taxonomy import FINE_CLASSES, MAIN_CLASSES, OTHERS, ROUTED_MAIN, STAGE2_CLASSES, SUBCLASSES
 
-RECIPES = ("features", "images")
+RECIPES = ("features", "images", "weights")
 _RECIPE_INFO = {"features": "features (cached trunk features, feature-map augmentation)",
-                "images": "gpu (images, image augmentation)"}
+                "images": "gpu (images, image augmentation)",
+                "weights": "images (image augmentation on the fly, networks trained elsewhere: "
+                           "tools/torch_recipe.py)"}
 
 
 @dataclass
@@ -141,7 +143,7 @@ def trunk_features(paths, settings: TrainSettings, cache_dir=None, progress=None
 
 
 def fit_hierarchy(X, samples, settings: TrainSettings, stages=(1, 2), recipe="features",
-                  verbose=1, log=print, backbone=None, X_views=()):
+                  verbose=1, log=print, backbone=None, X_views=(), head_weights=None):
     """Fit both stages on ``samples`` (with ``split`` set) whose trunk features are ``X``.
 
     ``recipe``: ``"features"`` trains each head on ``X`` (feature-map augmentation);
@@ -152,7 +154,11 @@ def fit_hierarchy(X, samples, settings: TrainSettings, stages=(1, 2), recipe="fe
     training split has fewer than two subclasses. ``backbone``: the result of
     :func:`starting_backbone`, if already built. ``X_views``: trunk features of
     augmented views, arrays shaped like ``X`` (rows of other splits are ignored;
-    features recipe only). Returns an
+    not for the ``"images"`` recipe). ``"weights"``: the networks were trained elsewhere (e.g.
+    ``tools/torch_recipe.py`` on a GPU machine without TensorFlow); ``head_weights``
+    maps each stage number to ``{"weights": [arrays in Keras order], "classes": [...],
+    "history": ..., "settings": ...}`` (the last two are recorded in the stage's
+    ``history_``) and only the SVMs are fit here. Returns an
     :class:`~hiercell.model.ImageClassifier`.
     """
     from .hierarchy import HierarchicalClassifier
@@ -179,6 +185,9 @@ def fit_hierarchy(X, samples, settings: TrainSettings, stages=(1, 2), recipe="fe
         t0 = time.time()
         if recipe == "features":
             clf.fit(X[idx[tr]], y[tr], X[idx[va]], y[va], [v[idx[tr]] for v in X_views])
+        elif recipe == "weights":
+            _fit_stage_on_weights(clf, head_weights[stage], X[idx[tr]], y[tr], X[idx[va]], y[va],
+                                  [v[idx[tr]] for v in X_views])
         else:
             from .gpu_recipe import fit_stage_on_images
 
@@ -191,6 +200,24 @@ def fit_hierarchy(X, samples, settings: TrainSettings, stages=(1, 2), recipe="fe
     return ImageClassifier(trunk, HierarchicalClassifier(fitted[1], fitted[2]),
                            input_size=settings.input_size, masked=settings.masked,
                            preprocess=settings.preprocess, info=info)
+
+
+def _fit_stage_on_weights(clf, trained: dict, X, y, X_val, y_val, X_views=()):
+    """Fit ``clf``'s SVM on the embeddings of a head trained elsewhere (``trained``:
+    weights in Keras order, its class order, its training history); ``X_views`` as in
+    :meth:`~hiercell.stage.StageClassifier.finish`."""
+    from .backbone import precision_policy
+
+    clf.start(y, X.shape[1:], y_val)
+    if [str(c) for c in clf.classes_] != list(trained["classes"]):
+        raise ValueError(f"the trained head's classes {list(trained['classes'])} are not this "
+                         f"stage's {[str(c) for c in clf.classes_]}")
+    with precision_policy("float32"):
+        head = clf.new_head()
+    head.set_weights(trained["weights"])
+    clf.history_ = {"external": trained.get("history"),
+                    "external_settings": trained.get("settings")}
+    return clf.finish(head, X, y, X_val, y_val, X_views)
 
 
 def attach_review_and_sources(model, X, samples, settings: TrainSettings, X_views=(), log=print):
@@ -336,7 +363,7 @@ def augmented_views(X, samples, settings: TrainSettings, cache_dir=None, progres
 
 def train_bundle(samples, settings: TrainSettings, out, stages=(1, 2), recipe="features",
                  cache_dir=None, source=None, split_csv=None, verbose=1, log=print,
-                 progress=None):
+                 progress=None, head_weights=None):
     """What ``hiercell train`` does: train on ``samples`` (splits set), write the bundle
     ``out``, then evaluate the test split into ``<out>-evaluation/`` and record the
     headline in the bundle. Returns ``(model, metrics)`` (``metrics`` empty without a
@@ -364,8 +391,9 @@ def train_bundle(samples, settings: TrainSettings, out, stages=(1, 2), recipe="f
     used = [s for s, ok in zip(used, res.ok) if ok]
     X = res.features
     X_views = (augmented_views(X, used, settings, cache_dir, progress, backbone[0])
-               if recipe == "features" else [])
-    model = fit_hierarchy(X, used, settings, stages, recipe, verbose, log, backbone, X_views)
+               if recipe in ("features", "weights") else [])
+    model = fit_hierarchy(X, used, settings, stages, recipe, verbose, log, backbone, X_views,
+                          head_weights)
     attach_review_and_sources(model, X, used, settings, X_views, log)
     del X_views
     meta = {"training_data": {"source": None if source is None else str(source),

@@ -85,3 +85,107 @@ def test_combine_stages_refuses_bundles_that_cannot_share_a_trunk_pass(tiny_bund
     save_bundle(model, aligned)
     done = _combine(aligned, tiny_bundle, tmp_path / "both")
     assert done.returncode != 0 and "aligned to or adapted for a lab" in done.stderr
+
+
+def _torch_recipe():
+    """tools/torch_recipe.py as a module (its pack and bundle steps need no PyTorch)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("torch_recipe", TOOLS / "torch_recipe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_torch_recipe_packs_train_and_val_frames_whose_views_are_the_canonical_frame(
+        tiny_data, tmp_path):
+    import csv
+
+    import cv2
+
+    from hiercell.data import load_samples
+    from hiercell.framing import canonical_view
+    from hiercell.io import load_image
+
+    recipe = _torch_recipe()
+    job = tmp_path / "job"
+    done = subprocess.run([sys.executable, str(TOOLS / "torch_recipe.py"), "pack", str(tiny_data),
+                           "--out", str(job), "--backbone-weights", "none", "--val-share", "1",
+                           "--others-per-class", "3"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(open(job / "manifest.csv")))
+    samples = {Path(s.path).stem: s for s in load_samples(tiny_data)}
+    originals = [s for s in samples.values() if s.split in ("train", "val")]
+    assert len(rows) == len(originals) and {r["split"] for r in rows} == {"train", "val"}
+    assert sorted(r["stage1"] for r in rows) == sorted(s.main for s in originals)
+    assert {r["stage2"] for r in rows} >= {"Others", "BNE"}
+    frames = np.fromfile(job / "frames.bin", np.uint8)
+    blobs = [frames[int(r["offset"]):int(r["offset"]) + int(r["length"])] for r in rows]
+    views = recipe.FrameViews(blobs, np.zeros(len(rows), int), np.ones(len(rows), bool), 224,
+                              augment=False, clean_share=1.0)
+    # the pack does not say which row is which image: match the first row by its content
+    stored = cv2.cvtColor(cv2.imdecode(blobs[0], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    view, label = views[(0, 7)]
+    assert view.shape == (224, 224, 3) and label == 0
+    np.testing.assert_array_equal(view, stored)  # the stored frame's frame is the identity
+    errors = [np.abs(canonical_view(load_image(s.path), 224).astype(int) - stored).mean()
+              for s in originals]
+    assert min(errors) < 4  # WebP-compressed canonical frame of one of the originals
+    augmented = recipe.FrameViews(blobs, np.zeros(len(rows), int), np.ones(len(rows), bool),
+                                  160, augment=True, clean_share=0.0)
+    a, b = augmented[(0, 1)], augmented[(0, 2)]
+    assert a[0].shape == (160, 160, 3) and not np.array_equal(a[0], b[0])
+    np.testing.assert_array_equal(augmented[(0, 1)][0], a[0])  # the key's seed decides
+
+
+def test_torch_recipe_batches_cover_every_image_once_per_epoch_in_a_new_order():
+    batches = _torch_recipe().EpochBatches(10, 4, seed=0, shuffle=True)
+    first = [k for batch in batches for k in batch]
+    batches.epoch = 1
+    second = [k for batch in batches for k in batch]
+    assert len(batches) == 3 and [len(b) for b in batches] == [4, 4, 2]
+    assert sorted(i for i, _ in first) == list(range(10)) == sorted(i for i, _ in second)
+    assert [i for i, _ in first] != [i for i, _ in second]
+    batches.epoch = 0
+    assert [k for batch in batches for k in batch] == first
+
+
+def test_torch_recipe_bundle_fits_the_svms_on_heads_trained_elsewhere(tiny_bundle, tiny_data,
+                                                                      tmp_path):
+    """Heads in Keras order (what the GPU step writes) become a bundle whose networks are
+    those heads: the same trunk (random VGG16, seed 0) and weights give the tiny bundle's
+    network outputs."""
+    tiny = load(tiny_bundle, precision="float32")
+    heads = []
+    for number, stage in ((1, tiny.hierarchy.stage1), (2, tiny.hierarchy.stage2)):
+        path = tmp_path / f"s{number}-32.npz"
+        np.savez(path, classes=np.array([str(c) for c in stage.classes_]),
+                 history=json.dumps([{"epoch": 1, "val_loss": 0.5}]),
+                 settings=json.dumps({"stage": number, "size": 32}),
+                 **{f"w{k:02d}": w.astype(np.float16)
+                    for k, w in enumerate(stage.head_.get_weights())})
+        heads.append(path)
+    command = [sys.executable, str(TOOLS / "torch_recipe.py"), "bundle", str(tiny_data),
+               "--backbone-weights", "none", "--others-per-class", "3",
+               "--cache", str(tmp_path / "cache")]
+    done = subprocess.run(command + [str(p) for p in heads] + ["--out", str(tmp_path / "b")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    info = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert "tools/torch_recipe.py" in info["training"]["recipe"]
+    assert info["stages"]["stage1"]["history_"]["external"][0]["val_loss"] == 0.5
+    assert "metrics" in info and (tmp_path / "b" / "review.npz").is_file()
+    imported = load(tmp_path / "b", precision="float32")
+    X = tiny.features(rgb_images(sorted(tiny_data.glob("*.jpg"))[:8]))
+    np.testing.assert_allclose(imported.features(rgb_images(sorted(tiny_data.glob("*.jpg"))[:8])),
+                               X, atol=1e-5)
+    for name in ("stage1", "stage2"):
+        np.testing.assert_allclose(getattr(imported.hierarchy, name).network_proba(X),
+                                   getattr(tiny.hierarchy, name).network_proba(X), atol=2e-3)
+    # a head whose classes are not the stage's is refused
+    z = dict(np.load(heads[1]))
+    z["classes"] = z["classes"][::-1]
+    np.savez(heads[1], **z)
+    done = subprocess.run(command + [str(p) for p in heads] + ["--out", str(tmp_path / "c")],
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "are not this stage's" in done.stderr

@@ -1,0 +1,455 @@
+"""The image-space recipe on a GPU machine that has PyTorch but no TensorFlow.
+
+``hiercell train --gpu-recipe`` needs TensorFlow on the GPU machine. Where that
+machine offers PyTorch instead, the network part of each stage (block5 + the
+dense head, VGG16 blocks 1-4 frozen with ImageNet's weights) trains there on
+augmented views drawn on the fly, and the rest of the model (SVMs, review
+scorer, source sample, lab reference) is fit here, on the trunk features of
+the original images, exactly as ``hiercell train`` fits it:
+
+    # here: canonical frames of the train and val images (WebP, 224 px), the
+    # labels of both stages, the ImageNet VGG16 weights (float16)
+    python tools/torch_recipe.py pack ../shared/data/pbc --out .gpujob --max-mb 34
+    # on the GPU machine (needs torch, numpy, opencv; hiercell's augment/framing
+    # modules are imported from the checkout): per stage and input size, the
+    # block5 + head weights of the epoch with the best validation loss
+    python tools/torch_recipe.py train .gpujob --out heads --sizes 224,160 --minutes 7
+    # here again: the bundle, evaluated on the test split
+    python tools/torch_recipe.py bundle ../shared/data/pbc heads/s1-224.npz \
+        heads/s2-224.npz --out runs/gpu224 --backbone-weights .../vgg16_..._notop.h5
+
+Views: every training image is stored once in its canonical frame
+(:func:`hiercell.framing.canonical_view` at 224 px, white-balanced), so the
+frame of a stored image is the identity and :func:`hiercell.augment.random_view`
+draws the same augmentations as on the original (scale, crop, rotation, stain,
+optics, JPEG). A share ``--clean`` of the steps sees the clean frame with a
+random flip and quarter turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+STORED = 224  # side of the stored canonical frames
+MEAN_BGR = (103.939, 116.779, 123.68)  # VGG16 (Keras "caffe") input: BGR minus ImageNet mean
+TRUNK = ((2, 64), (2, 128), (3, 256), (3, 512))  # VGG16 blocks 1-4: convolutions, filters
+BLOCK5 = ("block5_conv1", "block5_conv2", "block5_conv3")
+
+
+# --------------------------------------------------------------------------- pack (here)
+
+
+def _frame_one(path):
+    """(webp-ready BGR uint8 canonical frame at STORED px, whether a cell was found)."""
+    import cv2
+
+    from hiercell.framing import canonical_view, locate_cell
+    from hiercell.io import load_image
+
+    rgb = load_image(path)
+    framing = locate_cell(rgb)
+    frame = canonical_view(rgb, STORED, framing)
+    return cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), bool(np.isfinite(framing.diameter))
+
+
+def pack(data, out, max_mb, val_share, seed, weights, others_per_class=150):
+    """Write ``out/manifest.csv``, ``out/frames.bin`` (the WebP files one after another;
+    the manifest gives offset and length) and ``out/vgg16.npz``."""
+    from multiprocessing import Pool
+
+    import cv2
+
+    from hiercell.backbone import build_vgg16, resolve_weights
+    from hiercell.data import load_samples
+    from hiercell.training import stage_targets
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    samples = load_samples(data)
+    labels = {1: {}, 2: {}}
+    for stage in (1, 2):
+        idx, y = stage_targets(samples, stage, others_per_class, seed)
+        labels[stage] = dict(zip(idx.tolist(), y.tolist()))
+    rng = np.random.default_rng(seed)
+    keep = [i for i, s in enumerate(samples) if s.split == "train" and i in labels[1]]
+    val = [i for i, s in enumerate(samples) if s.split == "val" and i in labels[1]]
+    keep += sorted(rng.permutation(val)[:int(round(val_share * len(val)))].tolist())
+    with Pool(2) as pool:
+        frames = pool.map(_frame_one, [str(samples[i].path) for i in keep], chunksize=64)
+    vgg = build_vgg16(STORED, resolve_weights(weights))
+    convs = [layer for layer in vgg.layers if layer.name.startswith("block") and "conv" in layer.name]
+    arrays = {f"{layer.name}/{k}": w.astype(np.float16)
+              for layer in convs for k, w in zip(("kernel", "bias"), layer.get_weights())}
+    np.savez(out / "vgg16.npz", **arrays)
+    budget = max_mb * 1e6 - (out / "vgg16.npz").stat().st_size
+    for quality in (80, 75, 70, 65, 60, 55, 50):
+        blobs = [cv2.imencode(".webp", f, [cv2.IMWRITE_WEBP_QUALITY, quality])[1].tobytes()
+                 for f, _ in frames]
+        total = sum(map(len, blobs))
+        if total <= budget:
+            break
+    print(f"{len(blobs)} frames, WebP quality {quality}: {total / 1e6:.1f} MB "
+          f"(+ weights {(out / 'vgg16.npz').stat().st_size / 1e6:.1f} MB)")
+    (out / "frames.bin").write_bytes(b"".join(blobs))
+    offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])])
+    with open(out / "manifest.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "offset", "length", "split", "stage1", "stage2", "has_cell"])
+        for n, (i, (_, has_cell)) in enumerate(zip(keep, frames)):
+            w.writerow([f"{n:05d}", offsets[n], len(blobs[n]), samples[i].split, labels[1][i],
+                        labels[2].get(i, ""), int(has_cell)])
+
+
+# --------------------------------------------------------------------------- train (GPU)
+
+
+class FrameViews:
+    """Training views of stored frames: ``dataset[(i, seed)]`` -> (uint8 HWC view, label)."""
+
+    def __init__(self, blobs, labels, has_cell, size, augment, clean_share):
+        self.blobs, self.labels, self.has_cell = blobs, labels, has_cell
+        self.size, self.augment, self.clean_share = size, augment, clean_share
+
+    def __len__(self):
+        return len(self.blobs)
+
+    def __getitem__(self, key):
+        import cv2
+
+        from hiercell.augment import random_view
+        from hiercell.framing import REFERENCE_BACKGROUND, Framing, canonical_view
+
+        i, seed = key
+        rgb = cv2.cvtColor(cv2.imdecode(self.blobs[i], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        c = (STORED - 1) / 2.0
+        framing = Framing((c, c), 0.4 * STORED if self.has_cell[i] else float("nan"),
+                          REFERENCE_BACKGROUND)
+        rng = np.random.default_rng(seed)
+        if self.augment and rng.random() >= self.clean_share:
+            view = random_view(rgb, framing, self.size, rng, target_diameter=0.4,
+                               zoom_range=(0.35, 3.0))
+        else:
+            view = canonical_view(rgb, self.size, framing)
+            if self.augment:
+                view = np.rot90(view[:, ::-1] if rng.random() < 0.5 else view, rng.integers(4))
+        return np.ascontiguousarray(view), int(self.labels[i])
+
+
+class EpochBatches:
+    """Batches of ``(index, seed)`` keys, drawn anew each epoch (``.epoch`` is set by the
+    training loop; the sampler runs in the main process, so persistent workers see it)."""
+
+    def __init__(self, n, batch_size, seed, shuffle):
+        self.n, self.batch_size, self.seed, self.shuffle, self.epoch = n, batch_size, seed, shuffle, 0
+
+    def __len__(self):
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        keys = rng.integers(0, 2**31, size=self.n)
+        for k in range(0, self.n, self.batch_size):
+            yield [(int(i), int(keys[i])) for i in order[k:k + self.batch_size]]
+
+
+def _networks(weights, n_classes, dropout):
+    """(frozen trunk, trainable head) as torch modules, from the Keras-layout weights."""
+    import torch
+    from torch import nn
+
+    def conv(name):
+        layer = nn.Conv2d(weights[f"{name}/kernel"].shape[2], weights[f"{name}/kernel"].shape[3],
+                          3, padding=1)
+        layer.weight.data = torch.from_numpy(
+            weights[f"{name}/kernel"].astype(np.float32).transpose(3, 2, 0, 1).copy())
+        layer.bias.data = torch.from_numpy(weights[f"{name}/bias"].astype(np.float32))
+        return [layer, nn.ReLU(inplace=True)]
+
+    trunk = []
+    for block, (n_convs, _) in enumerate(TRUNK, 1):
+        for k in range(1, n_convs + 1):
+            trunk += conv(f"block{block}_conv{k}")
+        trunk.append(nn.MaxPool2d(2))
+    dense = []
+    for n_in, n_out in ((512, 1024), (1024, 512)):
+        layer = nn.Linear(n_in, n_out)
+        nn.init.xavier_uniform_(layer.weight)  # Keras' glorot_uniform, zero bias
+        nn.init.zeros_(layer.bias)
+        dense += [layer, nn.ReLU(inplace=True), nn.Dropout(dropout)]
+    top = nn.Linear(512, n_classes)
+    nn.init.xavier_uniform_(top.weight)
+    nn.init.zeros_(top.bias)
+    head = nn.Sequential(*[m for name in BLOCK5 for m in conv(name)], nn.MaxPool2d(2),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), *dense, top)
+    trunk = nn.Sequential(*trunk).eval()
+    for p in trunk.parameters():
+        p.requires_grad_(False)
+    return trunk, head
+
+
+def keras_order(head) -> list:
+    """The head's weights as :func:`hiercell.backbone.build_head` lists them (float32)."""
+    from torch import nn
+
+    out = []
+    for m in head:
+        if isinstance(m, nn.Conv2d):
+            out += [m.weight.detach().float().cpu().numpy().transpose(2, 3, 1, 0), m.bias]
+        elif isinstance(m, nn.Linear):
+            out += [m.weight.detach().float().cpu().numpy().T, m.bias]
+    return [np.ascontiguousarray(w if isinstance(w, np.ndarray) else
+                                 w.detach().float().cpu().numpy()) for w in out]
+
+
+def train_one(job, stage, size, budget_s, out, args, log):
+    """Train one stage's head at ``size`` px for at most ``budget_s`` seconds; write
+    ``out/s{stage}-{size}.npz`` (float16 weights in Keras order, classes, history)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
+    t_start = time.time()
+    rows = [r for r in job["rows"] if r[f"stage{stage}"]]
+    classes = sorted({r[f"stage{stage}"] for r in rows})
+    index = {c: k for k, c in enumerate(classes)}
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sets = {}
+    for split in ("train", "val"):
+        rs = [r for r in rows if r["split"] == split]
+        sets[split] = FrameViews([job["blobs"][r["file"]] for r in rs],
+                                 np.array([index[r[f"stage{stage}"]] for r in rs]),
+                                 np.array([r["has_cell"] == "1" for r in rs]), size,
+                                 augment=(split == "train"), clean_share=args.clean[stage - 1])
+    y_train = sets["train"].labels
+    counts = np.bincount(y_train, minlength=len(classes))
+    class_w = torch.tensor(len(y_train) / (len(classes) * np.maximum(counts, 1)),
+                           dtype=torch.float32, device=dev)
+    trunk, head = _networks(job["weights"], len(classes), args.dropout)
+    trunk, head = trunk.to(dev, memory_format=torch.channels_last), head.to(dev)
+    mean = torch.tensor(MEAN_BGR, device=dev).view(1, 3, 1, 1)
+    amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+
+    samplers = {split: EpochBatches(len(ds), args.batch_size, args.seed, split == "train")
+                for split, ds in sets.items()}
+    loaders = {split: DataLoader(ds, batch_sampler=samplers[split], num_workers=args.workers,
+                                 pin_memory=dev.type == "cuda", persistent_workers=bool(args.workers),
+                                 prefetch_factor=4 if args.workers else None,
+                                 worker_init_fn=_quiet_worker)
+               for split, ds in sets.items()}
+
+    def loader(split, epoch):
+        samplers[split].epoch = epoch
+        return loaders[split]
+
+    def inputs(x):
+        x = x.to(dev, non_blocking=True).permute(0, 3, 1, 2).float().flip(1) - mean
+        with torch.no_grad(), torch.autocast(**amp):
+            return trunk(x.contiguous(memory_format=torch.channels_last))
+
+    val_batches = [(inputs(x), y.to(dev)) for x, y in loader("val", 0)]  # fixed: trunk once
+    del loaders["val"]
+
+    def validate():
+        head.eval()
+        loss = correct = n = 0
+        with torch.no_grad(), torch.autocast(**amp):
+            for f, y in val_batches:
+                logits = head(f).float()
+                loss += F.cross_entropy(logits, y, reduction="sum").item()
+                correct += (logits.argmax(1) == y).sum().item()
+                n += len(y)
+        head.train()
+        return loss / n, correct / n
+
+    history, best, best_state, epoch, stale = [], np.inf, None, 0, 0
+    phases = [("head", args.head_epochs, args.head_lr, False),
+              ("finetune", args.finetune_epochs, args.finetune_lr, True)]
+    for phase, epochs, lr, block5 in phases:
+        for k, p in enumerate(head.parameters()):
+            p.requires_grad_(block5 or k >= 6)  # the first 6 tensors: block5's convolutions
+        opt = torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=lr, eps=1e-7)
+        stale = 0
+        for _ in range(epochs):
+            t0 = time.time()
+            if history and time.time() - t_start + history[-1]["seconds"] > budget_s:
+                break
+            head.train()
+            tot = correct = n = 0
+            for x, y in loader("train", epoch):
+                y = y.to(dev, non_blocking=True)
+                f = inputs(x)
+                with torch.autocast(**amp):
+                    logits = head(f).float()
+                loss = (F.cross_entropy(logits, y, reduction="none") * class_w[y]).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                tot += loss.item() * len(y)
+                correct += (logits.argmax(1) == y).sum().item()
+                n += len(y)
+            val_loss, val_acc = validate()
+            epoch += 1
+            history.append(dict(phase=phase, epoch=epoch, loss=tot / n, accuracy=correct / n,
+                                val_loss=val_loss, val_accuracy=val_acc,
+                                seconds=round(time.time() - t0, 1)))
+            log(f"s{stage}-{size} {phase} epoch {epoch}: loss {tot / n:.4f} acc {correct / n:.4f}"
+                f" val_loss {val_loss:.4f} val_acc {val_acc:.4f} ({time.time() - t0:.1f} s, "
+                f"{n / (time.time() - t0):.0f} img/s)")
+            if val_loss < best:
+                best, stale = val_loss, 0
+                best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+            else:
+                stale += 1
+                if stale >= args.patience:
+                    break
+                if args.plateau and stale % args.plateau == 0:  # reduce on plateau
+                    for group in opt.param_groups:
+                        group["lr"] *= args.plateau_factor
+    head.load_state_dict(best_state)
+    arrays = {f"w{k:02d}": w.astype(np.float16) for k, w in enumerate(keras_order(head))}
+    path = Path(out) / f"s{stage}-{size}.npz"
+    np.savez_compressed(path, classes=np.array(classes), history=json.dumps(history),
+                        settings=json.dumps({"size": size, "stage": stage, **vars(args)},
+                                            default=str), **arrays)
+    log(f"s{stage}-{size}: best val_loss {best:.4f} -> {path} ({time.time() - t_start:.0f} s)")
+
+
+def _quiet_worker(_):
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def train(args):
+    import torch
+
+    torch.backends.cudnn.benchmark = True
+    t0 = time.time()
+    job = Path(args.job)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    with open(job / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    frames = np.frombuffer((job / "frames.bin").read_bytes(), np.uint8)
+    data = {"rows": rows, "weights": dict(np.load(job / "vgg16.npz")),
+            "blobs": {r["file"]: frames[int(r["offset"]):int(r["offset"]) + int(r["length"])]
+                      for r in rows}}
+    logfile = open(Path(args.out) / "log.txt", "a")
+
+    def log(msg):
+        line = f"[{time.time() - t0:6.0f}s] {msg}"
+        print(line, flush=True)
+        logfile.write(line + "\n")
+        logfile.flush()
+
+    log(f"{len(rows)} frames; device {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}")
+    runs = [(int(s), int(z)) for z in args.sizes.split(",") for s in args.stages.split(",")]
+    shares = [args.share[s - 1] * (1.0 if z == max(int(v) for v in args.sizes.split(",")) else 0.6)
+              for s, z in runs]
+    for k, (stage, size) in enumerate(runs):
+        left = args.minutes * 60 - (time.time() - t0)
+        budget = left * shares[k] / sum(shares[k:])
+        if budget < 20:
+            log(f"s{stage}-{size}: skipped, {left:.0f} s left")
+            continue
+        train_one(data, stage, size, budget, args.out, args, log)
+
+
+# --------------------------------------------------------------------------- bundle (here)
+
+
+def bundle(args):
+    """Fit the rest of the model on the heads trained elsewhere and write the bundle."""
+    from hiercell.data import load_samples
+    from hiercell.training import TrainSettings, train_bundle
+
+    heads = {}
+    for path in args.heads:
+        z = np.load(path)
+        settings = json.loads(str(z["settings"]))
+        heads[settings["stage"]] = {"weights": [z[f"w{k:02d}"].astype(np.float32)
+                                                for k in range(len(z.files) - 3)],
+                                    "classes": [str(c) for c in z["classes"]],
+                                    "history": json.loads(str(z["history"])),
+                                    "size": settings["size"], "settings": settings}
+    sizes = {h["size"] for h in heads.values()}
+    if len(sizes) != 1:
+        sys.exit(f"error: the heads were trained at different sizes {sorted(sizes)}")
+    settings = TrainSettings(input_size=sizes.pop(), backbone_weights=args.backbone_weights,
+                             augment_views=args.augment_views, framing=True, head_epochs=0,
+                             finetune_epochs=0,
+                             others_per_class=args.others_per_class, seed=args.seed)
+    samples = load_samples(args.data)
+    try:
+        train_bundle(samples, settings, args.out, stages=tuple(sorted(heads)), recipe="weights",
+                     cache_dir=args.cache, source=args.data, head_weights=heads)
+    except ValueError as exc:  # e.g. a head trained on other classes than this data's
+        sys.exit(f"error: {exc}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("pack")
+    p.add_argument("data")
+    p.add_argument("--out", required=True)
+    p.add_argument("--max-mb", type=float, default=34.0,
+                   help="frames + weights at most this many MB (the GPU machine's transfer limit)")
+    p.add_argument("--val-share", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--others-per-class", type=int, default=150)
+    p.add_argument("--backbone-weights", default=None)
+    t = sub.add_parser("train")
+    t.add_argument("job")
+    t.add_argument("--out", required=True)
+    t.add_argument("--sizes", default="224")
+    t.add_argument("--stages", default="1,2")
+    t.add_argument("--minutes", type=float, default=7.0, help="wall-clock budget of all runs")
+    t.add_argument("--share", type=float, nargs=2, default=(0.65, 0.35),
+                   help="shares of the budget of stage 1 and stage 2")
+    t.add_argument("--clean", type=float, nargs=2, default=(0.25, 0.5),
+                   help="share of clean frames in training, stage 1 and stage 2")
+    t.add_argument("--head-epochs", type=int, default=3)
+    t.add_argument("--finetune-epochs", type=int, default=40)
+    t.add_argument("--head-lr", type=float, default=1e-3)
+    t.add_argument("--finetune-lr", type=float, default=1e-4)
+    t.add_argument("--patience", type=int, default=6)
+    t.add_argument("--plateau", type=int, default=0,
+                   help="multiply the learning rate by --plateau-factor after this many epochs "
+                        "without a better val loss (0: constant rate, the recipe)")
+    t.add_argument("--plateau-factor", type=float, default=0.3)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--dropout", type=float, default=0.2)
+    t.add_argument("--workers", type=int, default=15)
+    t.add_argument("--seed", type=int, default=0)
+    b = sub.add_parser("bundle")
+    b.add_argument("data")
+    b.add_argument("heads", nargs="+")
+    b.add_argument("--out", required=True)
+    b.add_argument("--cache", default=None)
+    b.add_argument("--backbone-weights", default=None)
+    b.add_argument("--others-per-class", type=int, default=150,
+                   help="as given to pack (the stage-2 'Others' sample)")
+    b.add_argument("--seed", type=int, default=0, help="as given to pack")
+    b.add_argument("--augment-views", type=int, default=2,
+                   help="augmented views per training image whose embeddings join the SVMs' "
+                        "data (a share of the first two, as hiercell train does)")
+    args = ap.parse_args(argv)
+    if args.cmd == "pack":
+        pack(args.data, args.out, args.max_mb, args.val_share, args.seed, args.backbone_weights,
+             args.others_per_class)
+    elif args.cmd == "train":
+        train(args)
+    else:
+        bundle(args)
+
+
+if __name__ == "__main__":
+    main()
