@@ -50,7 +50,7 @@ DEFAULT_MODEL = "pbc-robust-vgg16-svm"
 #: bundle.json keys the loader interprets; every other key goes to ``model.info``.
 _STRUCTURE_KEYS = ("input_size", "masked", "stages", "base_stages", "preprocess")
 #: ``model.info`` keys that describe a loaded model, not the bundle (never saved).
-_RUNTIME_KEYS = ("trunk_sha256", "precision", "engine")
+_RUNTIME_KEYS = ("trunk_sha256", "precision", "engine", "tag")
 
 
 class BundleError(RuntimeError):
@@ -190,6 +190,18 @@ def library_versions() -> dict:
     return out
 
 
+def bundle_tag(path=None) -> str:
+    """The ``model`` column of results rows a bundle writes: ``NAME@DIGEST/segN``, its
+    name, the first 12 hex digits of its ``bundle.json`` SHA-256 (any change of
+    the model changes it) and :data:`hiercell.segmentation.VERSION` (the masks
+    that frame its cells). ``path`` ``None``: the bundled default model."""
+    from .segmentation import VERSION
+
+    path = Path(path) if path is not None else default_bundle_path()
+    name = json.loads((path / "bundle.json").read_text()).get("name") or path.name
+    return f"{name}@{file_digest(path / 'bundle.json')[:12]}/seg{VERSION}"
+
+
 def verify_bundle(path) -> dict:
     """Check ``SHA256SUMS`` and the format version; return the parsed ``bundle.json``."""
     path = Path(path)
@@ -315,6 +327,7 @@ def load_bundle(path, precision: str = "auto", engine: str | None = None):
     stages = _load_stages(path, info["stages"], load_stage, head_precision, engine)
     extra = {k: v for k, v in info.items() if k not in _STRUCTURE_KEYS}
     extra["trunk_sha256"] = trunk_sha256
+    extra["tag"] = bundle_tag(path)
     extra["precision"] = precision
     extra["engine"] = engine
     reviewer = None

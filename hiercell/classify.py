@@ -84,6 +84,8 @@ class ClassifyResult:
     rejected: list = field(default_factory=list)
     #: earlier ok rows for images that are not part of this run (not copied to ``out``)
     n_dropped: int = 0
+    #: earlier ok rows written by another model or segmentation version (classified again)
+    n_stale: int = 0
 
     @property
     def errors(self) -> list:
@@ -114,10 +116,24 @@ def _classify(model, images, paths, top_k, masked, prepared=None, known=None):
     records = list(model.hierarchy.predict_records(feats, [str(p) for p in paths], top_k))
     if len(records) != len(images):
         raise RuntimeError(f"model returned {len(records)} predictions for {len(images)} images")
-    precision = (getattr(model, "info", None) or {}).get("precision")
+    info = getattr(model, "info", None) or {}
     for rec in records:
-        rec.precision = precision
+        rec.precision, rec.model = info.get("precision"), info.get("tag")
     return records, list(feats)
+
+
+def _model_tag(model):
+    """The ``model`` tag of the rows ``model`` (an object, a bundle path or ``None``: the
+    bundled model) writes; ``None`` where it cannot be told (a model not from a bundle,
+    or a bundle that cannot be read, which loading it reports)."""
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        return (getattr(model, "info", None) or {}).get("tag")
+    from .bundle import bundle_tag
+
+    try:
+        return bundle_tag(model)
+    except (OSError, ValueError):
+        return None
 
 
 def _batch_or_one_by_one(run, items, failed) -> list:
@@ -250,7 +266,10 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
     resume : bool
         Keep the status-ok rows of an existing ``out`` (and ``<out>.partial``
         from an interrupted run), skip those images (matched by resolved path)
-        and classify only the rest, earlier errors included.
+        and classify only the rest, earlier errors included. Rows whose
+        ``model`` is not this model's (another bundle, or one written with other
+        segmentation masks: :func:`hiercell.bundle.bundle_tag`) are classified
+        again (``n_stale``).
     summary_path, report_path : path, optional
         Also write the differential count as JSON / an HTML report.
     progress : bool or callable
@@ -350,6 +369,10 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
     n_before = len(previous)
     previous = [r for r in previous if image_key(r.path) in wanted]  # only images of this run
     n_dropped = n_before - len(previous)
+    tag = _model_tag(model) if previous else None
+    n_stale = sum(r.model != tag for r in previous) if tag is not None else 0
+    if n_stale:  # another model's (or masks') answers must not pass for this one's
+        previous = [r for r in previous if r.model == tag]
     done_keys = {image_key(r.path) for r in previous}
     todo = [p for p in images if image_key(p) not in done_keys]
 
@@ -436,4 +459,4 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
     n_ok = sum(r.status == "ok" for r in records)
     return ClassifyResult(records=records, summary=summary, n_ok=n_ok,
                           n_error=len(records) - n_ok, n_resumed=len(previous), out=out,
-                          rejected=rejected, n_dropped=n_dropped)
+                          rejected=rejected, n_dropped=n_dropped, n_stale=n_stale)

@@ -168,7 +168,10 @@ class ImageClassifier:
         return out
 
     def _records(self, images, names, top_k, masked):
-        return self.hierarchy.predict_records(self.features(images, masked), names, top_k)
+        records = self.hierarchy.predict_records(self.features(images, masked), names, top_k)
+        for rec in records:  # what classified them (a bundle's tag; None when not saved)
+            rec.precision, rec.model = self.info.get("precision"), self.info.get("tag")
+        return records
 
     def _record_or_error(self, img, name, top_k, masked):
         try:

@@ -33,7 +33,11 @@ class Prediction:
     unusual). See :mod:`hiercell.review`; ``None``/``False`` for models without
     a review scorer. ``precision`` is the trunk precision the image was classified
     in (``float32``, ``bfloat16``, ...) and ``shard`` the ``K/N`` share of a
-    ``hiercell classify --shard K/N`` run (see :mod:`hiercell.shard`).
+    ``hiercell classify --shard K/N`` run (see :mod:`hiercell.shard`). ``model``
+    names what classified the image: the bundle's name, the start of its
+    ``bundle.json`` digest and the segmentation version
+    (:func:`hiercell.bundle.bundle_tag`); ``classify --resume`` keeps only rows
+    of the same ``model``.
     """
 
     path: str | None
@@ -52,6 +56,7 @@ class Prediction:
     error: str | None = None
     precision: str | None = None
     shard: str | None = None
+    model: str | None = None
 
     @classmethod
     def failed(cls, path, reason: str) -> "Prediction":

@@ -22,7 +22,11 @@ from .progress import tracker
 from .segmentation import draw_overlay, segment
 
 CSV_NAME = "segmentation.csv"
-CSV_FIELDS = ("path", "ok", "reason", "cell_area", "nucleus_area", "centre_offset")
+#: ``segmentation_version``: :data:`hiercell.segmentation.VERSION` of the row's masks
+#: (``--resume`` keeps only rows of the running version; older files have no column
+#: and are segmented again).
+CSV_FIELDS = ("path", "ok", "reason", "cell_area", "nucleus_area", "centre_offset",
+              "segmentation_version")
 #: Rows appended since the last ``fsync`` of the partial file, at most.
 _SYNC_EVERY = 32
 
@@ -128,8 +132,10 @@ def _segment_one(src):
 
 
 def _row_cells(row):
+    from .segmentation import VERSION
+
     path, ok, reason, ca, na, off = row
-    return (csv_cell(str(path)), ok, csv_cell(reason), _fmt(ca), _fmt(na), _fmt(off))
+    return (csv_cell(str(path)), ok, csv_cell(reason), _fmt(ca), _fmt(na), _fmt(off), VERSION)
 
 
 def _mask_files(out: Path, key: Path, overlay: bool):
@@ -140,7 +146,10 @@ def _mask_files(out: Path, key: Path, overlay: bool):
 
 def _read_rows(csv_path: Path) -> list:
     """Valid rows ``(path, ok, reason, cell, nucleus, offset)`` of a segmentation.csv (or its
-    partial file); torn or invalid rows are left out."""
+    partial file) written with this segmentation version; torn or invalid rows, and
+    rows of other versions, are left out."""
+    from .segmentation import VERSION
+
     rows = []
     try:
         with open(csv_path, newline="", encoding="utf-8") as fh:
@@ -148,10 +157,11 @@ def _read_rows(csv_path: Path) -> list:
             if tuple(next(reader, ())) != CSV_FIELDS:
                 return rows
             for cells in reader:
-                if len(cells) != len(CSV_FIELDS) or cells[1] not in ("True", "False"):
+                if (len(cells) != len(CSV_FIELDS) or cells[1] not in ("True", "False")
+                        or cells[6] != str(VERSION)):
                     continue
                 try:
-                    nums = [float(c) if c else None for c in cells[3:]]
+                    nums = [float(c) if c else None for c in cells[3:6]]
                 except ValueError:
                     continue
                 rows.append((from_csv_cell(cells[0]), cells[1] == "True",

@@ -456,6 +456,7 @@ def cli(monkeypatch, tmp_path):
     def fake_load(path=None, precision="float32"):
         loaded.append(path)
         models.append(StandIn())
+        models[-1].info = {"tag": hiercell.bundle.bundle_tag(path)}  # as a loaded bundle's
         return models[-1]
 
     monkeypatch.setattr(hiercell.bundle, "load", fake_load, raising=False)
@@ -548,3 +549,22 @@ def test_cli_model_load_failure(monkeypatch, good_dir, tmp_path):
 def test_cli_help_states_default_out():
     r = CliRunner().invoke(main, ["classify", "--help"])
     assert r.exit_code == 0 and "hiercell_results.csv" in r.output
+
+
+def test_resume_classifies_again_the_rows_of_another_model(good_dir, tmp_path):
+    """Rows carry the model that wrote them; ``--resume`` with another model (or masks)
+    must not pass them off as this model's answers."""
+    out = tmp_path / "res.csv"
+    first = StandIn()
+    first.info = {"tag": "first@000000000001/seg1"}
+    classify_folder(good_dir, model=first, out=out, progress=False)
+    assert {r["model"] for r in read_csv(out)[1] if r["status"] == "ok"} == {first.info["tag"]}
+    same = StandIn()
+    same.info = dict(first.info)
+    res = classify_folder(good_dir, model=same, out=out, resume=True, progress=False)
+    assert same.calls == [] and res.n_stale == 0 and res.n_resumed == 7
+    other = StandIn()
+    other.info = {"tag": "first@000000000001/seg2"}  # same bundle, newer segmentation
+    res = classify_folder(good_dir, model=other, out=out, resume=True, progress=False)
+    assert (res.n_stale, res.n_resumed) == (7, 0) and sum(other.calls) == 7
+    assert {r["model"] for r in read_csv(out)[1] if r["status"] == "ok"} == {other.info["tag"]}

@@ -354,6 +354,17 @@ def test_segment_interrupt_keeps_csv_and_resume_finishes(good_dir, tmp_path, mon
         rows = list(csv.DictReader(fh))
     assert len(rows) == 7 and len({row["path"] for row in rows}) == 7
     assert len(seen) == 7 - len(done)
+    # masks of another segmentation version are not kept: all segmented again
+    import hiercell.segmentation
+
+    monkeypatch.setattr(hiercell.segmentation, "VERSION", hiercell.segmentation.VERSION + 1)
+    seen.clear()
+    r = CliRunner().invoke(main, ["segment", str(good_dir), "--out", str(out), "--resume"])
+    assert r.exit_code == 0, r.output
+    assert len(seen) == 7
+    with open(out / "segmentation.csv", newline="", encoding="utf-8") as fh:
+        assert {row["segmentation_version"] for row in csv.DictReader(fh)} == {
+            str(hiercell.segmentation.VERSION)}
 
 
 # --------------------------------------------------------------------------- 10. every entry

@@ -303,7 +303,11 @@ def test_segment_command(tmp_path):
         rows = {row["path"].replace("\\", "/").rsplit("/in/", 1)[1]: row
                 for row in csv.DictReader(fh)}
     assert list(next(iter(rows.values())).keys()) == ["path", "ok", "reason", "cell_area",
-                                                       "nucleus_area", "centre_offset"]
+                                                       "nucleus_area", "centre_offset",
+                                                       "segmentation_version"]
+    from hiercell.segmentation import VERSION
+
+    assert {row["segmentation_version"] for row in rows.values()} == {str(VERSION)}
     assert set(rows) == {"a.png", "b.jpg", "sub/c.png", "broken.jpg"}
     assert rows["a.png"]["ok"] == "True" and rows["a.png"]["reason"] == ""
     assert 0.05 < float(rows["a.png"]["cell_area"]) < 0.1

@@ -189,3 +189,31 @@ def test_torch_recipe_bundle_fits_the_svms_on_heads_trained_elsewhere(tiny_bundl
     done = subprocess.run(command + [str(p) for p in heads] + ["--out", str(tmp_path / "c")],
                           capture_output=True, text=True)
     assert done.returncode != 0 and "are not this stage's" in done.stderr
+
+
+def test_bundle_tag_names_the_bundle_its_digest_and_the_segmentation_version(tiny_bundle,
+                                                                             tmp_path,
+                                                                             monkeypatch):
+    import hiercell.segmentation
+    from hiercell.bundle import bundle_tag
+
+    tag = bundle_tag(tiny_bundle)
+    name, rest = tag.split("@")
+    assert name == json.loads((tiny_bundle / "bundle.json").read_text()).get("name", "tiny")
+    assert rest.endswith(f"/seg{hiercell.segmentation.VERSION}") and len(rest.split("/")[0]) == 12
+    assert load(tiny_bundle, precision="float32").info["tag"] == tag
+    monkeypatch.setattr(hiercell.segmentation, "VERSION", hiercell.segmentation.VERSION + 1)
+    assert bundle_tag(tiny_bundle) != tag
+    monkeypatch.undo()
+    copy = tmp_path / "tiny"
+    shutil.copytree(tiny_bundle, copy)
+    info = json.loads((copy / "bundle.json").read_text())
+    info["metrics"] = {"split": "test"}
+    (copy / "bundle.json").write_text(json.dumps(info))
+    assert bundle_tag(copy) != tag  # any change of the bundle changes it
+    # records of the Python API name it too
+    from conftest import FIXTURES
+
+    record = load(tiny_bundle, precision="float32").predict_records(
+        [sorted(FIXTURES.glob("*/*.jpg"))[0]])[0]
+    assert record.status == "ok" and (record.model, record.precision) == (tag, "float32")

@@ -115,6 +115,10 @@ def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, 
     if result.rejected:
         _echo_err(f"--resume: {len(result.rejected)} earlier row(s) were incomplete or invalid "
                   "and their images were classified again.")
+    if result.n_stale:
+        _echo_err(f"--resume: {result.n_stale} earlier row(s) were written by another model "
+                  "or segmentation version (column 'model') and their images were "
+                  "classified again.")
     if result.n_dropped:
         _echo_err(f"--resume: {result.n_dropped} earlier row(s) name images that are not part "
                   f"of this run; they are not in the new {display(out)}.")
