@@ -396,7 +396,8 @@ def train_bundle(samples, settings: TrainSettings, out, stages=(1, 2), recipe="f
                           head_weights)
     attach_review_and_sources(model, X, used, settings, X_views, log)
     del X_views
-    meta = {"training_data": {"source": None if source is None else str(source),
+    meta = {"name": Path(out).name,
+            "training_data": {"source": None if source is None else str(source),
                               "split_csv": None if split_csv is None else str(split_csv),
                               "counts": summarize(used), "excluded_by_mask": excluded,
                               "seconds": round(time.time() - t0, 1)}}

@@ -199,7 +199,7 @@ def test_bundle_tag_names_the_bundle_its_digest_and_the_segmentation_version(tin
 
     tag = bundle_tag(tiny_bundle)
     name, rest = tag.split("@")
-    assert name == json.loads((tiny_bundle / "bundle.json").read_text()).get("name", "tiny")
+    assert name == json.loads((tiny_bundle / "bundle.json").read_text())["name"] == "tiny"
     assert rest.endswith(f"/seg{hiercell.segmentation.VERSION}") and len(rest.split("/")[0]) == 12
     assert load(tiny_bundle, precision="float32").info["tag"] == tag
     monkeypatch.setattr(hiercell.segmentation, "VERSION", hiercell.segmentation.VERSION + 1)
