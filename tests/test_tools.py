@@ -109,13 +109,18 @@ def test_torch_recipe_packs_train_and_val_frames_whose_views_are_the_canonical_f
 
     recipe = _torch_recipe()
     job = tmp_path / "job"
-    done = subprocess.run([sys.executable, str(TOOLS / "torch_recipe.py"), "pack", str(tiny_data),
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    samples = {Path(s.path).stem: s for s in load_samples(data)}
+    broken = next(s for s in samples.values() if s.split == "train")
+    Path(broken.path).write_text("not an image")  # left out and named, not fatal
+    done = subprocess.run([sys.executable, str(TOOLS / "torch_recipe.py"), "pack", str(data),
                            "--out", str(job), "--backbone-weights", "none", "--val-share", "1",
                            "--others-per-class", "3"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    assert "skipped" in done.stderr and Path(broken.path).name in done.stderr
     rows = list(csv.DictReader(open(job / "manifest.csv")))
-    samples = {Path(s.path).stem: s for s in load_samples(tiny_data)}
-    originals = [s for s in samples.values() if s.split in ("train", "val")]
+    originals = [s for s in samples.values() if s.split in ("train", "val") and s != broken]
     assert len(rows) == len(originals) and {r["split"] for r in rows} == {"train", "val"}
     assert sorted(r["stage1"] for r in rows) == sorted(s.main for s in originals)
     assert {r["stage2"] for r in rows} >= {"Others", "BNE"}
@@ -189,6 +194,14 @@ def test_torch_recipe_bundle_fits_the_svms_on_heads_trained_elsewhere(tiny_bundl
     done = subprocess.run(command + [str(p) for p in heads] + ["--out", str(tmp_path / "c")],
                           capture_output=True, text=True)
     assert done.returncode != 0 and "are not this stage's" in done.stderr
+    # a file that is no head, or none at all: one error line naming it
+    (tmp_path / "notes.npz").write_text("not a head")
+    for bad in (tmp_path / "notes.npz", tmp_path / "missing.npz"):
+        done = subprocess.run(command + [str(heads[0]), str(bad), "--out", str(tmp_path / "d")],
+                              capture_output=True, text=True)
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        assert str(bad) in done.stderr and "not a head file" in done.stderr
+        assert not (tmp_path / "d").exists()
 
 
 def test_bundle_tag_names_the_bundle_its_digest_and_the_segmentation_version(tiny_bundle,

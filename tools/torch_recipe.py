@@ -47,14 +47,20 @@ BLOCK5 = ("block5_conv1", "block5_conv2", "block5_conv3")
 
 
 def _frame_one(path):
-    """(webp-ready BGR uint8 canonical frame at STORED px, whether a cell was found)."""
+    """(webp-ready BGR uint8 canonical frame at STORED px, whether a cell was found), or
+    (None, why) for an image that cannot be read or framed."""
     import cv2
 
     from hiercell.framing import canonical_view, locate_cell
-    from hiercell.io import load_image
+    from hiercell.io import try_load_image
 
-    rgb = load_image(path)
-    framing = locate_cell(rgb)
+    rgb, why = try_load_image(path)
+    if rgb is None:
+        return None, why
+    try:
+        framing = locate_cell(rgb)
+    except ValueError as exc:  # read, but not a usable image (e.g. too small)
+        return None, str(exc)
     frame = canonical_view(rgb, STORED, framing)
     return cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), bool(np.isfinite(framing.diameter))
 
@@ -83,6 +89,10 @@ def pack(data, out, max_mb, val_share, seed, weights, others_per_class=150):
     keep += sorted(rng.permutation(val)[:int(round(val_share * len(val)))].tolist())
     with Pool(2) as pool:
         frames = pool.map(_frame_one, [str(samples[i].path) for i in keep], chunksize=64)
+    for i, (frame, why) in zip(keep, frames):  # a bad file is left out, not the job
+        if frame is None:
+            print(f"skipped {samples[i].path}: {why}", file=sys.stderr)
+    keep, frames = zip(*[(i, f) for i, f in zip(keep, frames) if f[0] is not None])
     vgg = build_vgg16(STORED, resolve_weights(weights))
     convs = [layer for layer in vgg.layers if layer.name.startswith("block") and "conv" in layer.name]
     arrays = {f"{layer.name}/{k}": w.astype(np.float16)
@@ -372,13 +382,17 @@ def bundle(args):
 
     heads = {}
     for path in args.heads:
-        z = np.load(path)
-        settings = json.loads(str(z["settings"]))
-        heads[settings["stage"]] = {"weights": [z[f"w{k:02d}"].astype(np.float32)
-                                                for k in range(len(z.files) - 3)],
-                                    "classes": [str(c) for c in z["classes"]],
-                                    "history": json.loads(str(z["history"])),
-                                    "size": settings["size"], "settings": settings}
+        try:
+            z = np.load(path)
+            settings = json.loads(str(z["settings"]))
+            heads[settings["stage"]] = {
+                "weights": [z[k].astype(np.float32) for k in sorted(z.files) if k[0] == "w"],
+                "classes": [str(c) for c in z["classes"]],
+                "history": json.loads(str(z["history"])),
+                "size": settings["size"], "settings": settings}
+        except (OSError, ValueError, KeyError) as exc:
+            sys.exit(f"error: {path}: not a head file written by 'torch_recipe.py train' "
+                     f"({type(exc).__name__}: {exc})")
     sizes = {h["size"] for h in heads.values()}
     if len(sizes) != 1:
         sys.exit(f"error: the heads were trained at different sizes {sorted(sizes)}")
