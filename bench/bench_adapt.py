@@ -21,7 +21,9 @@ each fold one more adaptation) to give the review flag a threshold of the
 lab's own (:func:`hiercell.adapt.calibrate_review`); the flag is then scored
 on the set's other cells: share flagged, accuracy of the unflagged cells,
 AUROC of ``review_score`` for wrong against right answers (``--folds 0``
-skips this and keeps the base's threshold).
+skips this and keeps the base's threshold). ``crossing``: the same adapted model's
+accuracy had its kept stage 2 still moved cells between neutrophil and ig (the rule
+before ``stage2_crossing``; equal to ``after`` when stage 2 was adapted).
 ``--exclude FILE`` leaves the images named in FILE out of the external sets
 (e.g. ``bench/bccd351_eosinophils_without_granules.txt``: cells whose label
 is doubted). Trunk features are cached in --cache.
@@ -109,7 +111,7 @@ def main():
         print(f"\n== {ext}: n={len(samples)}, base stage-1 accuracy {np.mean(base == truth):.4f}")
         print(f"{'per class':>9s} {'n adapt':>7s} {'before':>16s} {'after':>22s} {'PBC test after':>24s} "
               f"{'s':>5s} {'gate: PBC->adapted':>18s} {'rest->adapted':>13s} {'warned':>6s} {'flagged':>7s} "
-              f"{'acc unflagged':>13s} {'AUROC':>6s}")
+              f"{'acc unflagged':>13s} {'AUROC':>6s} {'crossing':>22s}")
         for n in [int(v) for v in a.per_class.split(",")]:
             rows = []
             for seed in range(a.seeds):
@@ -129,6 +131,9 @@ def main():
                     calibrate_review(adapted, picked, oof)
                 recs = adapted.hierarchy.predict_records(maps[0, rest])
                 after = np.array([r.main_class for r in recs])
+                kept, adapted.hierarchy.stage2_crossing = adapted.hierarchy.stage2_crossing, True
+                crossing = np.array([d.main for d in adapted.hierarchy.decide(maps[0, rest])[1]])
+                adapted.hierarchy.stage2_crossing = kept
                 warned = domain_shift([r.novelty for r in recs])["warning"]
                 review = np.array([r.review for r in recs])
                 wrong = after != truth[rest]
@@ -142,13 +147,14 @@ def main():
                 rows.append((np.mean(base[rest] == truth[rest]), np.mean(after == truth[rest]), pbc,
                              sec, len(train), gated,
                              np.mean(adapted.hierarchy.adapted_rows(maps[0, rest])), warned,
-                             review.mean(), unflagged, auroc))
+                             review.mean(), unflagged, auroc,
+                             np.mean(crossing == truth[rest])))
             r = np.array(rows)
             f = lambda col: f"{r[:, col].mean():.3f} [{r[:, col].min():.3f}-{r[:, col].max():.3f}]"
             print(f"{n:9d} {int(r[:, 4].mean()):7d} {f(0):>16s} {f(1):>22s} {f(2):>24s} "
                   f"{r[:, 3].mean():5.0f} {r[:, 5].mean():18.4f} {r[:, 6].mean():13.4f} "
                   f"{int(r[:, 7].sum())}/{len(r)} {r[:, 8].mean():7.3f} {r[:, 9].mean():13.3f} "
-                  f"{r[:, 10].mean():6.3f}")
+                  f"{r[:, 10].mean():6.3f} {f(11):>22s}")
     if excluded - matched:
         print(f"--exclude: {len(excluded - matched)} names matched no image, e.g. "
               f"{sorted(excluded - matched)[0]}")

@@ -17,7 +17,9 @@ copy of the training data:
 3. the SVM is refit on the new Dense(1024) embeddings of both (the bundle's
    ``C``; new cells weighted like the whole source sample); the adapted stage's
    probabilities are the mean of the new SVM's and the new head's own softmax
-   (:data:`NETWORK_WEIGHT`);
+   (:data:`NETWORK_WEIGHT`); without subclass labels stage 2 stays the base's, and
+   it no longer moves the lab's cells between neutrophil and ig
+   (``stage2_crossing``, :class:`hiercell.hierarchy.HierarchicalClassifier`);
 4. the review scorer takes the new cells into its reference, so the lab's
    normal cells are no longer "novel"; :func:`calibrate_review` then gives its
    flag a threshold of the lab's own from :func:`cross_val_predict`'s held-out
@@ -262,7 +264,10 @@ def adapt_model(model, maps, samples, seed=0, block5_epochs=BLOCK5_EPOCHS, log=N
         classes = set(np.unique(y)) - ({OTHERS} if number == 2 else set())
         if number == 2 and len(classes) < 1:
             if log:
-                log("stage 2 kept: the adaptation data has no subclass labels (BNE, SNE, MY, MMY, PMY)")
+                log("stage 2 kept: the adaptation data has no subclass labels (BNE, SNE, MY, MMY, "
+                    "PMY); it gives the subclass but no longer moves the lab's cells between "
+                    "neutrophil and ig")
+            new.hierarchy.stage2_crossing = False
             continue
         t0 = time.time()
         target = maps[:, idx].reshape((-1,) + maps.shape[2:])
@@ -465,6 +470,13 @@ def model_card(record: dict, base_info: dict) -> str:
                "this lab's cells does not by itself flag them."))
     else:
         review_text = "The review flag keeps the base model's threshold."
+    if any(c in SUBCLASSES for c in record["counts"]):
+        stages_text = "Both stages were adapted (the data has subclass labels)."
+    else:
+        stages_text = ("Stage 1 was adapted; stage 2 is the base's (the data has no subclass "
+                       "labels): it names the subclass of the lab's neutrophils and IGs but "
+                       "no longer moves a cell between the two, as the base's stage 2 may; a "
+                       "subclass of the other class makes the cell uncertain instead.")
     return f"""# Adapted model
 
 Adapted by `hiercell adapt` from **{record['base_model']}** (trained on
@@ -484,7 +496,7 @@ Stage-1 accuracy **{cv['stage1_accuracy_before']:.3f} before, {cv['stage1_accura
 The adapted bundle keeps its base model: a domain gate (logistic regression
 on frozen trunk statistics) sends each cell that looks like the base's
 training lab to the base model, and the new lab's cells to the adapted
-stages. {review_text} Settings: {json.dumps(record.get('settings', {}))}.
+stages. {stages_text} {review_text} Settings: {json.dumps(record.get('settings', {}))}.
 
 {_label_check_text(record)}These figures come from the adaptation data itself (held-out folds): check
 the adapted model on cells of the new lab that were not used here before

@@ -10,7 +10,9 @@ Layout (format 2)::
     stage1/head.npz       block5 + dense head weights (float16)
     stage1/svm.joblib     the fitted scikit-learn pipeline (StandardScaler + calibrated SVC)
     stage2/...            the same for stage 2 (optional)
-    base/stageN/...       adapted bundles only: the base model's stages
+    base/stageN/...       adapted bundles only: the base model's stages (bundle.json's
+                          "stage2_crossing": false when the adapted stage 1 keeps the
+                          base's stage 2: see hiercell.hierarchy)
     alignment.npz         the training lab's mean trunk features and, in a bundle
                           aligned to a new lab (hiercell align), that lab's
                           (hiercell.alignment)
@@ -48,7 +50,8 @@ READABLE_FORMATS = (1, 2)
 MANIFEST = "SHA256SUMS"
 DEFAULT_MODEL = "pbc-robust-vgg16-svm"
 #: bundle.json keys the loader interprets; every other key goes to ``model.info``.
-_STRUCTURE_KEYS = ("input_size", "masked", "stages", "base_stages", "preprocess")
+_STRUCTURE_KEYS = ("input_size", "masked", "stages", "base_stages", "preprocess",
+                   "stage2_crossing")
 #: ``model.info`` keys that describe a loaded model, not the bundle (never saved).
 _RUNTIME_KEYS = ("trunk_sha256", "precision", "engine", "tag")
 
@@ -115,6 +118,9 @@ def save_bundle(model, path, metadata: dict | None = None, extra_files: dict | N
             info["base_stages"] = base_stages
         if model.preprocess:
             info["preprocess"] = model.preprocess
+        info.pop("stage2_crossing", None)
+        if not getattr(model.hierarchy, "stage2_crossing", True):  # see HierarchicalClassifier
+            info["stage2_crossing"] = False
         (tmp / "bundle.json").write_text(json_text(info, indent=2))
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
@@ -351,8 +357,12 @@ def load_bundle(path, precision: str = "auto", engine: str | None = None):
 
         with np.load(path / "alignment.npz", allow_pickle=False) as arrays:
             alignment = LabAlignment.from_arrays(arrays)
+    crossing = info.get("stage2_crossing", True)
+    if not isinstance(crossing, bool):
+        raise BundleError(f"{path / 'bundle.json'}: stage2_crossing must be true or false, got "
+                          f"{json.dumps(crossing)}")
     hierarchy = HierarchicalClassifier(stages["stage1"], stages["stage2"], reviewer, base, gate,
-                                       alignment)
+                                       alignment, stage2_crossing=crossing)
     return ImageClassifier(trunk, hierarchy,
                            input_size=size, masked=bool(info["masked"]),
                            preprocess=info.get("preprocess") or None, info=extra)

@@ -10,12 +10,17 @@ Routing rules (:func:`route`):
   (BNE/SNE -> neutrophil, MY/MMY/PMY -> ig): stage 2 is the specialist for the
   neutrophil/IG boundary, so it may move a cell across it;
 * stage 2 answering ``Others`` hands the decision back to stage 1: the label
-  is stage 1's main class and the cell is marked ``uncertain``.
+  is stage 1's main class and the cell is marked ``uncertain``;
+* where stage 2 may not cross that boundary (``crossing`` false: an adapted
+  model's cells when its stage 2 is still the base's, see
+  :class:`HierarchicalClassifier`), a subclass of the other main class is
+  treated as ``Others``: stage 1's main class stands, the cell is ``uncertain``.
 
 End-to-end probabilities over the 11 fine classes (:func:`combine_probabilities`):
 non-routed main classes keep their stage-1 probability; the stage-1 mass of
 neutrophil + ig is shared among the five subclasses in proportion to stage 2's
-probabilities renormalised without ``Others``.
+probabilities renormalised without ``Others``; where stage 2 may not cross, each of
+the two main classes' stage-1 mass is shared among its own subclasses instead.
 
 Images are the business of :class:`hiercell.model.ImageClassifier` (what
 :func:`hiercell.load` returns), which runs the VGG16 trunk and then this class.
@@ -74,16 +79,24 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         Shifts the trunk features of a new lab's cells before this model's own stages
         (:mod:`hiercell.alignment`; the identity until fitted to a lab); ``base``, the
         domain gate and the novelty of the review score see them unshifted.
+    stage2_crossing : bool
+        Whether stage 2 may move a cell answered by this model's own stages across the
+        neutrophil/IG boundary (the routing rules above). ``hiercell adapt`` sets it
+        false when the adaptation data has no subclass labels: the adapted stage 1
+        has learned the lab's neutrophils and IGs, the kept stage 2 has not (on
+        another lab's neutrophils it calls some immature: a false left shift). Cells
+        the gate hands to ``base`` are routed by the base's rules.
     """
 
     def __init__(self, stage1=None, stage2=None, reviewer=None, base=None, gate=None,
-                 alignment=None):
+                 alignment=None, stage2_crossing=True):
         self.stage1 = stage1
         self.stage2 = stage2
         self.reviewer = reviewer
         self.base = base
         self.gate = gate
         self.alignment = alignment
+        self.stage2_crossing = stage2_crossing
 
     @property
     def classes_(self):
@@ -163,16 +176,22 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
     def _stage2_classes(self):
         return [str(c) for c in self.stage2.classes_] if self.stage2 is not None else []
 
+    def _crossing(self, own):
+        """Per row, whether stage 2 may move the cell across the neutrophil/IG boundary:
+        everywhere with :attr:`stage2_crossing`, else only on the rows the base answers
+        (``own`` false)."""
+        return np.ones(len(own), dtype=bool) if self.stage2_crossing else ~np.asarray(own)
+
     def predict_proba(self, X):
         """End-to-end probabilities over :attr:`classes_`, ``(n, 11)`` (``(n, 8)`` without
         stage 2); rows sum to 1."""
-        p1, p2, _ = self._stage_probas(X)
-        return combine_probabilities(p1, p2, self._stage2_classes())
+        own = self.adapted_rows(X)
+        p1, p2, _ = self._stage_probas(X, own)
+        return combine_probabilities(p1, p2, self._stage2_classes(), self._crossing(own))
 
     def predict(self, X):
         """The finest decided label per row: a subclass, or a main class."""
-        p1, p2, _ = self._stage_probas(X)
-        return np.array([d.label for d in route(p1, p2, self._stage2_classes())], dtype=object)
+        return np.array([d.label for d in self.decide(X)[1]], dtype=object)
 
     def predict_records(self, X, paths=None, top_k=3):
         """One :class:`~hiercell.records.Prediction` per row of ``X``.
@@ -184,10 +203,11 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         own = self.adapted_rows(X)  # the gate decides once for both stages and the review
         p1, p2, n1 = self._stage_probas(X, own)
         s2 = self._stage2_classes()
-        fine = combine_probabilities(p1, p2, s2)
+        crossing = self._crossing(own)
+        fine = combine_probabilities(p1, p2, s2, crossing)
         classes = [str(c) for c in self.classes_]
         paths = list(paths) if paths is not None else [None] * len(X)
-        decisions = route(p1, p2, s2, n1)
+        decisions = route(p1, p2, s2, n1, crossing)
         review = self.review_scores(X, p1, decisions, own)
         out = []
         for i, d in enumerate(decisions):
@@ -208,8 +228,9 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
     def decide(self, X):
         """``(p1, decisions)``: stage-1 probabilities over :data:`MAIN_CLASSES` and one
         routed :class:`Decision` per row of ``X``."""
-        p1, p2, n1 = self._stage_probas(X)
-        return p1, route(p1, p2, self._stage2_classes(), n1)
+        own = self.adapted_rows(X)
+        p1, p2, n1 = self._stage_probas(X, own)
+        return p1, route(p1, p2, self._stage2_classes(), n1, self._crossing(own))
 
     def review_scores(self, X, p1=None, decisions=None, own=None):
         """``(review_score, review, novelty)`` arrays for trunk features ``X`` (see
@@ -230,12 +251,15 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         return score, self.reviewer.flag(score), novelty
 
 
-def route(p1, p2, stage2_classes, network1=None) -> list:
+def route(p1, p2, stage2_classes, network1=None, crossing=None) -> list:
     """Apply the routing rules to stage-1 probabilities ``p1`` (over :data:`MAIN_CLASSES`)
     and stage-2 probabilities ``p2`` (over ``stage2_classes``; rows of NaN, or ``None``,
     where stage 2 did not run); one :class:`Decision` per row. ``network1``, stage 1's
     network head outputs ``(probabilities as p1, energy per row)``, gives each decision's
-    ``network_p`` and ``network_energy``."""
+    ``network_p`` and ``network_energy``. ``crossing``: per row, whether stage 2 may move
+    the cell across the neutrophil/IG boundary (``None``: everywhere); where it may not,
+    a subclass of the other main class counts as ``Others``, whose probability is then
+    stage 2's mass outside the main class's own subclasses."""
     s2 = list(stage2_classes)
     decisions = []
     for i in range(len(p1)):
@@ -244,6 +268,10 @@ def route(p1, p2, stage2_classes, network1=None) -> list:
         if d.main in ROUTED_MAIN and s2 and p2 is not None and not np.isnan(p2[i]).any():
             k = int(p2[i].argmax())
             d.sub, d.sub_p = s2[k], float(p2[i, k])
+            if d.sub != OTHERS and SUB_TO_MAIN[d.sub] != d.main and crossing is not None \
+                    and not crossing[i]:
+                own = sum(float(p2[i, j]) for j, c in enumerate(s2) if SUB_TO_MAIN.get(c) == d.main)
+                d.sub, d.sub_p = OTHERS, 1.0 - own
             if d.sub == OTHERS:
                 d.uncertain = True
             else:
@@ -256,9 +284,10 @@ def route(p1, p2, stage2_classes, network1=None) -> list:
     return decisions
 
 
-def combine_probabilities(p1, p2, stage2_classes):
+def combine_probabilities(p1, p2, stage2_classes, crossing=None):
     """End-to-end probabilities over :data:`FINE_CLASSES` from the stage probabilities
-    (see the module doc); ``p1`` itself when there is no stage 2."""
+    (see the module doc); ``p1`` itself when there is no stage 2. ``crossing`` as in
+    :func:`route` (``None``: stage 2 may cross everywhere)."""
     s2 = list(stage2_classes)
     if p2 is None or not s2:
         return p1
@@ -266,14 +295,24 @@ def combine_probabilities(p1, p2, stage2_classes):
     main_idx = {c: i for i, c in enumerate(MAIN_CLASSES)}
     routed_mass = sum(p1[:, main_idx[c]] for c in ROUTED_MAIN)
     ran = ~np.isnan(p2).any(1)
+    crossing = np.ones(len(p1), dtype=bool) if crossing is None else np.asarray(crossing, bool)
     subs = [c for c in s2 if c != OTHERS]
     sub_p = p2[:, [s2.index(c) for c in subs]]
     denom = np.maximum(sub_p.sum(1), 1e-12)
+    kin = {parent: [k for k, c in enumerate(subs) if SUB_TO_MAIN[c] == parent]
+           for parent in ROUTED_MAIN}
     for j, c in enumerate(FINE_CLASSES):
         if c in main_idx:
             out[:, j] = p1[:, main_idx[c]]
     for k, c in enumerate(subs):
-        out[:, FINE_CLASSES.index(c)] = np.where(ran, routed_mass * sub_p[:, k] / denom, 0.0)
+        parent = SUB_TO_MAIN[c]
+        within = np.nansum(sub_p[:, kin[parent]], 1)
+        # each parent's mass among its own kids (an even split where stage 2 gave them none)
+        own_share = np.where(within > 1e-12, sub_p[:, k] / np.maximum(within, 1e-12),
+                             1.0 / len(kin[parent]))
+        shared = np.where(crossing, routed_mass * sub_p[:, k] / denom,
+                          p1[:, main_idx[parent]] * own_share)
+        out[:, FINE_CLASSES.index(c)] = np.where(ran, shared, 0.0)
     # cells where stage 2 did not run: each parent's stage-1 mass is split evenly
     # over its subclasses (keeps rows summing to 1)
     for parent in ROUTED_MAIN:

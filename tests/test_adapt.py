@@ -95,6 +95,7 @@ def test_adapt_writes_a_loadable_bundle_with_its_record(tiny_bundle, new_lab, tm
     assert 0 <= record["cross_validation"]["stage1_accuracy_after"] <= 1
     card = (out / "MODEL_CARD.md").read_text()
     assert "Before / after" in card
+    assert "stage 2 is the base's" in card and "no longer moves a cell" in card
     # the labelled cells answered otherwise when held out, listed for a second look
     listed = list(csv.DictReader((out / "label_check.csv").open()))
     assert len(listed) == figures["labels_to_check"] == record["cross_validation"]["labels_to_check"]
@@ -130,7 +131,13 @@ def test_adapt_writes_a_loadable_bundle_with_its_record(tiny_bundle, new_lab, tm
     X = adapted.features(rgb_images(sorted(FIXTURES.glob("*/*.jpg"))))
     # the adapted stages learn the lab's own (unshifted) maps: hiercell.adapt.ALIGN
     assert not hier.alignment.fitted
-    own_stages = HierarchicalClassifier(hier.stage1, hier.stage2, alignment=hier.alignment)
+    # the kept stage 2 no longer moves the lab's cells between neutrophil and ig; the
+    # bundle says so, and the base's cells are routed as the base routes them
+    assert info["stage2_crossing"] is False and hier.stage2_crossing is False
+    assert base.hierarchy.stage2_crossing is True
+    assert "stage2_crossing" not in json.loads((tiny_bundle / "bundle.json").read_text())
+    own_stages = HierarchicalClassifier(hier.stage1, hier.stage2, alignment=hier.alignment,
+                                        stage2_crossing=False)
     answers = {name: [(r.label, r.probability) for r in clf.predict_records(X)]
                for name, clf in (("base", base.hierarchy), ("adapted", own_stages))}
     assert answers["base"] != answers["adapted"]
@@ -283,6 +290,10 @@ def test_model_card_states_the_labs_review_threshold():
     cv["labels_to_check"] = 0
     card = model_card(record, {})
     assert "lists none" in card and "Check those labels" not in card
+    assert "stage 2 is the base's" in card
+    record["counts"] = {"neutrophil": 40, "SNE": 40}
+    card = model_card(record, {})
+    assert "Both stages were adapted" in card and "stage 2 is the base's" not in card
 
 
 def test_class_weights_balance_fully_or_by_the_square_root_of_the_count():

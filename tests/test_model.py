@@ -162,6 +162,32 @@ def test_routing_subclass_sets_label_and_main():
     assert (d.main, d.sub) == ("ig", "MMY")
 
 
+def test_routing_without_crossing_keeps_stage1_main_class_and_marks_uncertain():
+    # stage 2 says myelocyte for a cell stage 1 calls neutrophil: where stage 2 may not
+    # cross (an adapted lab's cells, stage 2 not adapted), stage 1's class stands
+    given = {"BNE": 0.1, "SNE": 0.05, "MY": 0.7, "MMY": 0.1, "PMY": 0.05, "Others": 0.0}
+    p2 = np.array([[given[c] for c in S2]])
+    d = route(_p1("neutrophil"), p2, S2, crossing=np.array([False]))[0]
+    assert (d.main, d.sub, d.uncertain, d.label) == ("neutrophil", "Others", True, "neutrophil")
+    assert d.sub_p == pytest.approx(0.85)  # stage 2's mass outside BNE + SNE
+    d = route(_p1("neutrophil"), p2, S2, crossing=np.array([True]))[0]
+    assert (d.main, d.sub, d.uncertain) == ("ig", "MY", False)
+    # a subclass of stage 1's own class is kept either way
+    d = route(_p1("neutrophil"), _p2("SNE"), S2, crossing=np.array([False]))[0]
+    assert (d.main, d.sub, d.uncertain) == ("neutrophil", "SNE", False)
+    # end-to-end probabilities: each main class's stage-1 mass stays with its subclasses
+    p1 = _p1("neutrophil")
+    fine = combine_probabilities(p1, p2, S2, crossing=np.array([False]))
+    np.testing.assert_allclose(fine.sum(1), 1, atol=1e-9)
+    neutrophil = p1[0, MAIN_CLASSES.index("neutrophil")]
+    got = {c: fine[0, FINE_CLASSES.index(c)] for c in ("BNE", "SNE", "MY")}
+    assert got["BNE"] == pytest.approx(neutrophil * 0.1 / 0.15)
+    assert got["SNE"] == pytest.approx(neutrophil * 0.05 / 0.15)
+    assert FINE_CLASSES[fine[0].argmax()] == "BNE"
+    crossed = combine_probabilities(p1, p2, S2)
+    assert FINE_CLASSES[crossed[0].argmax()] == "MY"
+
+
 def test_routing_others_falls_back_to_stage1_and_marks_uncertain():
     d = route(_p1("ig"), _p2("Others"), S2)[0]
     assert (d.main, d.sub, d.uncertain, d.label) == ("ig", "Others", True, "ig")
