@@ -466,8 +466,8 @@ def model_card(record: dict, base_info: dict) -> str:
             f"{'n/a' if unflagged is None else format(unflagged, '.3f')}, AUROC wrong vs "
             f"right {'n/a' if review['auroc_wrong_vs_right'] is None else review['auroc_wrong_vs_right']}."
             + ("" if review["uncertain_flagged"] else
-               " Stage 2 was not adapted (no subclass labels): its 'Others' (uncertain) on "
-               "this lab's cells does not by itself flag them."))
+               " Stage 2's 'Others' (uncertain) on this lab's cells does not by itself "
+               "flag them: that stage was not adapted."))
     else:
         review_text = "The review flag keeps the base model's threshold."
     if any(c in SUBCLASSES for c in record["counts"]):

@@ -281,7 +281,7 @@ def test_model_card_states_the_labs_review_threshold():
               "settings": {}, "cross_validation": cv}
     card = model_card(record, {})
     assert "(20.0%, at least 5%)" in card and "flagged 20.0% of 80 cells" in card
-    assert "unflagged 0.900" in card and "0.85" in card and "Stage 2 was not adapted" in card
+    assert "unflagged 0.900" in card and "0.85" in card and "does not by itself flag" in card
     cv["review"] = None
     assert "keeps the base model's threshold" in model_card(record, {})
     assert "label_check.csv" not in model_card(record, {})  # records from before the check
