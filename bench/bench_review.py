@@ -25,9 +25,12 @@ Prints, for the bundle (default: the bundled model):
    layer (a multinomial logistic regression on its Dense(512) activations; the
    review score reads its probability and its energy, the latter from the
    regression's logits, scaled unlike the trained layer's) are refit without
-   the class on the bundle's source sample (the rest of the network still saw
+   the class on the bundle's source sample (so is the in-lab stage 1 of a bundle
+   that has one, on its own sample; which cells it answers is read from the
+   bundle's scorer while the held-out scorer is fit, from that scorer's after);
+   the rest of the network still saw
    the class in training, which this protocol cannot undo without
-   retraining); AUROC of ``review_score`` for
+   retraining. AUROC of ``review_score`` for
    held-out-class test cells against the other classes' test cells, and share
    of them flagged.
 
@@ -112,30 +115,39 @@ def held_out(model, X_test, test, X_ref, ref, X_val, val, cls, val_views=()):
     from hiercell.backbone import predict_batches
 
     hier = copy.copy(model.hierarchy)
-    stage = hier.stage1  # the SVM and softmax are swapped for the run and put back below
-    saved = (stage.svm_, stage.svm_max_per_class, stage.svm_C,
-             stage.svm_best_params_, stage.svm_cv_score_, stage.classes_)
-    src = stage.source_sample_
-    keep = src["y"] != cls
-    inputs = keras.Input(shape=(src["gap"].shape[1],))
-    embed = keras.Model(inputs, stage.head_.get_layer("embedding")(inputs))
-    emb = predict_batches(embed, src["gap"][keep].astype(np.float32), 512)
-    hidden = stage.network_hidden_of_embeddings  # the head's Dense(512) activations
-    softmax = LogisticRegression(max_iter=3000).fit(hidden(emb), src["y"][keep])
-    stage.svm_max_per_class = None
-    stage.svm_C = (saved[3]["svc__C"],)
+    # every stage 1 (and the in-lab one, which answers the cells like the training lab's)
+    # has its SVM and softmax swapped for the run and put back below
+    stages = [s for s in (hier.stage1, getattr(hier, "inlab", None)) if s is not None]
+    saved = [(stage.svm_, stage.svm_max_per_class, stage.svm_C, stage.svm_best_params_,
+              stage.svm_cv_score_, stage.classes_) for stage in stages]
     try:
-        stage.fit_svm_embeddings(emb, src["y"][keep])
-        stage.classes_ = stage.svm_.classes_
-        assert list(softmax.classes_) == list(stage.classes_)
-        # the refit softmax layer's logits (multinomial: its predict_proba is their softmax)
-        stage.network_logits_of_embeddings = lambda e: softmax.decision_function(hidden(e))
+        for stage, kept in zip(stages, saved):
+            src = getattr(stage, "source_sample_", None)
+            if src is None:
+                raise SystemExit("a stage 1 without its training sample (source.npz) "
+                                 "cannot be refit without a class")
+            keep = src["y"] != cls
+            inputs = keras.Input(shape=(src["gap"].shape[1],))
+            embed = keras.Model(inputs, stage.head_.get_layer("embedding")(inputs))
+            emb = predict_batches(embed, src["gap"][keep].astype(np.float32), 512)
+            hidden = stage.network_hidden_of_embeddings  # the head's Dense(512) activations
+            softmax = LogisticRegression(max_iter=3000).fit(hidden(emb), src["y"][keep])
+            stage.svm_max_per_class = None
+            stage.svm_C = (kept[3]["svc__C"],)
+            stage.fit_svm_embeddings(emb, src["y"][keep])
+            stage.classes_ = stage.svm_.classes_
+            assert list(softmax.classes_) == list(stage.classes_)
+            # the refit softmax layer's logits (multinomial: its predict_proba is their
+            # softmax)
+            stage.network_logits_of_embeddings = (
+                lambda e, softmax=softmax, hidden=hidden: softmax.decision_function(hidden(e)))
         return _held_out_scores(hier, X_test, test, X_ref, ref, X_val, val, cls, val_views,
                                 learned=model.hierarchy.reviewer.learned)
     finally:
-        stage.__dict__.pop("network_logits_of_embeddings", None)
-        (stage.svm_, stage.svm_max_per_class, stage.svm_C,
-         stage.svm_best_params_, stage.svm_cv_score_, stage.classes_) = saved
+        for stage, kept in zip(stages, saved):
+            stage.__dict__.pop("network_logits_of_embeddings", None)
+            (stage.svm_, stage.svm_max_per_class, stage.svm_C,
+             stage.svm_best_params_, stage.svm_cv_score_, stage.classes_) = kept
 
 
 def _held_out_scores(hier, X_test, test, X_ref, ref, X_val, val, cls, val_views, learned):

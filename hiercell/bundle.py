@@ -10,6 +10,9 @@ Layout (format 2)::
     stage1/head.npz       block5 + dense head weights (float16)
     stage1/svm.joblib     the fitted scikit-learn pipeline (StandardScaler + calibrated SVC)
     stage2/...            the same for stage 2 (optional)
+    inlab/stage1/...      optional: a second stage 1 for the cells that look like the
+                          training lab's (bundle.json "inlab_stages", "inlab_gate":
+                          hiercell.hierarchy.HierarchicalClassifier.inlab)
     base/stageN/...       adapted bundles only: the base model's stages (bundle.json's
                           "stage2_crossing": false when the adapted stage 1 keeps the
                           base's stage 2: see hiercell.hierarchy)
@@ -51,7 +54,7 @@ MANIFEST = "SHA256SUMS"
 DEFAULT_MODEL = "pbc-robust-vgg16-svm"
 #: bundle.json keys the loader interprets; every other key goes to ``model.info``.
 _STRUCTURE_KEYS = ("input_size", "masked", "stages", "base_stages", "preprocess",
-                   "stage2_crossing")
+                   "stage2_crossing", "inlab_stages", "inlab_gate")
 #: ``model.info`` keys that describe a loaded model, not the bundle (never saved).
 _RUNTIME_KEYS = ("trunk_sha256", "precision", "engine", "tag")
 
@@ -99,6 +102,9 @@ def save_bundle(model, path, metadata: dict | None = None, extra_files: dict | N
         alignment = getattr(model.hierarchy, "alignment", None)
         if alignment is not None:
             np.savez_compressed(tmp / "alignment.npz", **alignment.to_arrays())
+        inlab = getattr(model.hierarchy, "inlab", None)
+        inlab_stages = (None if inlab is None else
+                        _save_stages(_Stages(inlab, None), tmp / "inlab"))
         base_stages = None
         if getattr(model.hierarchy, "adapted", False):
             base_stages = _save_stages(model.hierarchy.base, tmp / "base")
@@ -118,6 +124,13 @@ def save_bundle(model, path, metadata: dict | None = None, extra_files: dict | N
             info["base_stages"] = base_stages
         if model.preprocess:
             info["preprocess"] = model.preprocess
+        for key in ("inlab_stages", "inlab_gate"):
+            info.pop(key, None)
+        if inlab_stages is not None:
+            info["inlab_stages"] = inlab_stages
+            gate = model.hierarchy.inlab_gate
+            if gate is not None:
+                info["inlab_gate"] = float(gate)
         info.pop("stage2_crossing", None)
         if not getattr(model.hierarchy, "stage2_crossing", True):  # see HierarchicalClassifier
             info["stage2_crossing"] = False
@@ -138,6 +151,13 @@ def save_bundle(model, path, metadata: dict | None = None, extra_files: dict | N
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+class _Stages:
+    """The two stage attributes :func:`_save_stages` reads, for a lone stage."""
+
+    def __init__(self, stage1, stage2):
+        self.stage1, self.stage2 = stage1, stage2
 
 
 def _save_stages(hierarchy, folder: Path) -> dict:
@@ -265,15 +285,22 @@ def verify_bundle(path) -> dict:
                           f"{json.dumps(size)}")
     if not isinstance(info["masked"], bool):
         raise BundleError(f"{where}: masked must be true or false, got {json.dumps(info['masked'])}")
-    for key in ("stages", "base_stages"):
+    for key in ("stages", "base_stages", "inlab_stages"):
         stages = info.get(key)
-        if key == "base_stages" and stages is None:
+        if key != "stages" and stages is None:
             continue
         if not isinstance(stages, dict) or "stage1" not in stages \
                 or not set(stages) <= {"stage1", "stage2"} \
                 or not all(isinstance(v, dict) for v in stages.values()):
             raise BundleError(f"{where}: {key} must map stage1 (and optionally stage2) to their "
                               f"state, got {sorted(stages) if isinstance(stages, dict) else stages!r}")
+    if "inlab_stages" in info and set(info["inlab_stages"]) != {"stage1"}:
+        raise BundleError(f"{where}: inlab_stages must hold stage1 alone, got "
+                          f"{sorted(info['inlab_stages'])}")
+    gate = info.get("inlab_gate", 0.5)
+    if isinstance(gate, bool) or not isinstance(gate, (int, float)) or not 0 <= gate <= 1:
+        raise BundleError(f"{where}: inlab_gate must be a number from 0 to 1, got "
+                          f"{json.dumps(gate)}")
     if ("base_stages" in info) != ("gate.npz" in listed):
         raise BundleError(f"{path}: an adapted bundle needs both base_stages in bundle.json "
                           "and gate.npz (one is missing)")
@@ -361,8 +388,13 @@ def load_bundle(path, precision: str = "auto", engine: str | None = None):
     if not isinstance(crossing, bool):
         raise BundleError(f"{path / 'bundle.json'}: stage2_crossing must be true or false, got "
                           f"{json.dumps(crossing)}")
+    inlab = None
+    if "inlab_stages" in info:
+        inlab = _load_stages(path / "inlab", info["inlab_stages"], load_stage, head_precision,
+                             engine)["stage1"]
     hierarchy = HierarchicalClassifier(stages["stage1"], stages["stage2"], reviewer, base, gate,
-                                       alignment, stage2_crossing=crossing)
+                                       alignment, stage2_crossing=crossing, inlab=inlab,
+                                       inlab_gate=info.get("inlab_gate"))
     return ImageClassifier(trunk, hierarchy,
                            input_size=size, masked=bool(info["masked"]),
                            preprocess=info.get("preprocess") or None, info=extra)

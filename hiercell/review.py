@@ -432,6 +432,12 @@ class ReviewScorer:
         """Raw novelty (mean cosine distance to the k nearest reference cells)."""
         return knn_distance(self.reference_, descriptors, self.k)
 
+    def novelty_percentile(self, descriptors):
+        """Each cell's novelty as its percentile among the in-lab validation cells (the
+        ``novelty`` of :meth:`score` read against the training lab only, whatever lab's
+        cells :meth:`with_reference` added), in [0, 1]."""
+        return _percentile_of(np.sort(self.val_novelty_), self.novelty(descriptors))
+
     def _novelty_percentile(self, raw, own_lab=None):
         """Percentile of raw novelties among in-lab validation cells; rows of ``own_lab``
         (cells an adapted model answers as the new lab's) among the new lab's own

@@ -53,6 +53,52 @@ def test_combine_stages_takes_stage2_from_the_second_bundle(tiny_bundle, tiny_da
                                    getattr(source.hierarchy, stage).predict_proba(X), atol=1e-6)
     assert not np.allclose(first.hierarchy.stage2.predict_proba(X),
                            other.hierarchy.stage2.predict_proba(X), atol=1e-3)
+    # a second, in-lab stage 1 answers the cells whose novelty is at most the gate
+    done = subprocess.run([sys.executable, str(TOOLS / "combine_stages.py"), "--stage1-from",
+                           str(tiny_bundle), "--inlab-from", str(second), "--inlab-gate", "0.9",
+                           "--out", str(tmp_path / "inlab")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    info = json.loads((tmp_path / "inlab" / "bundle.json").read_text())
+    assert set(info["inlab_stages"]) == {"stage1"} and info["inlab_gate"] == 0.9
+    assert info["training"]["inlab"]["from"] == "second" and "inlab" in info["composed_from"]
+    assert (tmp_path / "inlab" / "review.npz").exists()  # its novelty picks the in-lab cells
+    # its training sample stays (bench/bench_review.py refits it without a class)
+    assert (tmp_path / "inlab" / "inlab" / "stage1" / "source.npz").exists()
+    inlab = load(tmp_path / "inlab", precision="float32").hierarchy
+    assert inlab.inlab_gate == 0.9
+    novelty = inlab.reviewer.novelty_percentile(__import__("hiercell.review").review
+                                                .trunk_descriptor(X))
+    np.testing.assert_array_equal(inlab.inlab_rows(X), novelty <= 0.9)
+    answers = {name: h.stage_proba(1, X) for name, h in (("first", first.hierarchy),
+                                                            ("second", other.hierarchy))}
+    for gate, expected in ((1.0, "second"), (-1.0, "first")):
+        inlab.inlab_gate = gate
+        np.testing.assert_allclose(inlab.stage_proba(1, X), answers[expected], atol=1e-6)
+    inlab.inlab_gate = 0.5
+    rows = inlab.inlab_rows(X)
+    np.testing.assert_allclose(inlab.stage_proba(1, X),
+                               np.where(rows[:, None], answers["second"], answers["first"]),
+                               atol=1e-5)
+    # a bad gate in bundle.json is refused with the file named
+    info["inlab_gate"] = "high"
+    bad = tmp_path / "bad"
+    shutil.copytree(tmp_path / "inlab", bad)
+    (bad / "bundle.json").write_text(json.dumps(info))
+    from hiercell.bundle import BundleError, verify_bundle
+    import pytest
+
+    with pytest.raises(BundleError, match="inlab_gate must be a number"):
+        _rehash_and_verify(bad, verify_bundle)
+
+
+def _rehash_and_verify(path, verify):
+    """Rewrite ``path``'s SHA256SUMS for its current files, then verify it."""
+    import hashlib
+
+    lines = [f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.relative_to(path).as_posix()}"
+             for f in sorted(path.rglob("*")) if f.is_file() and f.name != "SHA256SUMS"]
+    (path / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    return verify(path)
 
 
 def test_combine_stages_refuses_bundles_that_cannot_share_a_trunk_pass(tiny_bundle, tiny_data,

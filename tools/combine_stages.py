@@ -1,19 +1,25 @@
-"""Write a bundle whose stage 1 comes from one trained bundle and stage 2 from another.
+"""Write a bundle whose stages come from trained bundles: stage 1 from one, stage 2 from
+another, and optionally a second, in-lab stage 1 from a third.
 
-    python tools/combine_stages.py --stage1-from A --stage2-from B --out C \\
-        [--pbc ../shared/data/pbc --cache CACHE]
+    python tools/combine_stages.py --stage1-from A [--stage2-from B] [--inlab-from D
+        [--inlab-gate 0.95]] --out C [--pbc ../shared/data/pbc --cache CACHE]
 
-Both bundles must be trained ones (not aligned to or adapted for a lab) on
+All bundles must be trained ones (not aligned to or adapted for a lab) on
 the same data split, and share the trunk (same VGG16 blocks 1-4), input
-size, masking and preprocessing, so that one trunk pass serves both stages.
+size, masking and preprocessing, so that one trunk pass serves all stages.
 C keeps A's stage 1, lab reference (``alignment.npz``) and training record,
-and takes B's stage 2 (head, SVM and adaptation sample); ``bundle.json``
-adds ``training.stage2`` (B's name and training record) and
-``composed_from`` (both bundles' names and ``bundle.json`` digests). C has
-no review scorer: A's read A's stage 2, so refit one for C with
-``tools/refit_review.py --model C``. With ``--pbc``, C is evaluated on the PBC test split and the
-headline goes into ``bundle.json`` as ``hiercell train`` does (metrics and
-confusion matrices in ``C-evaluation/``).
+and takes B's stage 2 (head, SVM and adaptation sample; without B, A's);
+``bundle.json`` adds ``training.stage2`` (B's name and training record) and
+``composed_from`` (the bundles' names and ``bundle.json`` digests). With D,
+D's stage 1 answers the cells whose novelty percentile is at most the gate
+(:attr:`hiercell.hierarchy.HierarchicalClassifier.inlab`; ``training.inlab``
+says where it came from). A's review scorer read A's stages, so C's must be
+refit with ``tools/refit_review.py --model C``: without D, C has none until
+then; with D, C keeps A's, whose novelty (unchanged by a refit on the same
+reference) picks the in-lab cells, refit included. With ``--pbc``, C is
+evaluated on the PBC test split and the headline goes into ``bundle.json``
+as ``hiercell train`` does (metrics and confusion matrices in
+``C-evaluation/``).
 """
 
 import argparse
@@ -39,42 +45,68 @@ def main():
 def combine():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--stage1-from", required=True, help="bundle giving stage 1 (and the rest)")
-    ap.add_argument("--stage2-from", required=True, help="bundle giving stage 2")
+    ap.add_argument("--stage2-from", default=None, help="bundle giving stage 2 (default: A's)")
+    ap.add_argument("--inlab-from", default=None,
+                    help="bundle whose stage 1 answers the cells like the training lab's")
+    ap.add_argument("--inlab-gate", type=float, default=None,
+                    help="novelty percentile at most which a cell is one of those "
+                         "(default: hiercell.hierarchy.INLAB_GATE)")
     ap.add_argument("--out", required=True, help="bundle folder to write")
     ap.add_argument("--pbc", default=None, help="PBC folder with splits.csv: evaluate the test split")
     ap.add_argument("--cache", default=None, help="trunk-feature cache folder")
     a = ap.parse_args()
-    first, second = Path(a.stage1_from), Path(a.stage2_from)
+    first = Path(a.stage1_from)
+    second = Path(a.stage2_from) if a.stage2_from else first
+    inlab_path = Path(a.inlab_from) if a.inlab_from else None
+    if a.stage2_from is None and inlab_path is None:
+        raise SystemExit("give --stage2-from or --inlab-from (or both)")
+    if a.inlab_gate is not None and not 0.0 < a.inlab_gate <= 1.0:
+        raise SystemExit(f"--inlab-gate must be in (0, 1], got {a.inlab_gate}")
     info1, info2 = verify_bundle(first), verify_bundle(second)
-    for path, info in ((first, info1), (second, info2)):
+    given = [(first, info1), (second, info2)]
+    if inlab_path is not None:
+        given.append((inlab_path, verify_bundle(inlab_path)))
+    for path, info in given:
         tuned = [k for k in ("base_stages", "adaptation", "alignment") if k in info]
         if tuned:
             raise SystemExit(f"{path} is aligned to or adapted for a lab ({', '.join(tuned)} in "
                              "bundle.json): combine the trained bundles, then align or adapt")
-    splits = [(i.get("training_data") or {}).get("counts", {}).get("split") for i in (info1, info2)]
-    if splits[0] != splits[1]:
-        raise SystemExit(f"the bundles were trained on different splits ({splits[0]} against "
-                         f"{splits[1]}): a test figure of the result would be no test")
-    for key in ("input_size", "masked", "preprocess"):
-        if info1.get(key) != info2.get(key):
-            raise SystemExit(f"the bundles differ in {key}: {info1.get(key)!r} against {info2.get(key)!r}")
-    if file_digest(first / "trunk.npz") != file_digest(second / "trunk.npz"):
-        raise SystemExit("the bundles have different trunks (trunk.npz): one trunk pass cannot serve both")
+    for path, info in given[1:]:
+        splits = [(i.get("training_data") or {}).get("counts", {}).get("split") for i in (info1, info)]
+        if splits[0] != splits[1]:
+            raise SystemExit(f"the bundles were trained on different splits ({splits[0]} against "
+                             f"{splits[1]}): a test figure of the result would be no test")
+        for key in ("input_size", "masked", "preprocess"):
+            if info1.get(key) != info.get(key):
+                raise SystemExit(f"the bundles differ in {key}: {info1.get(key)!r} against {info.get(key)!r}")
+        if file_digest(first / "trunk.npz") != file_digest(path / "trunk.npz"):
+            raise SystemExit(f"the bundles have different trunks (trunk.npz of {path} and "
+                             f"{first}): one trunk pass cannot serve both")
     if "stage2" not in info2.get("stages", {}):
         raise SystemExit(f"{second} has no stage 2")
     model = hiercell.load(first, precision="float32", engine="keras")
-    model.hierarchy.stage2 = hiercell.load(second, precision="float32", engine="keras").hierarchy.stage2
-    model.hierarchy.reviewer = None  # it read the first bundle's stage 2: refit it for this one
-    # the first bundle's training record stays the bundle's; stage 2 says where it differs
-    training = {**info1.get("training", {}),
-                "stage2": {"from": second.name, **info2.get("training", {})}}
-    meta = {"training": training, "name": Path(a.out).name, "composed_from": {
-        "stage1": {"bundle": first.name, "bundle_json": _digest(first / "bundle.json")},
-        "stage2": {"bundle": second.name, "bundle_json": _digest(second / "bundle.json")}}}
+    hier = model.hierarchy
+    training = dict(info1.get("training", {}))
+    composed = {"stage1": {"bundle": first.name, "bundle_json": _digest(first / "bundle.json")}}
+    if a.stage2_from:
+        hier.stage2 = hiercell.load(second, precision="float32", engine="keras").hierarchy.stage2
+        training["stage2"] = {"from": second.name, **info2.get("training", {})}
+        composed["stage2"] = {"bundle": second.name, "bundle_json": _digest(second / "bundle.json")}
+    if inlab_path is not None:
+        hier.inlab = hiercell.load(inlab_path, precision="float32", engine="keras").hierarchy.stage1
+        hier.inlab_gate = a.inlab_gate
+        training["inlab"] = {"from": inlab_path.name, **given[-1][1].get("training", {})}
+        composed["inlab"] = {"bundle": inlab_path.name,
+                             "bundle_json": _digest(inlab_path / "bundle.json")}
+    else:
+        hier.reviewer = None  # it read the first bundle's stages: refit it for this one
+    meta = {"training": training, "name": Path(a.out).name, "composed_from": composed}
     model.info.pop("metrics", None)  # the first bundle's figures are not this model's
     save_bundle(model, a.out, meta)
-    print(f"{a.out}: stage 1 from {first}, stage 2 from {second}; no review scorer yet: "
-          f"python tools/refit_review.py --model {a.out} --pbc PBC --cache CACHE")
+    print(f"{a.out}: stage 1 from {first}, stage 2 from {second}"
+          + (f", in-lab stage 1 from {inlab_path}" if inlab_path else "")
+          + f"; refit its review scorer: python tools/refit_review.py --model {a.out} "
+          "--pbc PBC --cache CACHE")
     if a.pbc:
         from hiercell.data import read_dataset
         from hiercell.features import FeatureCache, extract_trunk_features
