@@ -403,3 +403,60 @@ def test_format1_bundles_still_load(tiny_bundle, tiny_model, tmp_path):
     images = sorted(FIXTURES.glob("*/*.jpg"))[:6]
     np.testing.assert_allclose(model.predict_proba(images), tiny_model.predict_proba(images),
                                atol=1e-6)
+
+
+class _FixedStage:
+    """A stage that answers one main class for every cell (for routing tests)."""
+
+    def __init__(self, answer):
+        from hiercell.stage import StageOutputs
+
+        self.classes_ = np.array(MAIN_CLASSES)
+        self._out = StageOutputs
+        self.answer = answer
+
+    def predict_outputs(self, X):
+        p = np.tile(_p1(self.answer)[0], (len(X), 1))
+        return self._out(p, p, np.zeros(len(X)))
+
+
+class _Novelty:
+    """A reviewer stand-in whose novelty percentile is the maps' first value."""
+
+    def novelty_percentile(self, descriptors):
+        return self.values
+
+
+class _Gate:
+    def __init__(self, own):
+        self.own = own
+
+    def predict(self, descriptors):
+        return self.own
+
+
+def test_inlab_stage1_answers_the_cells_like_the_training_labs(monkeypatch):
+    from hiercell import review
+    from hiercell.hierarchy import HierarchicalClassifier
+
+    X = np.zeros((4, 2, 2, 3), dtype=np.float32)
+    novelty = _Novelty()
+    novelty.values = np.array([0.1, 0.95, 0.96, 1.0])
+    monkeypatch.setattr(review, "trunk_descriptor", lambda maps: np.zeros((len(maps), 2)))
+    hier = HierarchicalClassifier(_FixedStage("monocyte"), None, novelty,
+                                  inlab=_FixedStage("lymphocyte"), inlab_gate=0.95)
+    assert list(hier.inlab_rows(X)) == [True, True, False, False]
+    assert list(hier.predict(X)) == ["lymphocyte", "lymphocyte", "monocyte", "monocyte"]
+    hier.inlab_gate = None  # the default gate, INLAB_GATE
+    from hiercell.hierarchy import INLAB_GATE
+    assert list(hier.inlab_rows(X)) == list(novelty.values <= INLAB_GATE)
+    # without a reviewer no cell can be told in-lab: the main stage 1 answers all
+    assert list(HierarchicalClassifier(_FixedStage("monocyte"), None, None,
+                                       inlab=_FixedStage("lymphocyte")).predict(X)) == ["monocyte"] * 4
+    # adapted: the new lab's cells (gate: own) get the adapted stage 1 whatever their
+    # novelty; among the base's cells the in-lab ones get the in-lab stage 1
+    adapted = HierarchicalClassifier(_FixedStage("eosinophil"), None, novelty,
+                                     base=HierarchicalClassifier(_FixedStage("monocyte")),
+                                     gate=_Gate(np.array([True, False, True, False])),
+                                     inlab=_FixedStage("lymphocyte"), inlab_gate=0.95)
+    assert list(adapted.predict(X)) == ["eosinophil", "lymphocyte", "eosinophil", "monocyte"]
