@@ -198,7 +198,8 @@ class ImageClassifier:
         return np.concatenate(self._batched(self.hierarchy.predict, X, masked, batch_size))
 
     def gradcam(self, rgb, class_name=None, masked=None, features=None):
-        """Grad-CAM heat map ``(H, W)`` float32 in [0, 1] of stage 1's network head for
+        """Grad-CAM heat map ``(H, W)`` float32 in [0, 1] of stage 1's network head (the
+        in-lab stage 1's for a cell it answers, :attr:`HierarchicalClassifier.inlab`) for
         ``class_name`` (a main class, or a subclass meaning its main class; default: the
         head's top class), on the grid of the RGB uint8 image ``rgb``.
 
@@ -209,11 +210,14 @@ class ImageClassifier:
         if features is None:
             check_rgb_image(rgb)
             features = self.features([rgb], masked)
-        features = self.hierarchy.aligned(features)
+        if self.hierarchy.inlab_rows(features)[0]:  # the stage 1 that answers this cell
+            stage = self.hierarchy.inlab
+        else:
+            stage, features = self.stage1, self.hierarchy.aligned(features)
         name = SUB_TO_MAIN.get(class_name, class_name)
         from .gradcam import gradcam_map
 
-        return gradcam_map(self.stage1.head_, self.stage1.classes_, features, rgb.shape, name)
+        return gradcam_map(stage.head_, stage.classes_, features, rgb.shape, name)
 
 
 def _as_items(X):

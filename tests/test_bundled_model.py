@@ -135,3 +135,26 @@ def test_classify_with_a_review_rate_flags_more_cells(tmp_path, monkeypatch):
     assert resumed["review_rate"] == 0.5 and resumed["review_threshold"] is None  # kept rows
     bad = CliRunner().invoke(main, ["classify", str(folder), "--review-rate", "1.5"])
     assert bad.exit_code == 2 and "--review-rate" in bad.output
+
+
+def test_bundled_model_gives_in_lab_cells_to_its_in_lab_stage_1(model):
+    from hiercell.gradcam import gradcam_map
+
+    hier = model.hierarchy
+    assert hier.inlab is not None and verify_bundle(default_bundle_path())["inlab_gate"] == 0.95
+    paths = sorted(FIXTURES.glob("*/*.jpg"))  # PBC cells: nearly all of them in-lab
+    images = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]
+    X = model.features(images)
+    rows = hier.inlab_rows(X)
+    assert rows.mean() >= 0.8, rows
+    np.testing.assert_allclose(hier.stage_proba(1, X[rows]), hier.inlab.predict_proba(X[rows]),
+                               atol=1e-6)
+    # shrunk and tinted like another lab's camera: the augmented stage 1 answers
+    other = [cv2.resize(np.clip(im * [1.0, 0.85, 0.6], 0, 255).astype(np.uint8), (90, 90))
+             for im in images]
+    assert hier.inlab_rows(model.features(other)).mean() < rows.mean()
+    # Grad-CAM explains the stage 1 that answered the cell
+    i = int(np.flatnonzero(rows)[0])
+    expected = gradcam_map(hier.inlab.head_, hier.inlab.classes_, X[i:i + 1], images[i].shape,
+                           None)
+    np.testing.assert_allclose(model.gradcam(images[i]), expected, atol=1e-5)

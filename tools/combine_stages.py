@@ -94,7 +94,9 @@ def combine():
         composed["stage2"] = {"bundle": second.name, "bundle_json": _digest(second / "bundle.json")}
     if inlab_path is not None:
         hier.inlab = hiercell.load(inlab_path, precision="float32", engine="keras").hierarchy.stage1
-        hier.inlab_gate = a.inlab_gate
+        from hiercell.hierarchy import INLAB_GATE
+
+        hier.inlab_gate = INLAB_GATE if a.inlab_gate is None else a.inlab_gate  # recorded
         training["inlab"] = {"from": inlab_path.name, **given[-1][1].get("training", {})}
         composed["inlab"] = {"bundle": inlab_path.name,
                              "bundle_json": _digest(inlab_path / "bundle.json")}
