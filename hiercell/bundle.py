@@ -42,6 +42,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -104,7 +105,7 @@ def save_bundle(model, path, metadata: dict | None = None, extra_files: dict | N
             np.savez_compressed(tmp / "alignment.npz", **alignment.to_arrays())
         inlab = getattr(model.hierarchy, "inlab", None)
         inlab_stages = (None if inlab is None else
-                        _save_stages(_Stages(inlab, None), tmp / "inlab"))
+                        _save_stages(SimpleNamespace(stage1=inlab, stage2=None), tmp / "inlab"))
         base_stages = None
         if getattr(model.hierarchy, "adapted", False):
             base_stages = _save_stages(model.hierarchy.base, tmp / "base")
@@ -151,13 +152,6 @@ def save_bundle(model, path, metadata: dict | None = None, extra_files: dict | N
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
-
-
-class _Stages:
-    """The two stage attributes :func:`_save_stages` reads, for a lone stage."""
-
-    def __init__(self, stage1, stage2):
-        self.stage1, self.stage2 = stage1, stage2
 
 
 def _save_stages(hierarchy, folder: Path) -> dict:
@@ -297,10 +291,14 @@ def verify_bundle(path) -> dict:
     if "inlab_stages" in info and set(info["inlab_stages"]) != {"stage1"}:
         raise BundleError(f"{where}: inlab_stages must hold stage1 alone, got "
                           f"{sorted(info['inlab_stages'])}")
-    gate = info.get("inlab_gate", 0.5)
-    if isinstance(gate, bool) or not isinstance(gate, (int, float)) or not 0 <= gate <= 1:
+    gate = info.get("inlab_gate")
+    if gate is not None and (isinstance(gate, bool) or not isinstance(gate, (int, float))
+                             or not 0 <= gate <= 1):
         raise BundleError(f"{where}: inlab_gate must be a number from 0 to 1, got "
                           f"{json.dumps(gate)}")
+    if not isinstance(info.get("stage2_crossing", True), bool):
+        raise BundleError(f"{where}: stage2_crossing must be true or false, got "
+                          f"{json.dumps(info['stage2_crossing'])}")
     if ("base_stages" in info) != ("gate.npz" in listed):
         raise BundleError(f"{path}: an adapted bundle needs both base_stages in bundle.json "
                           "and gate.npz (one is missing)")
@@ -384,16 +382,13 @@ def load_bundle(path, precision: str = "auto", engine: str | None = None):
 
         with np.load(path / "alignment.npz", allow_pickle=False) as arrays:
             alignment = LabAlignment.from_arrays(arrays)
-    crossing = info.get("stage2_crossing", True)
-    if not isinstance(crossing, bool):
-        raise BundleError(f"{path / 'bundle.json'}: stage2_crossing must be true or false, got "
-                          f"{json.dumps(crossing)}")
     inlab = None
     if "inlab_stages" in info:
         inlab = _load_stages(path / "inlab", info["inlab_stages"], load_stage, head_precision,
                              engine)["stage1"]
     hierarchy = HierarchicalClassifier(stages["stage1"], stages["stage2"], reviewer, base, gate,
-                                       alignment, stage2_crossing=crossing, inlab=inlab,
+                                       alignment, stage2_crossing=info.get("stage2_crossing", True),
+                                       inlab=inlab,
                                        inlab_gate=info.get("inlab_gate"))
     return ImageClassifier(trunk, hierarchy,
                            input_size=size, masked=bool(info["masked"]),

@@ -25,7 +25,7 @@ from .io import image_key, list_images, try_load_image
 from .model import check_masking, check_positive_int
 from .prefetch import chunks, default_workers, ordered_map
 from .progress import tracker
-from .records import Prediction
+from .records import Prediction, stamp
 from .results import FORMATS, open_sink, partial_path, previous_ok
 
 
@@ -116,10 +116,7 @@ def _classify(model, images, paths, top_k, masked, prepared=None, known=None):
     records = list(model.hierarchy.predict_records(feats, [str(p) for p in paths], top_k))
     if len(records) != len(images):
         raise RuntimeError(f"model returned {len(records)} predictions for {len(images)} images")
-    info = getattr(model, "info", None) or {}
-    for rec in records:
-        rec.precision, rec.model = info.get("precision"), info.get("tag")
-    return records, list(feats)
+    return stamp(records, getattr(model, "info", None)), list(feats)
 
 
 def _model_tag(model):

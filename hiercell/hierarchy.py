@@ -173,8 +173,8 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         inlab = self.inlab_rows(X, own) if number == 1 else np.zeros(len(X), dtype=bool)
         if own.all() and not inlab.any():
             return tuple(stage.predict_outputs(self.aligned(X)))
-        fallback = self.base.stage1 if number == 1 and self.base is not None else \
-            (self.base.stage2 if self.base is not None else None)
+        fallback = None if self.base is None else (self.base.stage1 if number == 1
+                                                   else self.base.stage2)
         want = [str(c) for c in stage.classes_]
         proba, net = np.empty((len(X), len(want))), np.empty((len(X), len(want)))
         energy = np.empty(len(X))
@@ -307,8 +307,8 @@ def route(p1, p2, stage2_classes, network1=None, crossing=None) -> list:
             d.sub, d.sub_p = s2[k], float(p2[i, k])
             if d.sub != OTHERS and SUB_TO_MAIN[d.sub] != d.main and crossing is not None \
                     and not crossing[i]:
-                own = sum(float(p2[i, j]) for j, c in enumerate(s2) if SUB_TO_MAIN.get(c) == d.main)
-                d.sub, d.sub_p = OTHERS, 1.0 - own
+                kept = sum(float(p2[i, j]) for j, c in enumerate(s2) if SUB_TO_MAIN.get(c) == d.main)
+                d.sub, d.sub_p = OTHERS, 1.0 - kept
             if d.sub == OTHERS:
                 d.uncertain = True
             else:
@@ -338,14 +338,15 @@ def combine_probabilities(p1, p2, stage2_classes, crossing=None):
     denom = np.maximum(sub_p.sum(1), 1e-12)
     kin = {parent: [k for k, c in enumerate(subs) if SUB_TO_MAIN[c] == parent]
            for parent in ROUTED_MAIN}
+    within = {parent: np.nansum(sub_p[:, kids], 1) for parent, kids in kin.items()}
     for j, c in enumerate(FINE_CLASSES):
         if c in main_idx:
             out[:, j] = p1[:, main_idx[c]]
     for k, c in enumerate(subs):
         parent = SUB_TO_MAIN[c]
-        within = np.nansum(sub_p[:, kin[parent]], 1)
         # each parent's mass among its own kids (an even split where stage 2 gave them none)
-        own_share = np.where(within > 1e-12, sub_p[:, k] / np.maximum(within, 1e-12),
+        own_share = np.where(within[parent] > 1e-12,
+                             sub_p[:, k] / np.maximum(within[parent], 1e-12),
                              1.0 / len(kin[parent]))
         shared = np.where(crossing, routed_mass * sub_p[:, k] / denom,
                           p1[:, main_idx[parent]] * own_share)

@@ -17,7 +17,7 @@ from .backbone import run_trunk
 from .features import TrunkConfig
 from .io import check_rgb_image, load_image, try_load_image
 from .preprocess import prepare_batch
-from .records import Prediction
+from .records import Prediction, stamp
 from .taxonomy import SUB_TO_MAIN
 
 
@@ -168,10 +168,8 @@ class ImageClassifier:
         return out
 
     def _records(self, images, names, top_k, masked):
-        records = self.hierarchy.predict_records(self.features(images, masked), names, top_k)
-        for rec in records:  # what classified them (a bundle's tag; None when not saved)
-            rec.precision, rec.model = self.info.get("precision"), self.info.get("tag")
-        return records
+        return stamp(self.hierarchy.predict_records(self.features(images, masked), names, top_k),
+                     self.info)
 
     def _record_or_error(self, img, name, top_k, masked):
         try:

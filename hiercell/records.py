@@ -97,6 +97,16 @@ class Prediction:
         return cls(**values)
 
 
+def stamp(records, info) -> list:
+    """``records`` (:class:`Prediction`) with what classified them, from a model's
+    ``info``: ``precision`` and ``model`` (a bundle's tag; ``None`` when not loaded from
+    a bundle). Returns the same list."""
+    info = info or {}
+    for rec in records:
+        rec.precision, rec.model = info.get("precision"), info.get("tag")
+    return records
+
+
 def _parse(kind: str, value):
     if kind == "list":
         if not value:

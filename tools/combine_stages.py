@@ -62,7 +62,8 @@ def combine():
         raise SystemExit("give --stage2-from or --inlab-from (or both)")
     if a.inlab_gate is not None and not 0.0 < a.inlab_gate <= 1.0:
         raise SystemExit(f"--inlab-gate must be in (0, 1], got {a.inlab_gate}")
-    info1, info2 = verify_bundle(first), verify_bundle(second)
+    info1 = verify_bundle(first)
+    info2 = info1 if second == first else verify_bundle(second)
     given = [(first, info1), (second, info2)]
     if inlab_path is not None:
         given.append((inlab_path, verify_bundle(inlab_path)))
