@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from hiercell.bundle import load, save_bundle
 
-from conftest import rgb_images
+from conftest import FIXTURES, rgb_images
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
@@ -160,12 +161,25 @@ def test_torch_recipe_packs_train_and_val_frames_whose_views_are_the_canonical_f
     samples = {Path(s.path).stem: s for s in load_samples(data)}
     broken = next(s for s in samples.values() if s.split == "train")
     Path(broken.path).write_text("not an image")  # left out and named, not fatal
-    done = subprocess.run([sys.executable, str(TOOLS / "torch_recipe.py"), "pack", str(data),
-                           "--out", str(job), "--backbone-weights", "none", "--val-share", "1",
-                           "--others-per-class", "3"], capture_output=True, text=True)
+    lab = tmp_path / "lab"  # another lab's set, labelled at main-class level
+    lab.mkdir()
+    external = {"a.jpg": ("NEUTROPHIL", "neutrophil"), "b.jpg": ("LY", "lymphocyte"),
+                "c.jpg": ("blast", None)}  # a cell outside the taxonomy is left out
+    for (name, (code, _)), src in zip(external.items(), sorted(FIXTURES.glob("*/*.jpg"))):
+        shutil.copy(src, lab / name)
+    (lab / "manifest.csv").write_text("path,label\n" + "".join(
+        f"{name},{code}\n" for name, (code, _) in external.items()))
+    pack = [sys.executable, str(TOOLS / "torch_recipe.py"), "pack", str(data), "--out", str(job),
+            "--backbone-weights", "none", "--val-share", "1", "--others-per-class", "3"]
+    done = subprocess.run(pack + ["--external", f"lab={lab / 'manifest.csv'}"],
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "skipped" in done.stderr and Path(broken.path).name in done.stderr
     rows = list(csv.DictReader(open(job / "manifest.csv")))
+    # the other lab's cells: scored by train, never trained on (a split of their own)
+    assert sorted((r["stage1"], r["stage2"]) for r in rows if r["split"] == "external:lab") == [
+        ("lymphocyte", ""), ("neutrophil", "")]
+    rows = [r for r in rows if r["split"] != "external:lab"]
     originals = [s for s in samples.values() if s.split in ("train", "val") and s != broken]
     assert len(rows) == len(originals) and {r["split"] for r in rows} == {"train", "val"}
     assert sorted(r["stage1"] for r in rows) == sorted(s.main for s in originals)
@@ -187,6 +201,9 @@ def test_torch_recipe_packs_train_and_val_frames_whose_views_are_the_canonical_f
     a, b = augmented[(0, 1)], augmented[(0, 2)]
     assert a[0].shape == (160, 160, 3) and not np.array_equal(a[0], b[0])
     np.testing.assert_array_equal(augmented[(0, 1)][0], a[0])  # the key's seed decides
+    for bad, why in (("lab", "expected NAME=DATA"), (f"none={lab / 'none.csv'}", "none.csv")):
+        done = subprocess.run(pack + ["--external", bad], capture_output=True, text=True)
+        assert done.returncode != 0 and why in done.stderr and "Traceback" not in done.stderr
 
 
 def test_torch_recipe_batches_cover_every_image_once_per_epoch_in_a_new_order():
@@ -248,6 +265,15 @@ def test_torch_recipe_bundle_fits_the_svms_on_heads_trained_elsewhere(tiny_bundl
         assert done.returncode == 1 and "Traceback" not in done.stderr
         assert str(bad) in done.stderr and "not a head file" in done.stderr
         assert not (tmp_path / "d").exists()
+    # a head trained deeper than block5 (train --first-trained 4): its block4 would not
+    # fit the bundle's shared frozen trunk, so no weights were written and it is refused
+    deeper = tmp_path / "s1-deeper.npz"
+    np.savez(deeper, classes=np.load(heads[0])["classes"], history="[]",
+             settings=json.dumps({"stage": 1, "size": 32, "first_trained": 4}))
+    done = subprocess.run(command + [str(deeper), "--out", str(tmp_path / "e")],
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and "trained from block 4" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "e").exists()
 
 
 def test_bundle_tag_names_the_bundle_its_digest_and_the_segmentation_version(tiny_bundle,
@@ -276,3 +302,33 @@ def test_bundle_tag_names_the_bundle_its_digest_and_the_segmentation_version(tin
     record = load(tiny_bundle, precision="float32").predict_records(
         [sorted(FIXTURES.glob("*/*.jpg"))[0]])[0]
     assert record.status == "ok" and (record.model, record.precision) == (tag, "float32")
+
+
+def test_torch_recipe_networks_split_vgg16_where_fine_tuning_starts():
+    """The frozen trunk and the trained head together are VGG16 + the dense head whatever
+    block fine-tuning starts at; the head holds the trained blocks' convolutions first."""
+    torch = pytest.importorskip("torch", reason="the GPU step's networks need PyTorch")
+    recipe = _torch_recipe()
+    rng = np.random.default_rng(0)
+    weights, n_in = {}, 3
+    for block, n_convs in enumerate(recipe.BLOCKS, 1):
+        n_out = (64, 128, 256, 512, 512)[block - 1]
+        for k in range(1, n_convs + 1):
+            weights[f"block{block}_conv{k}/kernel"] = rng.normal(
+                0, (2 / (9 * n_in)) ** 0.5, (3, 3, n_in, n_out)).astype(np.float16)
+            weights[f"block{block}_conv{k}/bias"] = np.zeros(n_out, np.float16)
+            n_in = n_out
+    x = torch.from_numpy(rng.normal(0, 50, (2, 3, 32, 32)).astype(np.float32))
+    outputs = {}
+    for first in (5, 4, 3):
+        torch.manual_seed(0)  # the same dense head
+        trunk, head = recipe._networks(weights, 8, 0.0, first)
+        n_convs = sum(isinstance(m, torch.nn.Conv2d) for m in head)
+        assert n_convs == sum(recipe.BLOCKS[first - 1:])
+        assert sum(isinstance(m, torch.nn.Conv2d) for m in trunk) == 13 - n_convs
+        assert not any(p.requires_grad for p in trunk.parameters())
+        with torch.no_grad():
+            outputs[first] = head.eval()(trunk(x)).numpy()
+        assert len(recipe.keras_order(head)) == 2 * n_convs + 6
+    np.testing.assert_allclose(outputs[4], outputs[5], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(outputs[3], outputs[5], rtol=1e-4, atol=1e-5)

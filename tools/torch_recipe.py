@@ -18,6 +18,11 @@ the original images, exactly as ``hiercell train`` fits it:
     python tools/torch_recipe.py bundle ../shared/data/pbc heads/s1-224.npz \
         heads/s2-224.npz --out runs/gpu224 --backbone-weights .../vgg16_..._notop.h5
 
+Experiments: ``pack --external NAME=DATA`` (repeatable) adds another lab's labelled set,
+never trained on, on which ``train`` scores each stage-1 network's own softmax;
+``train --first-trained 4`` fine-tunes from block4 on (its head is scored and its
+history kept, but it does not fit the bundle's shared trunk: no weights are written).
+
 Views: every training image is stored once in its canonical frame
 (:func:`hiercell.framing.canonical_view` at 224 px, white-balanced), so the
 frame of a stored image is the identity and :func:`hiercell.augment.random_view`
@@ -39,8 +44,7 @@ import numpy as np
 
 STORED = 224  # side of the stored canonical frames
 MEAN_BGR = (103.939, 116.779, 123.68)  # VGG16 (Keras "caffe") input: BGR minus ImageNet mean
-TRUNK = ((2, 64), (2, 128), (3, 256), (3, 512))  # VGG16 blocks 1-4: convolutions, filters
-BLOCK5 = ("block5_conv1", "block5_conv2", "block5_conv3")
+BLOCKS = (2, 2, 3, 3, 3)  # convolutions in VGG16's blocks 1-5
 
 
 # --------------------------------------------------------------------------- pack (here)
@@ -65,9 +69,14 @@ def _frame_one(path):
     return cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), bool(np.isfinite(framing.diameter))
 
 
-def pack(data, out, max_mb, val_share, seed, weights, others_per_class=150):
+def pack(data, out, max_mb, val_share, seed, weights, others_per_class=150, externals=()):
     """Write ``out/manifest.csv``, ``out/frames.bin`` (the WebP files one after another;
-    the manifest gives offset and length) and ``out/vgg16.npz``."""
+    the manifest gives offset and length) and ``out/vgg16.npz``.
+
+    ``externals``: ``(name, data)`` pairs of other labs' labelled sets, packed with split
+    ``external:NAME`` and their stage-1 labels; ``train`` scores each stage-1 network on
+    them (never trained on)."""
+    from dataclasses import replace
     from multiprocessing import Pool
 
     import cv2
@@ -87,6 +96,17 @@ def pack(data, out, max_mb, val_share, seed, weights, others_per_class=150):
     keep = [i for i, s in enumerate(samples) if s.split == "train" and i in labels[1]]
     val = [i for i, s in enumerate(samples) if s.split == "val" and i in labels[1]]
     keep += sorted(rng.permutation(val)[:int(round(val_share * len(val)))].tolist())
+    for name, path in externals:
+        try:
+            extra = [s for s in load_samples(path) if s.main is not None]
+        except (OSError, ValueError) as exc:
+            sys.exit(f"error: --external {name}={path}: {exc}")
+        if not extra:
+            sys.exit(f"error: --external {name}={path}: no image with a main-class label")
+        first = len(samples)
+        samples += [replace(s, split=f"external:{name}") for s in extra]
+        labels[1].update({first + k: s.main for k, s in enumerate(extra)})
+        keep += range(first, first + len(extra))
     with Pool(2) as pool:
         frames = pool.map(_frame_one, [str(samples[i].path) for i in keep], chunksize=64)
     for i, (frame, why) in zip(keep, frames):  # a bad file is left out, not the job
@@ -170,8 +190,10 @@ class EpochBatches:
             yield [(int(i), int(keys[i])) for i in order[k:k + self.batch_size]]
 
 
-def _networks(weights, n_classes, dropout):
-    """(frozen trunk, trainable head) as torch modules, from the Keras-layout weights."""
+def _networks(weights, n_classes, dropout, first_trained=5):
+    """(frozen trunk, trainable head) as torch modules, from the Keras-layout weights: the
+    trunk is VGG16's blocks before ``first_trained`` (ImageNet's weights, frozen), the head
+    the blocks from it on, global average pooling and the dense layers."""
     import torch
     from torch import nn
 
@@ -183,11 +205,10 @@ def _networks(weights, n_classes, dropout):
         layer.bias.data = torch.from_numpy(weights[f"{name}/bias"].astype(np.float32))
         return [layer, nn.ReLU(inplace=True)]
 
-    trunk = []
-    for block, (n_convs, _) in enumerate(TRUNK, 1):
-        for k in range(1, n_convs + 1):
-            trunk += conv(f"block{block}_conv{k}")
-        trunk.append(nn.MaxPool2d(2))
+    trunk, convs = [], []
+    for block, n_convs in enumerate(BLOCKS, 1):
+        layers = [m for k in range(1, n_convs + 1) for m in conv(f"block{block}_conv{k}")]
+        (trunk if block < first_trained else convs).extend(layers + [nn.MaxPool2d(2)])
     dense = []
     for n_in, n_out in ((512, 1024), (1024, 512)):
         layer = nn.Linear(n_in, n_out)
@@ -197,8 +218,7 @@ def _networks(weights, n_classes, dropout):
     top = nn.Linear(512, n_classes)
     nn.init.xavier_uniform_(top.weight)
     nn.init.zeros_(top.bias)
-    head = nn.Sequential(*[m for name in BLOCK5 for m in conv(name)], nn.MaxPool2d(2),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), *dense, top)
+    head = nn.Sequential(*convs, nn.AdaptiveAvgPool2d(1), nn.Flatten(), *dense, top)
     trunk = nn.Sequential(*trunk).eval()
     for p in trunk.parameters():
         p.requires_grad_(False)
@@ -242,7 +262,8 @@ def train_one(job, stage, size, budget_s, out, args, log):
     counts = np.bincount(y_train, minlength=len(classes))
     class_w = torch.tensor(len(y_train) / (len(classes) * np.maximum(counts, 1)),
                            dtype=torch.float32, device=dev)
-    trunk, head = _networks(job["weights"], len(classes), args.dropout)
+    trunk, head = _networks(job["weights"], len(classes), args.dropout, args.first_trained)
+    n_conv_tensors = 2 * sum(BLOCKS[args.first_trained - 1:])
     trunk, head = trunk.to(dev, memory_format=torch.channels_last), head.to(dev)
     mean = torch.tensor(MEAN_BGR, device=dev).view(1, 3, 1, 1)
     amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
@@ -282,9 +303,9 @@ def train_one(job, stage, size, budget_s, out, args, log):
     history, best, best_state, epoch, stale = [], np.inf, None, 0, 0
     phases = [("head", args.head_epochs, args.head_lr, False),
               ("finetune", args.finetune_epochs, args.finetune_lr, True)]
-    for phase, epochs, lr, block5 in phases:
+    for phase, epochs, lr, tune_convs in phases:
         for k, p in enumerate(head.parameters()):
-            p.requires_grad_(block5 or k >= 6)  # the first 6 tensors: block5's convolutions
+            p.requires_grad_(tune_convs or k >= n_conv_tensors)  # the head's convolutions first
         opt = torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=lr, eps=1e-7)
         stale = 0
         for _ in range(epochs):
@@ -324,12 +345,50 @@ def train_one(job, stage, size, budget_s, out, args, log):
                     for group in opt.param_groups:
                         group["lr"] *= args.plateau_factor
     head.load_state_dict(best_state)
-    arrays = {f"w{k:02d}": w.astype(np.float16) for k, w in enumerate(keras_order(head))}
+    externals = {}
+    for name in sorted({r["split"] for r in rows if r["split"].startswith("external:")}):
+        rs = [r for r in rows if r["split"] == name and r["stage1"] in index]
+        ds = FrameViews([job["blobs"][r["file"]] for r in rs],
+                        np.array([index[r["stage1"]] for r in rs]),
+                        np.array([r["has_cell"] == "1" for r in rs]), size, False, 1.0)
+        externals[name] = score_network(head, ds, inputs, amp, classes, args)
+        log(f"s{stage}-{size} {name}: accuracy {externals[name]['accuracy']:.3f} (n "
+            f"{externals[name]['n']}; per class {externals[name]['per_class']})")
+    # a head trained deeper than block5 does not fit the bundle's shared trunk: its
+    # history and scores are written, not its weights
+    arrays = ({f"w{k:02d}": w.astype(np.float16) for k, w in enumerate(keras_order(head))}
+              if args.first_trained == 5 else {})
     path = Path(out) / f"s{stage}-{size}.npz"
     np.savez_compressed(path, classes=np.array(classes), history=json.dumps(history),
+                        externals=json.dumps(externals),
                         settings=json.dumps({"size": size, "stage": stage, **vars(args)},
                                             default=str), **arrays)
     log(f"s{stage}-{size}: best val_loss {best:.4f} -> {path} ({time.time() - t_start:.0f} s)")
+
+
+def score_network(head, dataset, inputs, amp, classes, args) -> dict:
+    """The network's own (softmax) stage-1 accuracy on a labelled set of frames, overall
+    and per class (recall), with the confusions of each class."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    head.eval()
+    predicted, truth = [], []
+    with torch.no_grad():
+        for x, y in DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
+                               worker_init_fn=_quiet_worker,
+                               sampler=[(i, 0) for i in range(len(dataset))]):
+            with torch.autocast(**amp):
+                predicted.append(head(inputs(x)).float().argmax(1).cpu().numpy())
+            truth.append(y.numpy())
+    predicted, truth = np.concatenate(predicted), np.concatenate(truth)
+    per_class = {classes[c]: round(float((predicted[truth == c] == c).mean()), 3)
+                 for c in np.unique(truth)}
+    confusions = {classes[c]: {classes[d]: int(((truth == c) & (predicted == d)).sum())
+                               for d in np.unique(predicted[truth == c]) if d != c}
+                  for c in np.unique(truth)}
+    return {"n": int(len(truth)), "accuracy": float((predicted == truth).mean()),
+            "per_class": per_class, "confusions": confusions}
 
 
 def _quiet_worker(_):
@@ -385,6 +444,10 @@ def bundle(args):
         try:
             z = np.load(path)
             settings = json.loads(str(z["settings"]))
+            if settings.get("first_trained", 5) != 5:
+                sys.exit(f"error: {path}: trained from block {settings['first_trained']} on; "
+                         "the bundle shares a frozen trunk through block 4 (its weights "
+                         "were not written)")
             heads[settings["stage"]] = {
                 "weights": [z[k].astype(np.float32) for k in sorted(z.files) if k[0] == "w"],
                 "classes": [str(c) for c in z["classes"]],
@@ -408,6 +471,13 @@ def bundle(args):
         sys.exit(f"error: {exc}")
 
 
+def _name_and_path(value):
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise SystemExit(f"error: --external {value!r}: expected NAME=DATA")
+    return name, path
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -420,6 +490,9 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--others-per-class", type=int, default=150)
     p.add_argument("--backbone-weights", default=None)
+    p.add_argument("--external", action="append", default=[], metavar="NAME=DATA",
+                   help="another lab's labelled set to score each stage-1 network on "
+                        "(never trained on); repeatable")
     t = sub.add_parser("train")
     t.add_argument("job")
     t.add_argument("--out", required=True)
@@ -443,6 +516,10 @@ def main(argv=None):
     t.add_argument("--dropout", type=float, default=0.2)
     t.add_argument("--workers", type=int, default=15)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--first-trained", type=int, default=5, choices=(3, 4, 5),
+                   help="the first VGG16 block fine-tuned (5: the recipe; 4 or 3: deeper, an "
+                        "experiment whose weights the bundle step cannot use and which are "
+                        "not written)")
     b = sub.add_parser("bundle")
     b.add_argument("data")
     b.add_argument("heads", nargs="+")
@@ -458,7 +535,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.cmd == "pack":
         pack(args.data, args.out, args.max_mb, args.val_share, args.seed, args.backbone_weights,
-             args.others_per_class)
+             args.others_per_class, [_name_and_path(v) for v in args.external])
     elif args.cmd == "train":
         train(args)
     else:
