@@ -93,6 +93,10 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         reviewer, get :attr:`stage1`. Its rows see the trunk maps unshifted (they look
         like the training lab's). In an adapted model it answers only among the cells
         the domain gate hands to ``base``: the new lab's cells get the adapted stage 1.
+        In a model aligned to a lab (``alignment`` fitted: a folder or lab judged unlike
+        the training lab) it answers no cell: there it fails even on the cells that pass
+        its gate (on Jiangxi Tecom's cells within the 99th in-lab novelty percentile,
+        1 of 15 right against 9 for the aligned :attr:`stage1`).
     inlab_gate : float
         That novelty percentile (:data:`INLAB_GATE`: the domain check's line).
     stage2_crossing : bool
@@ -142,8 +146,9 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         novelty percentile (:meth:`~hiercell.review.ReviewScorer.novelty_percentile`) at
         most :attr:`inlab_gate`, and in an adapted model only among the rows its domain
         gate hands to the base (``own`` false: :meth:`adapted_rows`); all ``False``
-        without ``inlab`` or a reviewer."""
-        if self.inlab is None or self.reviewer is None or not len(X):
+        without ``inlab`` or a reviewer, and in a model aligned to a lab."""
+        if (self.inlab is None or self.reviewer is None or not len(X)
+                or getattr(self.alignment, "fitted", False)):
             return np.zeros(len(X), dtype=bool)
         from .review import trunk_descriptor
 

@@ -152,7 +152,16 @@ def test_bundled_model_gives_in_lab_cells_to_its_in_lab_stage_1(model):
     # shrunk and tinted like another lab's camera: the augmented stage 1 answers
     other = [cv2.resize(np.clip(im * [1.0, 0.85, 0.6], 0, 255).astype(np.uint8), (90, 90))
              for im in images]
-    assert hier.inlab_rows(model.features(other)).mean() < rows.mean()
+    X_other = model.features(other)
+    assert hier.inlab_rows(X_other).mean() < rows.mean()
+    # aligned to such a lab (as classify does with a folder of them), the model's main
+    # stage 1 answers every cell, the in-lab-looking ones too
+    from hiercell.alignment import align_model
+
+    aligned = align_model(model, X_other).hierarchy
+    assert not aligned.inlab_rows(X).any()
+    np.testing.assert_allclose(aligned.stage_proba(1, X),
+                               aligned.stage1.predict_proba(aligned.aligned(X)), atol=1e-6)
     # Grad-CAM explains the stage 1 that answered the cell
     i = int(np.flatnonzero(rows)[0])
     expected = gradcam_map(hier.inlab.head_, hier.inlab.classes_, X[i:i + 1], images[i].shape,

@@ -435,16 +435,25 @@ class _Gate:
         return self.own
 
 
-def test_inlab_stage1_answers_the_cells_like_the_training_labs(monkeypatch):
+def _inlab_model(monkeypatch, **kwargs):
+    """``(X, model, reviewer)``: 4 cells of novelty percentiles 0.1, 0.95, 0.96 and 1.0, and
+    a model whose main stage 1 calls every cell monocyte and its in-lab stage 1 (gate
+    0.95) lymphocyte."""
     from hiercell import review
     from hiercell.hierarchy import HierarchicalClassifier
 
-    X = np.zeros((4, 2, 2, 3), dtype=np.float32)
     novelty = _Novelty()
     novelty.values = np.array([0.1, 0.95, 0.96, 1.0])
     monkeypatch.setattr(review, "trunk_descriptor", lambda maps: np.zeros((len(maps), 2)))
     hier = HierarchicalClassifier(_FixedStage("monocyte"), None, novelty,
-                                  inlab=_FixedStage("lymphocyte"), inlab_gate=0.95)
+                                  inlab=_FixedStage("lymphocyte"), inlab_gate=0.95, **kwargs)
+    return np.zeros((4, 2, 2, 3), dtype=np.float32), hier, novelty
+
+
+def test_inlab_stage1_answers_the_cells_like_the_training_labs(monkeypatch):
+    from hiercell.hierarchy import HierarchicalClassifier
+
+    X, hier, novelty = _inlab_model(monkeypatch)
     assert list(hier.inlab_rows(X)) == [True, True, False, False]
     assert list(hier.predict(X)) == ["lymphocyte", "lymphocyte", "monocyte", "monocyte"]
     hier.inlab_gate = None  # the default gate, INLAB_GATE
@@ -460,3 +469,21 @@ def test_inlab_stage1_answers_the_cells_like_the_training_labs(monkeypatch):
                                      gate=_Gate(np.array([True, False, True, False])),
                                      inlab=_FixedStage("lymphocyte"), inlab_gate=0.95)
     assert list(adapted.predict(X)) == ["eosinophil", "lymphocyte", "eosinophil", "monocyte"]
+
+
+class _Alignment:
+    """A lab alignment stand-in: the identity, fitted or not."""
+
+    def __init__(self, fitted):
+        self.fitted = fitted
+
+    def transform(self, X):
+        return X
+
+
+def test_a_model_aligned_to_another_lab_answers_every_cell_with_its_main_stage1(monkeypatch):
+    X, hier, _ = _inlab_model(monkeypatch, alignment=_Alignment(fitted=False))
+    assert list(hier.predict(X)) == ["lymphocyte", "lymphocyte", "monocyte", "monocyte"]
+    hier.alignment = _Alignment(fitted=True)
+    assert not hier.inlab_rows(X).any()
+    assert list(hier.predict(X)) == ["monocyte"] * 4
