@@ -187,8 +187,11 @@ def align_model(model, maps):
 
 
 #: Automatic alignment of a folder (classify, evaluate): at least this many readable
-#: cells, of which at most AUTO_SAMPLE (a fixed draw) are checked and aligned on.
-AUTO_MIN_CELLS = 50
+#: cells (the fewest an alignment is fit on: on random folders of 20 of another lab's
+#: cells it did as well as on 50, and no folder of 20 PBC test cells set the domain
+#: check off; bench/bench_small_folders.py), of which at most AUTO_SAMPLE (a fixed
+#: draw) are checked and aligned on.
+AUTO_MIN_CELLS = LabAlignment.MIN_CELLS
 AUTO_SAMPLE = 200
 
 

@@ -282,7 +282,7 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
         combines their results). Every record and the summary record it.
     auto_align : bool
         When the images look unlike the training data (the folder domain check on a
-        fixed draw of up to 200 of them, at least 50 readable), align the model to
+        fixed draw of up to 200 of them, at least 20 readable), align the model to
         them first (:func:`hiercell.alignment.auto_align`; no labels; a pre-pass over
         the draw, whose trunk features the main pass reuses; every share of a sharded
         run draws the same images). The

@@ -261,7 +261,10 @@ def test_auto_align_only_when_the_domain_check_warns(tiny_model, lab_maps, monke
     assert aligned.hierarchy.alignment.fitted and not tiny_model.hierarchy.alignment.fitted
     assert abs(sum(record["estimated_class_mix"].values()) - 1.0) < 1e-3
     few, record = auto.auto_align(tiny_model, lab_maps[:auto.AUTO_MIN_CELLS - 1])
-    assert few is tiny_model and "fewer than" in record["message"]
+    assert few is tiny_model and "fewer than 20" in record["message"]
+    # a folder of 20 cells is aligned: as few as an alignment can be fit on
+    small, record = auto.auto_align(tiny_model, lab_maps[:20])
+    assert record["applied"] and small.hierarchy.alignment.fitted and record["n_cells"] == 20
     again, record = auto.auto_align(aligned, lab_maps)  # an aligned model is left alone
     assert again is aligned and not record["applied"]
 

@@ -47,7 +47,7 @@ _MAX_LISTED_ERRORS = 10
                    "split by each image's path relative to the given folder, so N jobs (e.g. "
                    "a SLURM job array) cover every image once; combine with 'hiercell merge'.")
 @click.option("--auto-align/--no-auto-align", default=True, show_default=True,
-              help="When the images look unlike the training data (at least 50 of them), "
+              help="When the images look unlike the training data (at least 20 of them), "
                    "align the model to them first, without labels (see 'hiercell align').")
 @click.option("--review-rate", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=None,
