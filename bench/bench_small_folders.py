@@ -12,7 +12,8 @@ A folder is a random draw of n cells of a set (PBC: its test split); each goes t
 (the domain check on its cells, then the alignment when it warns), and is scored at stage
 1 on its own cells, before and after. Per set and n: the share of folders aligned and the
 mean [min-max] accuracy. On PBC also folders of one class alone (--one-class: the classes
-whose cells are most often novel in-lab), the worst case for a false alarm. Labels are
+whose cells are most often novel in-lab), the worst case for a false alarm, and, after
+the table, the share of each class's PBC test cells that the domain check counts as novel. Labels are
 used only to score and to draw those folders. Trunk features are cached in --cache.
 """
 
@@ -26,6 +27,7 @@ import hiercell
 import hiercell.alignment as alignment
 from hiercell.data import load_samples
 from hiercell.features import FeatureCache, extract_trunk_features
+from hiercell.review import trunk_descriptor
 
 
 def main():
@@ -47,6 +49,7 @@ def main():
     if args.pbc:
         sets.append((args.pbc, "test", None, args.pbc_draws))
         sets += [(args.pbc, "test", c, args.pbc_draws) for c in args.one_class.split(",") if c]
+    novel_share = {}
     print("| set | cells per folder | folders aligned | stage 1 before | stage 1 after (mean [min-max]) |")
     print("|---|---|---|---|---|")
     for path, split, only, draws in sets:
@@ -55,6 +58,9 @@ def main():
         res = extract_trunk_features([s.path for s in samples], model.trunk, config, cache)
         X = res.features.astype(np.float32)
         y = np.array([s.main for s, ok in zip(samples, res.ok) if ok])
+        if split == "test" and only is None:
+            novel = model.hierarchy.reviewer.novelty_percentile(trunk_descriptor(X)) > 0.95
+            novel_share = {c: float(novel[y == c].mean()) for c in sorted(set(y))}
         rng = np.random.default_rng(0)
         for n in map(int, args.sizes.split(",")):
             aligned, before, after = [], [], []
@@ -67,6 +73,9 @@ def main():
             name = path if only is None else f"{path}, {only} only"
             print(f"| {name} | {n} | {sum(aligned)} of {draws} | {np.mean(before):.3f} | "
                   f"{np.mean(after):.3f} [{np.min(after):.3f}-{np.max(after):.3f}] |", flush=True)
+    if novel_share:
+        print("PBC test cells above the 95th in-lab novelty percentile, per class: "
+              + ", ".join(f"{c} {v:.3f}" for c, v in novel_share.items()))
 
 
 if __name__ == "__main__":
