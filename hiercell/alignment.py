@@ -188,8 +188,8 @@ def align_model(model, maps):
 
 #: Automatic alignment of a folder (classify, evaluate): at least this many readable
 #: cells (the fewest an alignment is fit on: on random folders of 20 of another lab's
-#: cells it did as well as on 50, and no folder of 20 PBC test cells set the domain
-#: check off; bench/bench_small_folders.py), of which at most AUTO_SAMPLE (a fixed
+#: cells it did as well as on 50, and no random folder of 20 PBC test cells set the
+#: domain check off; bench/bench_small_folders.py), of which at most AUTO_SAMPLE (a fixed
 #: draw) are checked and aligned on.
 AUTO_MIN_CELLS = LabAlignment.MIN_CELLS
 AUTO_SAMPLE = 200

@@ -93,8 +93,8 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         reviewer, get :attr:`stage1`. Its rows see the trunk maps unshifted (they look
         like the training lab's). In an adapted model it answers only among the cells
         the domain gate hands to ``base``: the new lab's cells get the adapted stage 1.
-        In a model aligned to a lab (``alignment`` fitted: a folder or lab judged unlike
-        the training lab) it answers no cell: there it fails even on the cells that pass
+        In a model aligned to a lab (``alignment`` fitted: a folder classify aligned
+        because its domain check warned, or a ``hiercell align`` bundle) it answers no cell: there it fails even on the cells that pass
         its gate (on Jiangxi Tecom's cells within the 99th in-lab novelty percentile,
         1 of 15 right against 9 for the aligned :attr:`stage1`).
     inlab_gate : float
@@ -146,9 +146,9 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         novelty percentile (:meth:`~hiercell.review.ReviewScorer.novelty_percentile`) at
         most :attr:`inlab_gate`, and in an adapted model only among the rows its domain
         gate hands to the base (``own`` false: :meth:`adapted_rows`); all ``False``
-        without ``inlab`` or a reviewer, and in a model aligned to a lab."""
+        without ``inlab`` or a reviewer, and in a model aligned to a lab (not adapted)."""
         if (self.inlab is None or self.reviewer is None or not len(X)
-                or getattr(self.alignment, "fitted", False)):
+                or (getattr(self.alignment, "fitted", False) and not self.adapted)):
             return np.zeros(len(X), dtype=bool)
         from .review import trunk_descriptor
 

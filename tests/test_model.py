@@ -436,7 +436,7 @@ class _Gate:
 
 
 def _inlab_model(monkeypatch, **kwargs):
-    """``(X, model, reviewer)``: 4 cells of novelty percentiles 0.1, 0.95, 0.96 and 1.0, and
+    """``(X, hierarchy, novelty stand-in)``: 4 cells of novelty percentiles 0.1, 0.95, 0.96 and 1.0, and
     a model whose main stage 1 calls every cell monocyte and its in-lab stage 1 (gate
     0.95) lymphocyte."""
     from hiercell import review
@@ -487,3 +487,11 @@ def test_a_model_aligned_to_another_lab_answers_every_cell_with_its_main_stage1(
     hier.alignment = _Alignment(fitted=True)
     assert not hier.inlab_rows(X).any()
     assert list(hier.predict(X)) == ["monocyte"] * 4
+    # adapted (on aligned maps): the cells its gate hands to the base are not aligned,
+    # so the in-lab ones among them keep the in-lab stage 1
+    from hiercell.hierarchy import HierarchicalClassifier
+
+    X, adapted, _ = _inlab_model(monkeypatch, alignment=_Alignment(fitted=True),
+                                 base=HierarchicalClassifier(_FixedStage("eosinophil")),
+                                 gate=_Gate(np.array([False, False, True, True])))
+    assert list(adapted.predict(X)) == ["lymphocyte", "lymphocyte", "monocyte", "monocyte"]

@@ -248,7 +248,7 @@ def train_one(job, stage, size, budget_s, out, args, log):
 
     t_start = time.time()
     rows = [r for r in job["rows"] if r[f"stage{stage}"]]
-    classes = sorted({r[f"stage{stage}"] for r in rows})
+    classes = sorted({r[f"stage{stage}"] for r in rows if r["split"] in ("train", "val")})
     index = {c: k for k, c in enumerate(classes)}
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sets = {}
