@@ -13,8 +13,8 @@ A folder is a random draw of n cells of a set (PBC: its test split); each goes t
 1 on its own cells, before and after. Per set and n: the share of folders aligned and the
 mean [min-max] accuracy. On PBC also folders of one class alone (--one-class: the classes
 whose cells are most often novel in-lab), the worst case for a false alarm, and, after
-the table, the share of each class's PBC test cells that the domain check counts as novel. Labels are
-used only to score and to draw those folders. Trunk features are cached in --cache.
+the table, the share of each class's PBC test cells that the domain check counts as novel. Labels
+are used only to score and to draw those folders. Trunk features are cached in --cache.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def main():
         if split == "test" and only is None:
             novel = model.hierarchy.reviewer.novelty_percentile(trunk_descriptor(X)) > 0.95
             novel_share = {c: float(novel[y == c].mean()) for c in sorted(set(y))}
+        right_before = model.hierarchy.predict_stage(1, X) == y  # each cell on its own
         rng = np.random.default_rng(0)
         for n in map(int, args.sizes.split(",")):
             aligned, before, after = [], [], []
@@ -68,7 +69,7 @@ def main():
                 rows = np.sort(rng.choice(len(y), n, replace=False))
                 folder_model, record = alignment.auto_align(model, X[rows])
                 aligned.append(record["applied"])
-                before.append(np.mean(model.hierarchy.predict_stage(1, X[rows]) == y[rows]))
+                before.append(np.mean(right_before[rows]))
                 after.append(np.mean(folder_model.hierarchy.predict_stage(1, X[rows]) == y[rows]))
             name = path if only is None else f"{path}, {only} only"
             print(f"| {name} | {n} | {sum(aligned)} of {draws} | {np.mean(before):.3f} | "

@@ -94,9 +94,10 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         like the training lab's). In an adapted model it answers only among the cells
         the domain gate hands to ``base``: the new lab's cells get the adapted stage 1.
         In a model aligned to a lab (``alignment`` fitted: a folder classify aligned
-        because its domain check warned, or a ``hiercell align`` bundle) it answers no cell: there it fails even on the cells that pass
-        its gate (on Jiangxi Tecom's cells within the 99th in-lab novelty percentile,
-        1 of 15 right against 9 for the aligned :attr:`stage1`).
+        because its domain check warned, or a ``hiercell align`` bundle) it answers no
+        cell: there it fails even on the cells that pass its gate (on Jiangxi Tecom's
+        cells within the 99th in-lab novelty percentile, 1 of 15 right against 9 for
+        the aligned :attr:`stage1`).
     inlab_gate : float
         That novelty percentile (:data:`INLAB_GATE`: the domain check's line).
     stage2_crossing : bool
