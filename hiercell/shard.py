@@ -137,7 +137,8 @@ def merge_results(paths, allow_missing: bool = False) -> MergeResult:
     The merged summary carries the shares' ``alignment`` (when every share is a JSON
     file that records one, all applied or all not: the shares of one run align on the
     same draw of images), ``review_rate`` and ``review_threshold`` (when every share
-    records the same); otherwise ``None``.
+    records the same); otherwise ``None``. Shares without images (a run of more shares
+    than images) are left out of that agreement: they ran no check.
 
     Raises :class:`ShardError` when the files disagree on N, when two files hold the
     same share, when an image appears in two files, or (unless ``allow_missing``) when
@@ -171,7 +172,8 @@ def merge_results(paths, allow_missing: bool = False) -> MergeResult:
                                  "shares: were they run with different N or inputs?)")
             seen[key] = path
         result.records += records
-        summaries.append(summary if fmt == "json" else None)
+        if records or fmt != "json":  # an empty share (more shares than images) ran no check
+            summaries.append(summary if fmt == "json" else None)
     result.missing = [k for k in range(1, result.count + 1) if k not in result.shares]
     if result.missing and not allow_missing:
         raise ShardError(f"missing share(s) {', '.join(f'{k}/{result.count}' for k in result.missing)}"

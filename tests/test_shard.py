@@ -170,3 +170,16 @@ def test_merge_keeps_an_alignment_whose_figures_differ_in_the_last_digits(archiv
         doc["summary"]["alignment"] = {"applied": True, "domain_score": 0.9 + 1e-4 * k}
         out.write_text(json.dumps(doc))
     assert merge_results(outs).summary["alignment"]["applied"] is True
+
+
+def test_merge_keeps_the_alignment_when_a_share_had_no_images(archive, tmp_path):
+    outs = run_shards(archive, tmp_path, 40, "json")  # 30 images over 40 shares
+    docs = [json.loads(out.read_text()) for out in outs]
+    empty = [d for d in docs if not d["results"]]
+    assert empty and all(d["summary"].get("alignment") is None for d in empty)
+    record = {"applied": True, "n_cells": 30, "message": "aligned the model to these images"}
+    for out, doc in zip(outs, docs):  # the shares with images aligned, as classify does
+        if doc["results"]:
+            doc["summary"]["alignment"] = record
+            out.write_text(json.dumps(doc))
+    assert merge_results(outs).summary["alignment"] == record
