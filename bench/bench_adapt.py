@@ -134,7 +134,8 @@ def main():
                 kept, adapted.hierarchy.stage2_crossing = adapted.hierarchy.stage2_crossing, True
                 crossing = np.array([d.main for d in adapted.hierarchy.decide(maps[0, rest])[1]])
                 adapted.hierarchy.stage2_crossing = kept
-                warned = domain_shift([r.novelty for r in recs])["warning"]
+                warned = domain_shift([r.novelty for r in recs], after,
+                                      adapted.hierarchy.reviewer.novel_rates())["warning"]
                 review = np.array([r.review for r in recs])
                 wrong = after != truth[rest]
                 unflagged = np.mean(~wrong[~review]) if (~review).any() else float("nan")

@@ -32,7 +32,7 @@ import numpy as np
 
 import hiercell
 from hiercell.adapt import trunk_views
-from hiercell.alignment import align_model
+from hiercell.alignment import align_model, folder_novelty
 from hiercell.data import read_dataset
 from hiercell.review import domain_shift
 
@@ -99,7 +99,8 @@ def main():
               "scored on them: before -> after (domain check on them)")
         for c in np.unique(y_test):
             rows = np.random.default_rng(0).permutation(np.flatnonzero(y_test == c))[:200]
-            warned = domain_shift(list(model.hierarchy.review_scores(X_test[rows])[2]))
+            warned = domain_shift(*folder_novelty(model, X_test[rows]),
+                                  class_rates=model.hierarchy.reviewer.novel_rates())
             print(f"  {c:12s} {accuracy(model, X_test[rows], y_test[rows]):.3f} -> "
                   f"{accuracy(align_model(model, X_test[rows]), X_test[rows], y_test[rows]):.3f}"
                   f"   (domain check: score {warned['score']:.2f}, "

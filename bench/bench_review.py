@@ -68,6 +68,12 @@ def auroc(flag_positive, score):
     return float(roc_auc_score(flag_positive, score))
 
 
+def folder_check(model, recs):
+    """The folder domain check of ``recs`` as ``hiercell classify`` runs it."""
+    return domain_shift([r.novelty for r in recs], [r.main_class for r in recs],
+                        model.hierarchy.reviewer.novel_rates())
+
+
 def describe(name, model, X, samples):
     recs = model.hierarchy.predict_records(X)
     truth = np.array([s.main for s in samples])
@@ -76,7 +82,7 @@ def describe(name, model, X, samples):
     flag = np.array([r.review for r in recs])
     right = pred == truth
     top = np.array([r.main_probability for r in recs])
-    shift = domain_shift([r.novelty for r in recs])
+    shift = folder_check(model, recs)
     print(f"\n== {name}: n={len(samples)}")
     print(f"stage-1 accuracy {right.mean():.4f}; flagged {flag.mean():.3f}; accuracy unflagged "
           f"{right[~flag].mean() if (~flag).any() else float('nan'):.4f} "
@@ -192,8 +198,8 @@ def main():
     X_test, test = features(model, test, a.cache)
     recs = describe("PBC test split", model, X_test, test)
     rng = np.random.default_rng(a.seed)
-    fired = [domain_shift([recs[i].novelty for i in rng.choice(len(recs), 50, replace=False)])["warning"]
-             for _ in range(20)]
+    fired = [folder_check(model, [recs[i] for i in rng.choice(len(recs), 50, replace=False)])
+             ["warning"] for _ in range(20)]
     print(f"domain check on 20 random 50-cell subsets of the test split: fired {sum(fired)} times")
     operating_points(model, a, recs, test)
     for ext in a.external:

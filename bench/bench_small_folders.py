@@ -44,7 +44,10 @@ def main():
     model = hiercell.load(args.model)
     config = model.trunk_config()
     cache = FeatureCache(args.cache, config) if args.cache else None
-    alignment.AUTO_MIN_CELLS = min(int(n) for n in args.sizes.split(","))  # measure them all
+    sizes = [int(n) for n in args.sizes.split(",")]
+    if min(sizes) < alignment.LabAlignment.MIN_CELLS:
+        ap.error(f"--sizes: the alignment needs at least {alignment.LabAlignment.MIN_CELLS} cells")
+    alignment.AUTO_MIN_CELLS = min(sizes)  # measure them all
     sets = [(path, None, None, args.draws) for path in args.external]
     if args.pbc:
         sets.append((args.pbc, "test", None, args.pbc_draws))
@@ -63,7 +66,7 @@ def main():
             novel_share = {c: float(novel[y == c].mean()) for c in sorted(set(y))}
         right_before = model.hierarchy.predict_stage(1, X) == y  # each cell on its own
         rng = np.random.default_rng(0)
-        for n in map(int, args.sizes.split(",")):
+        for n in sizes:
             aligned, before, after = [], [], []
             for _ in range(draws):
                 rows = np.sort(rng.choice(len(y), n, replace=False))

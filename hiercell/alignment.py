@@ -213,6 +213,16 @@ def auto_sample(paths, n=None) -> list:
     return [keys[i] for i in pick]
 
 
+def folder_novelty(model, maps):
+    """``(novelty percentiles, answered main classes)`` of trunk maps ``maps``: what the
+    folder domain check (:func:`hiercell.review.domain_shift`) reads."""
+    from .review import review_inputs
+
+    p1, decisions = model.hierarchy.decide(maps)
+    novelty = model.hierarchy.review_scores(maps, p1, decisions)[2]
+    return list(novelty), list(review_inputs(decisions)["answers"])
+
+
 def auto_align(model, maps):
     """``(model, record)``: ``model`` aligned on ``maps`` (a folder's cells) when the
     folder domain check warns on them, else ``model`` itself; ``record`` (JSON-ready)
@@ -226,7 +236,8 @@ def auto_align(model, maps):
     if len(maps) < AUTO_MIN_CELLS:
         return model, {**record, "message": f"not aligned: fewer than {AUTO_MIN_CELLS} "
                                             "readable images"}
-    check = domain_shift(list(model.hierarchy.review_scores(maps)[2]))
+    check = domain_shift(*folder_novelty(model, maps),
+                         class_rates=model.hierarchy.reviewer.novel_rates())
     record["domain_score"] = check["score"]
     if not check["warning"]:
         return model, {**record, "message": "not aligned: the images look like the "

@@ -439,11 +439,12 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
                 pass
         raise
 
-    summary = summarize(records, aligned=bool(alignment and alignment["applied"]))
+    reviewer = getattr(getattr(model, "hierarchy", None), "reviewer", None)
+    summary = summarize(records, aligned=bool(alignment and alignment["applied"]),
+                        class_rates=None if reviewer is None else reviewer.novel_rates())
     summary["precision"] = ",".join(sorted({r.precision for r in records if r.precision})) or None
     summary["shard"] = None if shard is None else str(shard)
     summary["alignment"] = alignment
-    reviewer = getattr(getattr(model, "hierarchy", None), "reviewer", None)
     summary["review_rate"] = None if review_rate is None else float(review_rate)
     summary["review_threshold"] = (None if reviewer is None or previous  # kept rows: unknown
                                    else float(reviewer.threshold_))

@@ -54,7 +54,7 @@ def _counts(ok) -> tuple[dict, dict, int]:
     return main, sub, n_routed
 
 
-def summarize(records, aligned=False) -> dict:
+def summarize(records, aligned=False, class_rates=None) -> dict:
     """The differential count of ``records`` (a JSON-ready dict).
 
     ``main_classes``: count and percent of each main class among classified
@@ -69,7 +69,10 @@ def summarize(records, aligned=False) -> dict:
     says whether any cell has a review score (``False`` for models without a
     review scorer: then nothing is flagged and both counts are equal).
     ``domain_shift``: :func:`hiercell.review.domain_shift` of the cells' novelty
-    (``aligned``: the model was aligned to these cells, which its advice says).
+    and main classes (``aligned``: the model was aligned to these cells, which its
+    advice says; ``class_rates``: the model's in-lab novel share per class,
+    :meth:`hiercell.review.ReviewScorer.novel_rates`, recorded there as
+    ``class_rates`` so that merging shares can check again).
     """
     records = list(records)
     ok = [r for r in records if r.status == "ok"]
@@ -97,7 +100,9 @@ def summarize(records, aligned=False) -> dict:
             "subclasses": {"of": list(ROUTED_MAIN), "n_cells": n_routed_kept,
                            "classes": _table(sub_kept)},
         },
-        "domain_shift": domain_shift([r.novelty for r in ok], aligned=aligned),
+        "domain_shift": {**domain_shift([r.novelty for r in ok], [r.main_class for r in ok],
+                                        class_rates, aligned=aligned),
+                         "class_rates": class_rates},
     }
 
 

@@ -45,8 +45,13 @@ probability) as percentiles among validation cells, score 0.98 x maximum +
 
 Per folder, :func:`domain_shift` is the share of cells whose novelty is
 above the 95th in-lab percentile (about 0.05 for images like the training
-data) and warns when it is far above that. Records carry the novelty as a
-percentile (``Prediction.novelty``), so the check runs on results files too.
+data) and warns when it is far above what the folder's answered classes lead to
+expect: some classes are more often novel in-lab than others (PBC validation:
+about a fifth of the erythroblasts, an eighth of the platelets), so the
+expected share is the mean, over the folder's cells, of their answered class's
+in-lab rate (:meth:`ReviewScorer.novel_rates`, 0.05 where unknown). Records
+carry the novelty as a percentile (``Prediction.novelty``) and the answered
+class, so the check runs on results files too.
 In a model adapted to a new lab (:mod:`hiercell.adapt`), the cells its domain
 gate gives to the adapted stages read their novelty percentile among the new
 lab's labelled cells instead (``score(..., own_lab=)``), and their flag has a
@@ -219,6 +224,9 @@ class ReviewScorer:
         self.reference_ = np.asarray(reference, dtype=np.float16)
         self.val_novelty_ = knn_distance(self.reference_, val_descriptors, self.k)
         self.val_ambiguity_ = 1.0 - np.asarray(val_top_proba, dtype=np.float32)
+        self.val_answers_ = None if val_answers is None else np.asarray(val_answers).astype(str)
+        if self.val_answers_ is not None and len(self.val_answers_) != len(self.val_novelty_):
+            raise ValueError("val_answers must give one class per validation cell")
         self.extra_novelty_ = np.zeros(0, dtype=np.float32)
         self.reference_labels_ = self.coef_ = self.own_threshold_ = None
         self.own_lifts_uncertain_ = True
@@ -322,6 +330,19 @@ class ReviewScorer:
     @staticmethod
     def _combine(nov, amb):
         return (1.0 - MIX) * np.maximum(nov, amb) + MIX * 0.5 * (nov + amb)
+
+    def novel_rates(self, novel_above=0.95, prior=20) -> dict | None:
+        """Per answered main class, the share of in-lab validation cells more novel than
+        ``novel_above`` of them (what :func:`domain_shift` expects of a folder of that
+        class), shrunk towards ``1 - novel_above`` by ``prior`` cells of that rate;
+        ``None`` when the scorer does not know the validation cells' answers."""
+        if self.val_answers_ is None:
+            return None
+        novel = _percentile_of(np.sort(self.val_novelty_), self.val_novelty_) > novel_above
+        base = 1.0 - novel_above
+        return {str(c): round(float((novel[self.val_answers_ == c].sum() + prior * base)
+                                    / ((self.val_answers_ == c).sum() + prior)), 4)
+                for c in np.unique(self.val_answers_)}
 
     def with_reference(self, descriptors, labels=None) -> "ReviewScorer":
         """A copy that also knows the cells ``descriptors`` (e.g. a new lab's labelled
@@ -491,6 +512,7 @@ class ReviewScorer:
     def to_arrays(self) -> dict:
         out = {"reference": self.reference_,
                "val_novelty": self.val_novelty_.astype(np.float32),
+               **({} if self.val_answers_ is None else {"val_answers": self.val_answers_}),
                "val_ambiguity": self.val_ambiguity_.astype(np.float32),
                "extra_novelty": self.extra_novelty_.astype(np.float32),
                "params": np.array([self.k, self.target_rate, self.novel_gate, self.C],
@@ -519,6 +541,8 @@ class ReviewScorer:
         self.val_novelty_ = np.asarray(arrays["val_novelty"], dtype=np.float32)
         self.val_ambiguity_ = np.asarray(arrays["val_ambiguity"], dtype=np.float32)
         self.extra_novelty_ = np.asarray(arrays["extra_novelty"], dtype=np.float32)
+        self.val_answers_ = (np.asarray(arrays["val_answers"]).astype(str)
+                             if "val_answers" in arrays else None)
         self.reference_labels_ = self.coef_ = self.own_threshold_ = None
         self.own_lifts_uncertain_ = True
         self.val_uncertain_ = np.zeros(len(self.val_novelty_), bool)
@@ -563,26 +587,34 @@ def _binomial_tail(n: int, k: int, p: float) -> float:
     return math.exp(top) * sum(math.exp(v - top) for v in logs)
 
 
-def domain_shift(novelty, novel_above=0.95, warn_share=SHIFT_WARN_SHARE,
-                 aligned=False) -> dict:
+def domain_shift(novelty, classes=None, class_rates=None, novel_above=0.95,
+                 warn_share=SHIFT_WARN_SHARE, aligned=False) -> dict:
     """Folder-level domain check from the cells' novelty percentiles (``None`` skipped).
 
     ``score``: share of cells whose novelty is above ``novel_above`` (the
     in-lab 95th percentile: about 0.05 for images like the training data).
-    ``warning`` when that share is at least ``warn_share`` and its excess over
-    0.05 is significant (one-sided binomial tail below 0.001), so a few odd
-    cells in a small folder do not fire it.
+    ``expected``: the share in-lab cells of the same answered ``classes`` (one per
+    cell) have, the mean of their ``class_rates`` (:meth:`ReviewScorer.novel_rates`;
+    ``1 - novel_above`` for a class it lacks, or everywhere without them).
+    ``warning`` when the score exceeds it by at least ``warn_share - (1 -
+    novel_above)`` (0.20) and significantly (one-sided binomial tail at the expected
+    share below 0.001), so a few odd cells in a small folder, or a folder of one
+    often-novel class, do not fire it.
     """
-    values = np.array([v for v in novelty if v is not None], dtype=np.float64)
+    base = 1.0 - novel_above
+    rates = class_rates or {}
+    pairs = [(v, None if classes is None else classes[i]) for i, v in enumerate(novelty)
+             if v is not None]
+    values = np.array([v for v, _ in pairs], dtype=np.float64)
     n = int(len(values))
     if n == 0:
-        return {"score": None, "warning": False, "n": 0,
+        return {"score": None, "expected": None, "warning": False, "n": 0,
                 "message": "no cell with a novelty score: no domain check"}
     k = int(np.count_nonzero(values > novel_above))
     share = k / n
-    base = 1.0 - novel_above
-    tail = _binomial_tail(n, k, base)
-    warning = bool(share >= warn_share and tail < 1e-3)
+    expected = float(np.mean([rates.get(c, base) for _, c in pairs]))
+    tail = _binomial_tail(n, k, expected)
+    warning = bool(share - expected >= warn_share - base and tail < 1e-3)
     if warning:
         advice = ("the model was aligned to them without labels; label a few dozen cells "
                   "and run `hiercell adapt` for more" if aligned else
@@ -590,8 +622,10 @@ def domain_shift(novelty, novel_above=0.95, warn_share=SHIFT_WARN_SHARE,
         message = (f"these images look unlike the training data (score {share:.2f}: "
                    f"{k} of {n} cells are novel): expect lower accuracy; {advice}")
     else:
-        message = f"images look like the training data (score {share:.2f}: {k} of {n} cells novel)"
-    return {"score": round(share, 4), "warning": warning, "n": n, "message": message}
+        message = (f"images look like the training data (score {share:.2f}: {k} of {n} cells "
+                   f"novel, {expected:.2f} expected in-lab of the classes answered)")
+    return {"score": round(share, 4), "expected": round(expected, 4), "warning": warning,
+            "n": n, "message": message}
 
 
 def fit_reviewer(hierarchy, X, reference_rows, val_rows, max_reference=4000, seed=0,
@@ -614,14 +648,16 @@ def fit_reviewer(hierarchy, X, reference_rows, val_rows, max_reference=4000, see
     X_val = X[val_rows]
     p1 = hierarchy.stage_proba(1, X_val)
     if labels is None:
-        return ReviewScorer().fit(reference, trunk_descriptor(X_val), p1.max(1))
+        answers = review_inputs(hierarchy.decide(X_val)[1])["answers"]
+        return ReviewScorer().fit(reference, trunk_descriptor(X_val), p1.max(1),
+                                  val_answers=answers)
     labels = np.array(["" if c is None else str(c) for c in labels])
     truth = labels[val_rows]
     (d, answers, proba, wrong, network, energy, uncertain), *views = [
         _answers(hierarchy, maps, truth) for maps in [X_val, *shifted]]
     n_wrong = int(wrong.sum() + sum(v[3].sum() for v in views))
     if min(n_wrong, len(wrong) + sum(len(v[3]) for v in views) - n_wrong) < MIN_ANSWERS:
-        return ReviewScorer().fit(reference, d, p1.max(1))  # too few to learn from
+        return ReviewScorer().fit(reference, d, p1.max(1), val_answers=answers)  # too few
     return ReviewScorer().fit(reference, d, p1.max(1), labels[reference_rows[pick]], answers,
                               proba, wrong, shifted=[v[:6] for v in views],
                               val_uncertain=uncertain, val_network_proba=network,

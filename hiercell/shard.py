@@ -137,7 +137,8 @@ def merge_results(paths, allow_missing: bool = False) -> MergeResult:
     The merged summary carries the shares' ``alignment`` (when every share is a JSON
     file that records one, all applied or all not: the shares of one run align on the
     same draw of images), ``review_rate`` and ``review_threshold`` (when every share
-    records the same); otherwise ``None``. Shares without images (a run of more shares
+    records the same; and its domain check expects what the shares' model does,
+    their ``domain_shift`` ``class_rates``); otherwise ``None``. Shares without images (a run of more shares
     than images) are left out of that agreement: they ran no check.
 
     Raises :class:`ShardError` when the files disagree on N, when two files hold the
@@ -179,7 +180,9 @@ def merge_results(paths, allow_missing: bool = False) -> MergeResult:
         raise ShardError(f"missing share(s) {', '.join(f'{k}/{result.count}' for k in result.missing)}"
                          f" ({len(result.shares)} of {result.count} given)")
     alignment = _agreed_alignment(summaries)  # every share aligns on the same draw
-    result.summary = summarize(result.records,
+    rates = _agreed([None if s is None else s.get("domain_shift") or {} for s in summaries],
+                    "class_rates")  # the same model's: the same everywhere
+    result.summary = summarize(result.records, class_rates=rates,
                                aligned=bool(alignment and alignment.get("applied")))
     result.summary["alignment"] = alignment
     for key in ("review_rate", "review_threshold"):

@@ -11,6 +11,7 @@ import hiercell.alignment as auto
 from hiercell.alignment import LabAlignment, align_model
 from hiercell.bundle import load, replace_arrays, verify_bundle
 from hiercell.cli import main
+from hiercell.taxonomy import MAIN_CLASSES
 
 from conftest import FIXTURES, rgb_images
 
@@ -162,6 +163,11 @@ def test_align_cli_writes_a_bundle_aligned_to_the_images(tiny_bundle, tiny_data,
     np.testing.assert_allclose(model.hierarchy.alignment.reference_mean,
                                base.hierarchy.alignment.reference_mean)
     assert (out / "MODEL_CARD.md").is_file()
+    # the domain check on the images is recorded; they are the training lab's own, so it
+    # does not warn, and the command says that classify would not have aligned them
+    check = model.info["alignment"]["domain_check"]
+    assert check["n"] == n_images and check["warning"] is False
+    assert "would not align them" in result.output and "in-lab stage 1 is off" in result.output
 
 
 def test_align_cli_needs_enough_images(tiny_bundle, tmp_path):
@@ -353,3 +359,22 @@ def test_a_bad_image_in_the_pre_pass_costs_only_itself(tiny_model, tiny_data, tm
     bad = [r for r in result.records if r.status != "ok"]
     assert [r.path.rsplit("/", 1)[-1] for r in bad] == ["poison.jpg"]
     assert "trunk failed" in bad[0].error and result.n_ok == n - 1
+
+
+def test_auto_align_checks_the_answers_against_the_models_class_rates(tiny_model, lab_maps,
+                                                                       monkeypatch):
+    import hiercell.review
+
+    rates = tiny_model.hierarchy.reviewer.novel_rates()  # a trained bundle knows them
+    assert rates and set(rates) <= set(MAIN_CLASSES) and all(0 < v < 1 for v in rates.values())
+    seen = {}
+
+    def check(novelty, classes=None, class_rates=None, **kwargs):
+        seen.update(novelty=novelty, classes=classes, class_rates=class_rates)
+        return {"score": 0.0, "warning": False, "n": len(novelty), "message": "patched"}
+
+    monkeypatch.setattr(hiercell.review, "domain_shift", check)
+    auto.auto_align(tiny_model, lab_maps)
+    answers = [d.main for d in tiny_model.hierarchy.decide(lab_maps)[1]]
+    assert seen["classes"] == answers and seen["class_rates"] == rates
+    assert len(seen["novelty"]) == len(lab_maps)

@@ -42,6 +42,11 @@ def test_bundled_model_is_lab_independent_and_knows_when_it_does_not_know(model)
     assert model.stage1.source_sample_["gap"].shape[1] == 512  # what hiercell adapt needs
     records = model.predict_records([str(p) for p in GOOD])
     assert all(0 <= r.review_score <= 1 and 0 <= r.novelty <= 1 for r in records)
+    # the domain check knows which classes are often novel in-lab (tools/refit_review.py
+    # --answers-only): erythroblasts and platelets, not neutrophils
+    rates = model.hierarchy.reviewer.novel_rates()
+    assert set(rates) == set(MAIN_CLASSES)
+    assert min(rates["erythroblast"], rates["platelet"]) > 0.1 > 0.02 > rates["neutrophil"]
 
 
 def test_bundled_model_predicts_records_for_paths_and_arrays(model):

@@ -83,6 +83,50 @@ def test_domain_shift_fires_on_novel_folders_only():
     assert domain_shift([None, None])["score"] is None
 
 
+def test_domain_shift_expects_what_the_answered_classes_are_in_lab():
+    # 20 cells answered erythroblast, 8 beyond the 95th percentile: alarming at the
+    # 0.05 of an average in-lab cell, not at erythroblasts' own in-lab rate
+    novelty = [0.99] * 8 + [0.5] * 12
+    classes = ["erythroblast"] * 20
+    assert domain_shift(novelty)["warning"]
+    check = domain_shift(novelty, classes, {"erythroblast": 0.2, "neutrophil": 0.02})
+    assert not check["warning"] and check["expected"] == 0.2 and check["score"] == 0.4
+    assert "0.20 expected" in check["message"]
+    # another lab's folder of the same answers still warns
+    assert domain_shift([0.99] * 20, classes, {"erythroblast": 0.2})["warning"]
+    # classes the rates lack expect the base 0.05; None novelties are skipped with their class
+    check = domain_shift([None, 0.99, 0.5, 0.5], ["x", "platelet", "y", "erythroblast"],
+                         {"erythroblast": 0.2})
+    assert check["n"] == 3 and check["expected"] == pytest.approx((0.05 + 0.05 + 0.2) / 3, abs=1e-4)
+    # a rarely novel class makes the check more sensitive, not less
+    some = [0.99] * 5 + [0.5] * 15  # 5 of 20: P(>= 5) 0.003 at 0.05, 2e-5 at 0.01
+    assert not domain_shift(some, ["x"] * 20, {"x": 0.05})["warning"]
+    assert domain_shift(some, ["x"] * 20, {"x": 0.01})["warning"]
+    assert not domain_shift([0.99] * 3 + [0.5] * 17, ["x"] * 20, {"x": 0.0})["warning"]  # < 0.20
+
+
+def test_novel_rates_per_answered_class(scorer):
+    s, known, rng = scorer
+    assert s.novel_rates() is None  # fit without the validation cells' answers
+    n = len(s.val_novelty_)
+    order = np.argsort(s.val_novelty_)
+    answers = np.array(["neutrophil"] * n, dtype=object)
+    answers[order[-40:]] = "erythroblast"  # the 40 most novel cells (10 % of 400)
+    answers[order[:40]] = "platelet"
+    fit = copy.copy(s)
+    fit.val_answers_ = answers.astype(str)
+    rates = fit.novel_rates(prior=0)
+    assert rates["platelet"] == 0.0 and rates["erythroblast"] == 0.5  # 20 of 40 above 0.95
+    assert rates["neutrophil"] == 0.0
+    shrunk = fit.novel_rates(prior=40)
+    assert shrunk["erythroblast"] == pytest.approx((20 + 2) / 80, abs=1e-4)
+    again = ReviewScorer.from_arrays(fit.to_arrays())
+    assert again.novel_rates() == fit.novel_rates()
+    assert ReviewScorer.from_arrays(s.to_arrays()).novel_rates() is None
+    with pytest.raises(ValueError, match="one class per validation cell"):
+        ReviewScorer(k=5).fit(s.reference_, known(30), np.full(30, 0.9), val_answers=["a"] * 29)
+
+
 # --------------------------------------------------------------------------- learned combination
 
 CLASSES = np.array(["basophil", "lymphocyte", "monocyte"])

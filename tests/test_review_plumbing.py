@@ -203,3 +203,21 @@ def test_cli_no_warning_for_in_lab_like_images(cli, tmp_path):
     assert r.exit_code == 0, r.output
     assert "warning" not in r.stderr
     assert json.loads((tmp_path / "s.json").read_text())["domain_shift"]["warning"] is False
+
+
+def test_the_domain_check_expects_the_models_in_lab_rate_of_each_answered_class(tmp_path):
+    class Rates:
+        threshold_ = 0.5
+
+        def novel_rates(self):
+            return {"neutrophil": 0.3}
+
+    model = ReviewStandIn()
+    model.reviewer = Rates()
+    d = _folder(tmp_path, [250] * 8 + [20] * 16)  # a third novel, all answered by red
+    summary = classify_folder(d, model=model, progress=False).summary
+    shift = summary["domain_shift"]
+    assert shift["class_rates"] == {"neutrophil": 0.3} and shift["score"] == pytest.approx(1 / 3, abs=1e-4)
+    assert shift["expected"] == pytest.approx((3 * 0.3 + 21 * 0.05) / 24, abs=1e-4)
+    assert summarize(classify_folder(d, model=ReviewStandIn(), progress=False).records
+                     )["domain_shift"]["expected"] == 0.05

@@ -183,3 +183,26 @@ def test_merge_keeps_the_alignment_when_a_share_had_no_images(archive, tmp_path)
             doc["summary"]["alignment"] = record
             out.write_text(json.dumps(doc))
     assert merge_results(outs).summary["alignment"] == record
+
+
+def test_merge_checks_the_domain_against_the_shares_class_rates(archive, tmp_path):
+    outs = run_shards(archive, tmp_path, 2, "json")
+    for k, out in enumerate(outs):  # every cell novel; the shares' models disagree
+        doc = json.loads(out.read_text())
+        for row in doc["results"]:
+            row["novelty"] = 0.99
+        doc["summary"]["domain_shift"]["class_rates"] = {"neutrophil": 0.3 + 0.1 * k}
+        out.write_text(json.dumps(doc))
+    shift = merge_results(outs).summary["domain_shift"]
+    assert shift["class_rates"] is None and shift["expected"] == 0.05  # shares disagree
+    rates = {c: 0.3 for c in ("neutrophil", "ig")}
+    for out in outs:
+        doc = json.loads(out.read_text())
+        doc["summary"]["domain_shift"]["class_rates"] = rates
+        out.write_text(json.dumps(doc))
+    merged = merge_results(outs)
+    shift = merged.summary["domain_shift"]
+    answers = [r.main_class for r in merged.records]
+    assert shift["class_rates"] == rates and 0 < sum(c in rates for c in answers) < len(answers)
+    assert shift["expected"] == pytest.approx(
+        sum(rates.get(c, 0.05) for c in answers) / len(answers), abs=1e-4)

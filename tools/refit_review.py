@@ -8,6 +8,11 @@ The reference is 4,000 random training cells (seed 0); the learned combination
 (:func:`hiercell.review.fit_reviewer`) is fit on the validation cells and on
 ``--views`` augmented views of them (:func:`hiercell.preprocess.augment_view`).
 Other labs' images are never read. Trunk features are cached (``--cache``).
+
+With ``--answers-only`` the scorer is kept as it is and only learns what the model
+answers on the validation cells (:meth:`hiercell.review.ReviewScorer.novel_rates`, which
+the folder domain check expects per class); the cells are checked to be the ones it was
+calibrated on, in the same order.
 """
 
 import argparse
@@ -19,7 +24,7 @@ import hiercell
 from hiercell.bundle import default_bundle_path, replace_reviewer
 from hiercell.data import read_dataset
 from hiercell.features import FeatureCache, extract_trunk_features
-from hiercell.review import fit_reviewer
+from hiercell.review import fit_reviewer, knn_distance, review_inputs, trunk_descriptor
 
 
 def main():
@@ -29,6 +34,8 @@ def main():
     ap.add_argument("--cache", default=None, help="trunk-feature cache folder")
     ap.add_argument("--views", type=int, default=3, help="shifted views of the validation cells")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--answers-only", action="store_true",
+                    help="keep the scorer; record the model's answers on the validation cells")
     a = ap.parse_args()
     a.model = a.model or str(default_bundle_path())
     model = hiercell.load(a.model, precision="auto")
@@ -47,6 +54,8 @@ def main():
     X = maps(samples)
     split = np.array([s.split for s in samples])
     train, val = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
+    if a.answers_only:
+        return record_answers(a.model, model, X[val])
     val_samples = [samples[i] for i in val]
     shifted = [maps(val_samples, v) for v in range(1, a.views + 1)]
     reviewer = fit_reviewer(model.hierarchy, X, train, val, seed=a.seed,
@@ -54,6 +63,22 @@ def main():
     replace_reviewer(a.model, reviewer)
     print(f"{a.model}: review scorer refit; threshold {reviewer.threshold_:.4f}; weights "
           + ", ".join(f"{n} {w:+.2f}" for n, w in zip(reviewer.signals_, reviewer.coef_)))
+
+
+def record_answers(path, model, X_val):
+    """Store the model's answers on the validation cells ``X_val`` in the bundle's
+    scorer, after checking that their novelties are the ones it holds, in order."""
+    reviewer = model.hierarchy.reviewer
+    novelty = knn_distance(reviewer.reference_, trunk_descriptor(X_val), reviewer.k)
+    gap = np.abs(novelty - reviewer.val_novelty_).max() if len(novelty) == len(
+        reviewer.val_novelty_) else np.inf
+    if not gap < 0.01:
+        raise SystemExit(f"{path}: the validation cells are not those the review scorer was "
+                         f"calibrated on (largest novelty difference {gap})")
+    reviewer.val_answers_ = review_inputs(model.hierarchy.decide(X_val)[1])["answers"].astype(str)
+    replace_reviewer(path, reviewer)
+    print(f"{path}: answers on {len(X_val)} validation cells recorded (novelty within "
+          f"{gap:.2g} of the stored); in-lab novel share per class: {reviewer.novel_rates()}")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,11 @@ def align(paths, out, model_path, recursive, precision):
         aligned = align_model(model, maps[0])
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
+    check = _domain_check(model, maps[0])
+    if check is not None and not check["warning"]:
+        echo_err(f"note: {check['message']}; `hiercell classify` would not align them. The "
+                 "aligned bundle answers every cell with its aligned main stage 1 (the in-lab "
+                 "stage 1 is off), which suits another lab's cells, not the training lab's")
     used = [p for p, good in zip(images, ok) if good]
     fitted = aligned.hierarchy.alignment
     mix = ({} if fitted.class_mix_ is None else
@@ -66,6 +71,8 @@ def align(paths, out, model_path, recursive, precision):
               "base_model_name": model.info.get("name"),
               "data": [str(p) for p in paths], "n_images": len(used),
               "data_digest": "sha256:" + _digest(used), "estimated_class_mix": mix,
+              "domain_check": None if check is None else
+              {k: check[k] for k in ("score", "expected", "warning", "n")},
               "mean_abs_shift": round(float(np.abs(fitted.target_mean_
                                                    - fitted.lab_mean_).mean()), 4)}
     try:
@@ -75,9 +82,22 @@ def align(paths, out, model_path, recursive, precision):
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps({"n_images": len(used), "skipped": len(errors),
                            "mean_abs_shift": record["mean_abs_shift"],
+                           "domain_check": record["domain_check"],
                            "estimated_class_mix": mix}, indent=2))
     echo_err(f"aligned bundle written to {out} ({time.time() - t0:.0f} s); use it with "
              f"hiercell classify --model {out}")
+
+
+def _domain_check(model, maps):
+    """The folder domain check (:func:`hiercell.review.domain_shift`) of the lab's cells
+    against the base model, as ``hiercell classify`` runs it; ``None`` without a scorer."""
+    from ..alignment import folder_novelty
+    from ..review import domain_shift
+
+    reviewer = model.hierarchy.reviewer
+    if reviewer is None:
+        return None
+    return domain_shift(*folder_novelty(model, maps), class_rates=reviewer.novel_rates())
 
 
 def _check_out(out: Path, model_path, paths):
