@@ -238,7 +238,8 @@ def auto_align(model, maps):
                                             "readable images"}
     check = domain_shift(*folder_novelty(model, maps),
                          class_rates=model.hierarchy.reviewer.novel_rates())
-    record["domain_score"] = check["score"]
+    record.update(domain_score=check["score"], domain_expected=check["expected"],
+                  domain_warning=check["warning"])
     if not check["warning"]:
         return model, {**record, "message": "not aligned: the images look like the "
                                             "training data"}

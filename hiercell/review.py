@@ -334,9 +334,12 @@ class ReviewScorer:
     def novel_rates(self, novel_above=0.95, prior=20) -> dict | None:
         """Per answered main class, the share of in-lab validation cells more novel than
         ``novel_above`` of them (what :func:`domain_shift` expects of a folder of that
-        class), shrunk towards ``1 - novel_above`` by ``prior`` cells of that rate;
-        ``None`` when the scorer does not know the validation cells' answers."""
-        if self.val_answers_ is None:
+        class), shrunk towards ``1 - novel_above`` by ``prior`` cells of that rate (a
+        guard for small validation sets; it pulls the rates a little towards the
+        middle); ``None`` when the scorer does not know the validation cells' answers,
+        or knows a new lab's cells (:meth:`with_reference`: their novelty is read among
+        that lab's, so the training lab's rates do not apply to them)."""
+        if self.val_answers_ is None or len(self.extra_novelty_):
             return None
         novel = _percentile_of(np.sort(self.val_novelty_), self.val_novelty_) > novel_above
         base = 1.0 - novel_above
@@ -598,9 +601,13 @@ def domain_shift(novelty, classes=None, class_rates=None, novel_above=0.95,
     ``1 - novel_above`` for a class it lacks, or everywhere without them).
     ``warning`` when the score exceeds it by at least ``warn_share - (1 -
     novel_above)`` (0.20) and significantly (one-sided binomial tail at the expected
-    share below 0.001), so a few odd cells in a small folder, or a folder of one
-    often-novel class, do not fire it.
+    share below 0.001: for cells of unequal rates a conservative bound, Hoeffding
+    1956), so a few odd cells in a small folder, or a folder of one often-novel
+    class, do not fire it. ``class_rates`` must be computed at the same
+    ``novel_above``.
     """
+    if classes is not None and len(classes) != len(novelty):
+        raise ValueError(f"{len(classes)} classes for {len(novelty)} novelty values")
     base = 1.0 - novel_above
     rates = class_rates or {}
     pairs = [(v, None if classes is None else classes[i]) for i, v in enumerate(novelty)

@@ -243,8 +243,8 @@ def test_alignment_arrays_of_the_first_plain_mean_version_still_load():
 
 def _warns(flag):
     def domain_shift(novelty, *args, **kwargs):
-        return {"score": 1.0 if flag else 0.0, "warning": flag, "n": len(novelty),
-                "message": "patched"}
+        return {"score": 1.0 if flag else 0.0, "expected": 0.05, "warning": flag,
+                "n": len(novelty), "message": "patched"}
     return domain_shift
 
 
@@ -264,6 +264,8 @@ def test_auto_align_only_when_the_domain_check_warns(tiny_model, lab_maps, monke
     monkeypatch.setattr(hiercell.review, "domain_shift", _warns(True))
     aligned, record = auto.auto_align(tiny_model, lab_maps)
     assert record["applied"] and record["n_cells"] == len(lab_maps)
+    assert (record["domain_score"], record["domain_expected"], record["domain_warning"]) \
+        == (1.0, 0.05, True)
     assert aligned.hierarchy.alignment.fitted and not tiny_model.hierarchy.alignment.fitted
     assert abs(sum(record["estimated_class_mix"].values()) - 1.0) < 1e-3
     few, record = auto.auto_align(tiny_model, lab_maps[:auto.AUTO_MIN_CELLS - 1])
@@ -371,7 +373,8 @@ def test_auto_align_checks_the_answers_against_the_models_class_rates(tiny_model
 
     def check(novelty, classes=None, class_rates=None, **kwargs):
         seen.update(novelty=novelty, classes=classes, class_rates=class_rates)
-        return {"score": 0.0, "warning": False, "n": len(novelty), "message": "patched"}
+        return {"score": 0.0, "expected": 0.05, "warning": False, "n": len(novelty),
+                "message": "patched"}
 
     monkeypatch.setattr(hiercell.review, "domain_shift", check)
     auto.auto_align(tiny_model, lab_maps)

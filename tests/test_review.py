@@ -435,3 +435,39 @@ def test_network_outputs_must_be_given_for_every_fit_set_or_none(with_network):
     with pytest.raises(ValueError, match="network_energy .* every shifted view"):
         ReviewScorer(k=5).fit(ref, val[0], val[2], ref_y, *val[1:4], shifted=[view[:5]],
                               val_network_proba=val[4], val_network_energy=val[5])
+
+
+def test_novel_rates_are_withheld_once_a_new_labs_cells_are_known(scorer):
+    s, known, rng = scorer
+    fit = copy.copy(s)
+    fit.val_answers_ = np.array(["neutrophil"] * len(s.val_novelty_))
+    assert fit.novel_rates() == {"neutrophil": pytest.approx(0.05, abs=0.02)}
+    adapted = fit.with_reference(unit(rng.random((60, 64)) - 0.5))
+    assert len(adapted.extra_novelty_) and adapted.novel_rates() is None
+    with pytest.raises(ValueError, match="2 classes for 3"):
+        domain_shift([0.1, 0.2, 0.3], ["a", "b"])
+
+
+def test_fit_reviewer_records_the_validation_answers_without_labels_too():
+    from hiercell.review import fit_reviewer
+
+    class Hierarchy:  # stage 1 answers by the first channel's mean
+        def stage_proba(self, number, X):
+            p = np.clip(X[..., 0].mean((1, 2)), 0.05, 0.95)[:, None]
+            return np.hstack([p, 1 - p])
+
+        def decide(self, X):
+            from hiercell.hierarchy import Decision
+
+            p = self.stage_proba(1, X)
+            return p, [Decision("lymphocyte" if q[0] > 0.5 else "monocyte", float(q.max()))
+                       for q in p]
+
+    rng = np.random.default_rng(0)
+    X = rng.random((120, 8, 8, 4)).astype(np.float32)
+    X[..., 0] = np.where(np.arange(120) % 2 == 0, 0.9, 0.1)[:, None, None]
+    reviewer = fit_reviewer(Hierarchy(), X, np.arange(80), np.arange(80, 120))
+    assert not reviewer.learned
+    expected = np.where(np.arange(80, 120) % 2 == 0, "lymphocyte", "monocyte")
+    assert list(reviewer.val_answers_) == list(expected)
+    assert set(reviewer.novel_rates()) == {"lymphocyte", "monocyte"}

@@ -206,3 +206,5 @@ def test_merge_checks_the_domain_against_the_shares_class_rates(archive, tmp_pat
     assert shift["class_rates"] == rates and 0 < sum(c in rates for c in answers) < len(answers)
     assert shift["expected"] == pytest.approx(
         sum(rates.get(c, 0.05) for c in answers) / len(answers), abs=1e-4)
+    csv_shift = merge_results(run_shards(archive, tmp_path / "csv", 2)).summary["domain_shift"]
+    assert csv_shift["class_rates"] is None  # CSV shares carry no summary

@@ -34,6 +34,9 @@ def main():
     ap.add_argument("--gates", default="0.95,0.99,1.0")
     args = ap.parse_args()
     model = load(args.model)
+    if model.hierarchy.inlab is None or model.hierarchy.reviewer is None:
+        ap.error(f"{args.model or 'the bundled model'} has no in-lab stage 1 (and review "
+                 "scorer) to compare")
     config = model.trunk_config()
     for data in args.data:
         samples = load_samples(data)
