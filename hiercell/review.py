@@ -606,6 +606,7 @@ def domain_shift(novelty, classes=None, class_rates=None, novel_above=0.95,
     class, do not fire it. ``class_rates`` must be computed at the same
     ``novel_above``.
     """
+    novelty = list(novelty)
     if classes is not None and len(classes) != len(novelty):
         raise ValueError(f"{len(classes)} classes for {len(novelty)} novelty values")
     base = 1.0 - novel_above
