@@ -223,10 +223,11 @@ def folder_novelty(model, maps):
     return list(novelty), list(review_inputs(decisions)["answers"])
 
 
-def auto_align(model, maps):
+def auto_align(model, maps, checked=None):
     """``(model, record)``: ``model`` aligned on ``maps`` (a folder's cells) when the
     folder domain check warns on them, else ``model`` itself; ``record`` (JSON-ready)
-    says what was done and why."""
+    says what was done and why. ``checked``: :func:`folder_novelty` of ``maps``, when
+    already known (e.g. from the cells' records)."""
     from .review import domain_shift
 
     record = {"applied": False, "n_cells": int(len(maps))}
@@ -236,7 +237,7 @@ def auto_align(model, maps):
     if len(maps) < AUTO_MIN_CELLS:
         return model, {**record, "message": f"not aligned: fewer than {AUTO_MIN_CELLS} "
                                             "readable images"}
-    check = domain_shift(*folder_novelty(model, maps),
+    check = domain_shift(*(folder_novelty(model, maps) if checked is None else checked),
                          class_rates=model.hierarchy.reviewer.novel_rates())
     record.update(domain_score=check["score"], domain_expected=check["expected"],
                   domain_warning=check["warning"])

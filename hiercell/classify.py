@@ -110,13 +110,21 @@ def _features(model, images, paths, masked, prepared=None, known=None) -> np.nda
     return np.stack(have)
 
 
-def _classify(model, images, paths, top_k, masked, prepared=None, known=None):
-    """``(records, features)`` for decoded ``images`` (:func:`_features`)."""
+def _classify(model, images, paths, top_k, masked, prepared=None, known=None, answered=None):
+    """``(records, features)`` for decoded ``images`` (:func:`_features`); ``answered``:
+    records already made by this model, by path (the automatic alignment's pre-pass,
+    when it left the model as it was)."""
     feats = _features(model, images, paths, masked, prepared, known)
-    records = list(model.hierarchy.predict_records(feats, [str(p) for p in paths], top_k))
-    if len(records) != len(images):
-        raise RuntimeError(f"model returned {len(records)} predictions for {len(images)} images")
-    return stamp(records, getattr(model, "info", None)), list(feats)
+    have = [None if not answered else answered.get(str(p)) for p in paths]
+    todo = [i for i, rec in enumerate(have) if rec is None]
+    if todo:
+        made = list(model.hierarchy.predict_records(feats[todo], [str(paths[i]) for i in todo],
+                                                    top_k))
+        if len(made) != len(todo):
+            raise RuntimeError(f"model returned {len(made)} predictions for {len(todo)} images")
+        for i, rec in zip(todo, made):
+            have[i] = rec
+    return stamp(have, getattr(model, "info", None)), list(feats)
 
 
 def _model_tag(model):
@@ -149,12 +157,13 @@ def _batch_or_one_by_one(run, items, failed) -> list:
         return out
 
 
-def classify_batch(model, loaded, top_k=3, masked=None, known=None):
+def classify_batch(model, loaded, top_k=3, masked=None, known=None, answered=None):
     """Records and trunk features for one batch of ``(path, rgb | None, reason[, prepared])``,
     in order (features ``None`` where an image failed; ``prepared``: the image's network
     input made by a loader thread, see :func:`load_and_prepare`; ``known``: trunk features
-    already computed, by path string). A batch the model fails on is retried one image at
-    a time, so that only the image at fault gets an error record."""
+    already computed, by path string; ``answered``: records too, see :func:`_classify`).
+    A batch the model fails on is retried one image at a time, so that only the image at
+    fault gets an error record."""
     loaded = [(*item, None)[:4] for item in loaded]
     records = [Prediction.failed(p, reason) if rgb is None else None
                for p, rgb, reason, _ in loaded]
@@ -165,7 +174,7 @@ def classify_batch(model, loaded, top_k=3, masked=None, known=None):
 
     def run(items):
         recs, feats = _classify(model, [it[1] for it in items], [it[0] for it in items],
-                                top_k, masked, [it[3] for it in items], known)
+                                top_k, masked, [it[3] for it in items], known, answered)
         return zip(recs, feats)
 
     def failed(item, exc):
@@ -205,15 +214,18 @@ def load_and_prepare(model, masked=None, known=()):
     return load
 
 
-def _auto_align(model, images, progress, masked=None, batch_size=32, workers=None):
+def _auto_align(model, images, progress, masked=None, batch_size=32, workers=None,
+                top_k=3):
     """:func:`hiercell.alignment.auto_align` on a fixed draw of ``images``: ``(model,
-    record, known)``, ``known`` the drawn images' trunk features by path string,
-    computed as the main pass computes them (the trunk is the same aligned or not, so
-    the main pass reuses them instead of running the trunk on those images again)."""
+    record, known, answered)``, ``known`` the drawn images' trunk features by path
+    string, computed as the main pass computes them (the trunk is the same aligned or
+    not, so the main pass reuses them instead of running the trunk on those images
+    again), ``answered`` their records when the model was left as it was (the domain
+    check read them: the main pass reuses them too), else empty."""
     from .alignment import AUTO_MIN_CELLS, auto_align, auto_sample, can_align
 
     if not can_align(model) or len(images) < AUTO_MIN_CELLS:
-        return (*auto_align(model, []), {})
+        return (*auto_align(model, []), {}, {})
     drawn = auto_sample(images)
     known = {}
     with tracker(True if progress is True else None, len(drawn),
@@ -229,8 +241,13 @@ def _auto_align(model, images, progress, masked=None, batch_size=32, workers=Non
                     good, lambda item, exc: None) if good else []
                 known.update((str(g[0]), f) for g, f in zip(good, feats) if f is not None)
                 update(len(chunk))
-    maps = np.stack(list(known.values())).astype(np.float32) if known else []
-    return (*auto_align(model, maps), known)
+    if not known:
+        return (*auto_align(model, []), known, {})
+    maps = np.stack(list(known.values())).astype(np.float32)
+    records = list(model.hierarchy.predict_records(maps, list(known), top_k))
+    aligned, record = auto_align(model, maps, ([r.novelty for r in records],
+                                               [r.main_class for r in records]))
+    return aligned, record, known, ({} if aligned is not model else dict(zip(known, records)))
 
 
 def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool | None = None,
@@ -284,8 +301,9 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
         When the images look unlike the training data (the folder domain check on a
         fixed draw of up to 200 of them, at least 20 readable), align the model to
         them first (:func:`hiercell.alignment.auto_align`; no labels; a pre-pass over
-        the draw, whose trunk features the main pass reuses; every share of a sharded
-        run draws the same images). The
+        the draw, whose trunk features the main pass reuses, and its answers too when
+        the model is left as it is; every share of a sharded run draws the same
+        images). The
         summary's ``alignment`` says what was done; ``None`` when not asked.
     review_rate : float, optional
         Flag for review about this share (0 < rate < 1) of the training lab's
@@ -391,12 +409,13 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
                 model = model.with_review_rate(review_rate)
             except ValueError as exc:
                 raise ReviewRateError(f"review_rate: {exc}") from None
-    alignment, known = None, {}
+    alignment, known, answered = None, {}, {}
     if auto_align and model is not None and todo:
-        model, alignment, known = _auto_align(model, listed, progress, masked, batch_size,
-                                              workers)
+        model, alignment, known, answered = _auto_align(model, listed, progress, masked,
+                                                        batch_size, workers, top_k)
         wanted = {str(p) for p in todo}  # done (--resume) or other shares' images: not reused
         known = {p: f for p, f in known.items() if p in wanted}
+        answered = {p: r for p, r in answered.items() if p in wanted}
 
     report = None
     if report_path is not None:
@@ -421,7 +440,8 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
                                  ahead=2 * batch_size)
             with closing(loaded):  # stop the loader threads at once on an error
                 for chunk in chunks(loaded, batch_size):
-                    chunk_records, feats = classify_batch(model, chunk, top_k, masked, known)
+                    chunk_records, feats = classify_batch(model, chunk, top_k, masked, known,
+                                                          answered)
                     if shard is not None:
                         for rec in chunk_records:
                             rec.shard = str(shard)

@@ -334,6 +334,38 @@ def test_classify_folder_reuses_the_pre_pass_trunk_features(tiny_model, tiny_dat
                                [r.probability for r in again.records], atol=1e-5)
 
 
+def test_a_folder_left_unaligned_reuses_the_pre_pass_answers(tiny_model, tiny_data,
+                                                             monkeypatch):
+    """When the domain check does not warn, the model is unchanged: the pre-pass's
+    records of the drawn images are the main pass's, the others are made as before,
+    and every record equals what a run without the pre-pass gives."""
+    import hiercell.review
+    from hiercell.classify import classify_folder
+
+    monkeypatch.setattr(hiercell.review, "domain_shift", _warns(False))
+    monkeypatch.setattr(auto, "AUTO_SAMPLE", 60)
+    paths = sorted(tiny_data.glob("*.jpg"))
+    original = tiny_model.hierarchy.predict_records
+    made = []
+
+    def counted(X, *args, **kwargs):
+        made.append(len(X))
+        return original(X, *args, **kwargs)
+    monkeypatch.setattr(tiny_model.hierarchy, "predict_records", counted)
+    result = classify_folder(tiny_data, model=tiny_model, progress=False, top_k=2)
+    assert result.summary["alignment"]["applied"] is False
+    assert made[0] == 60 and sum(made) == len(paths)  # each image answered once
+    monkeypatch.setattr(tiny_model.hierarchy, "predict_records", original)
+    plain = classify_folder(tiny_data, model=tiny_model, progress=False, top_k=2,
+                            auto_align=False)
+    def row(r):
+        return (r.path, r.label, r.main_class, r.review, len(r.top), r.model, r.precision)
+    assert [row(r) for r in result.records] == [row(r) for r in plain.records]
+    for name in ("probability", "review_score", "novelty"):
+        np.testing.assert_allclose([getattr(r, name) for r in result.records],
+                                   [getattr(r, name) for r in plain.records], atol=1e-5)
+
+
 def test_a_bad_image_in_the_pre_pass_costs_only_itself(tiny_model, tiny_data, tmp_path,
                                                       monkeypatch):
     """An image the trunk fails on in the automatic alignment's pre-pass is left out of
