@@ -245,6 +245,8 @@ def _auto_align(model, images, progress, masked=None, batch_size=32, workers=Non
         return (*auto_align(model, []), known, {})
     maps = np.stack(list(known.values())).astype(np.float32)
     records = list(model.hierarchy.predict_records(maps, list(known), top_k))
+    if len(records) != len(maps):
+        raise RuntimeError(f"model returned {len(records)} predictions for {len(maps)} images")
     aligned, record = auto_align(model, maps, ([r.novelty for r in records],
                                                [r.main_class for r in records]))
     return aligned, record, known, ({} if aligned is not model else dict(zip(known, records)))

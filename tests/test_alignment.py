@@ -342,9 +342,16 @@ def test_a_folder_left_unaligned_reuses_the_pre_pass_answers(tiny_model, tiny_da
     import hiercell.review
     from hiercell.classify import classify_folder
 
-    monkeypatch.setattr(hiercell.review, "domain_shift", _warns(False))
+    checked = []
+
+    def check(novelty, classes=None, class_rates=None, **kwargs):
+        checked.append((list(novelty), list(classes), class_rates))
+        return _warns(False)(novelty)
+    monkeypatch.setattr(hiercell.review, "domain_shift", check)
     monkeypatch.setattr(auto, "AUTO_SAMPLE", 60)
     paths = sorted(tiny_data.glob("*.jpg"))
+    drawn = tiny_model.features(rgb_images(auto.auto_sample(paths, 60)))
+    novelty, classes = auto.folder_novelty(tiny_model, drawn)  # what the check must read
     original = tiny_model.hierarchy.predict_records
     made = []
 
@@ -355,6 +362,9 @@ def test_a_folder_left_unaligned_reuses_the_pre_pass_answers(tiny_model, tiny_da
     result = classify_folder(tiny_data, model=tiny_model, progress=False, top_k=2)
     assert result.summary["alignment"]["applied"] is False
     assert made[0] == 60 and sum(made) == len(paths)  # each image answered once
+    seen_novelty, seen_classes, rates = checked[0]  # the pre-pass's check, from the records
+    assert seen_classes == classes and rates == tiny_model.hierarchy.reviewer.novel_rates()
+    np.testing.assert_allclose(seen_novelty, novelty, atol=1e-6)
     monkeypatch.setattr(tiny_model.hierarchy, "predict_records", original)
     plain = classify_folder(tiny_data, model=tiny_model, progress=False, top_k=2,
                             auto_align=False)
