@@ -189,6 +189,24 @@ def replace_arrays(path, name: str, arrays: dict) -> Path:
     return path
 
 
+def _read_reviewer(path: Path):
+    """The bundle's :class:`~hiercell.review.ReviewScorer`, ``None`` when it has none."""
+    if not (path / "review.npz").is_file():
+        return None
+    from .review import ReviewScorer
+
+    with np.load(path / "review.npz", allow_pickle=False) as arrays:
+        return ReviewScorer.from_arrays(arrays)
+
+
+def load_reviewer(path=None):
+    """The review scorer of the bundle at ``path`` (default: the bundled model), its
+    digests checked, without loading the networks; ``None`` when it has none."""
+    path = Path(path) if path is not None else default_bundle_path()
+    verify_bundle(path)
+    return _read_reviewer(path)
+
+
 def replace_reviewer(path, reviewer) -> Path:
     """Rewrite the review scorer (``review.npz``) of the bundle at ``path``
     (:func:`replace_arrays`)."""
@@ -361,12 +379,7 @@ def load_bundle(path, precision: str = "auto", engine: str | None = None):
     extra["tag"] = bundle_tag(path)
     extra["precision"] = precision
     extra["engine"] = engine
-    reviewer = None
-    if (path / "review.npz").is_file():
-        from .review import ReviewScorer
-
-        with np.load(path / "review.npz", allow_pickle=False) as arrays:
-            reviewer = ReviewScorer.from_arrays(arrays)
+    reviewer = _read_reviewer(path)
     base = gate = None
     if "base_stages" in info:
         from .domain import DomainGate

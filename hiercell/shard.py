@@ -130,7 +130,7 @@ def _file_shard(path, records, summary):
     return parse_shard(values.pop())
 
 
-def merge_results(paths, allow_missing: bool = False) -> MergeResult:
+def merge_results(paths, allow_missing: bool = False, class_rates=None) -> MergeResult:
     """Combine the results files of ``hiercell classify --shard K/N`` runs (CSV or JSON,
     by extension) into one list of records and one differential count.
 
@@ -138,8 +138,9 @@ def merge_results(paths, allow_missing: bool = False) -> MergeResult:
     file that records one, all applied or all not: the shares of one run align on the
     same draw of images), ``review_rate`` and ``review_threshold`` (when every share
     records the same; and its domain check expects what the shares' model does,
-    their ``domain_shift`` ``class_rates``); otherwise ``None``. Shares without images (a run of more shares
-    than images) are left out of that agreement: they ran no check.
+    their ``domain_shift`` ``class_rates``, or ``class_rates`` when given, e.g. from the
+    model for CSV shares); otherwise ``None``. Shares without images (a run of more
+    shares than images) are left out of that agreement: they ran no check.
 
     Raises :class:`ShardError` when the files disagree on N, when two files hold the
     same share, when an image appears in two files, or (unless ``allow_missing``) when
@@ -180,8 +181,8 @@ def merge_results(paths, allow_missing: bool = False) -> MergeResult:
         raise ShardError(f"missing share(s) {', '.join(f'{k}/{result.count}' for k in result.missing)}"
                          f" ({len(result.shares)} of {result.count} given)")
     alignment = _agreed_alignment(summaries)  # every share aligns on the same draw
-    rates = _agreed([None if s is None else s.get("domain_shift") or {} for s in summaries],
-                    "class_rates")  # the same model's: the same everywhere
+    rates = class_rates if class_rates is not None else _agreed(  # one model's: the same
+        [None if s is None else s.get("domain_shift") or {} for s in summaries], "class_rates")
     result.summary = summarize(result.records, class_rates=rates,
                                aligned=bool(alignment and alignment.get("applied")))
     result.summary["alignment"] = alignment

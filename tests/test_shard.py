@@ -208,3 +208,33 @@ def test_merge_checks_the_domain_against_the_shares_class_rates(archive, tmp_pat
         sum(rates.get(c, 0.05) for c in answers) / len(answers), abs=1e-4)
     csv_shift = merge_results(run_shards(archive, tmp_path / "csv", 2)).summary["domain_shift"]
     assert csv_shift["class_rates"] is None  # CSV shares carry no summary
+
+
+def test_cli_merge_takes_the_class_rates_from_the_model(archive, tmp_path, tiny_bundle):
+    from hiercell.bundle import bundle_tag, load_reviewer
+
+    outs = run_shards(archive, tmp_path, 2)  # CSV shares: no summary, no rates
+    rates = load_reviewer(tiny_bundle).novel_rates()
+    assert rates
+    summary = tmp_path / "s.json"
+    r = CliRunner().invoke(main, ["merge", *map(str, outs), "--out", str(tmp_path / "m.csv"),
+                                  "--summary", str(summary), "--model", str(tiny_bundle)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(summary.read_text())["domain_shift"]["class_rates"] == rates
+    for out in outs:  # rows that name the model pass, rows of another model do not
+        text = out.read_text()
+        header, *rows = text.splitlines()
+        col = header.split(",").index("model")
+        fixed = [",".join(v if i != col else bundle_tag(tiny_bundle) for i, v in
+                          enumerate(row.split(","))) for row in rows]
+        out.write_text("\n".join([header, *fixed]) + "\n")
+    r = CliRunner().invoke(main, ["merge", *map(str, outs), "--out", str(tmp_path / "m2.csv"),
+                                  "--model", str(tiny_bundle)])
+    assert r.exit_code == 0, r.output
+    text = outs[0].read_text().replace(bundle_tag(tiny_bundle).split("@")[0] + "@",
+                                       "another-model@")
+    outs[0].write_text(text)
+    r = CliRunner().invoke(main, ["merge", *map(str, outs), "--out", str(tmp_path / "m3.csv"),
+                                  "--model", str(tiny_bundle)])
+    assert r.exit_code != 0 and "another-model@" in r.output and "not by --model" in r.output
+    assert not (tmp_path / "m3.csv").exists()

@@ -28,7 +28,7 @@ from hiercell.review import domain_shift
 def shifted(rgb, level):
     """RGB uint8 with a colour cast (LAB a* up, b* down), gamma and blur growing with
     ``level`` (0: unchanged)."""
-    if level == 0:
+    if not level:
         return rgb
     lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
     lab[..., 1] += 4 * level
@@ -52,7 +52,7 @@ def main():
     print("| level | score / expected (whole split) | 50-cell folders warned | stage 1 unaligned "
           "| stage 1 aligned on 200 |")
     print("|---|---|---|---|---|")
-    for level in map(int, args.levels.split(",")):
+    for level in map(float, args.levels.split(",")):
         X = np.concatenate([model.features([shifted(im, level) for im in images[k:k + 64]])
                             for k in range(0, len(images), 64)]).astype(np.float32)
         novelty, answers = folder_novelty(model, X)
@@ -65,7 +65,7 @@ def main():
                                    rates)["warning"]
         aligned = align_model(model, X[np.sort(rng.choice(len(y), 200, replace=False))])
         after = np.array([d.main for d in aligned.hierarchy.decide(X)[1]])
-        print(f"| {level} | {whole['score']:.3f} / {whole['expected']:.3f} "
+        print(f"| {level:g} | {whole['score']:.3f} / {whole['expected']:.3f} "
               f"({'warns' if whole['warning'] else 'no warning'}) | {warned} of 40 | "
               f"{np.mean(np.array(answers) == y):.4f} | {np.mean(after == y):.4f} |", flush=True)
 
