@@ -102,7 +102,10 @@ def test_domain_shift_expects_what_the_answered_classes_are_in_lab():
     some = [0.99] * 5 + [0.5] * 15  # 5 of 20: P(>= 5) 0.003 at 0.05, 2e-5 at 0.01
     assert not domain_shift(some, ["x"] * 20, {"x": 0.05})["warning"]
     assert domain_shift(some, ["x"] * 20, {"x": 0.01})["warning"]
-    assert not domain_shift([0.99] * 3 + [0.5] * 17, ["x"] * 20, {"x": 0.0})["warning"]  # < 0.20
+    assert not domain_shift([0.99] * 1 + [0.5] * 19, ["x"] * 20, {"x": 0.0})["warning"]  # < 0.10
+    # the line: 0.10 above the expected share (docs/experiments/mild_shift.py), significant
+    assert domain_shift([0.99] * 31 + [0.5] * 169)["warning"]  # 0.155 of 200
+    assert not domain_shift([0.99] * 29 + [0.5] * 171)["warning"]  # 0.145 of 200
 
 
 def test_novel_rates_per_answered_class(scorer):
