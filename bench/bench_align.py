@@ -32,9 +32,8 @@ import numpy as np
 
 import hiercell
 from hiercell.adapt import trunk_views
-from hiercell.alignment import align_model, folder_novelty
+from hiercell.alignment import align_model, folder_check
 from hiercell.data import read_dataset
-from hiercell.review import domain_shift
 
 
 def accuracy(model, X, y):
@@ -99,8 +98,7 @@ def main():
               "scored on them: before -> after (domain check on them)")
         for c in np.unique(y_test):
             rows = np.random.default_rng(0).permutation(np.flatnonzero(y_test == c))[:200]
-            warned = domain_shift(*folder_novelty(model, X_test[rows]),
-                                  class_rates=model.hierarchy.reviewer.novel_rates())
+            warned = folder_check(model, X_test[rows])
             print(f"  {c:12s} {accuracy(model, X_test[rows], y_test[rows]):.3f} -> "
                   f"{accuracy(align_model(model, X_test[rows]), X_test[rows], y_test[rows]):.3f}"
                   f"   (domain check: score {warned['score']:.2f}, "

@@ -223,13 +223,24 @@ def folder_novelty(model, maps):
     return list(novelty), list(review_inputs(decisions)["answers"])
 
 
+def folder_check(model, maps, checked=None) -> dict | None:
+    """The folder domain check (:func:`hiercell.review.domain_shift`) of trunk maps
+    ``maps`` as classify runs it: their novelty and answers against the model's in-lab
+    novel share per class; ``checked``: :func:`folder_novelty` of ``maps``, when already
+    known (e.g. from the cells' records). ``None`` for a model without a review scorer."""
+    from .review import domain_shift
+
+    reviewer = model.hierarchy.reviewer
+    if reviewer is None:
+        return None
+    novelty, classes = folder_novelty(model, maps) if checked is None else checked
+    return domain_shift(novelty, classes, reviewer.novel_rates())
+
+
 def auto_align(model, maps, checked=None):
     """``(model, record)``: ``model`` aligned on ``maps`` (a folder's cells) when the
     folder domain check warns on them, else ``model`` itself; ``record`` (JSON-ready)
-    says what was done and why. ``checked``: :func:`folder_novelty` of ``maps``, when
-    already known (e.g. from the cells' records)."""
-    from .review import domain_shift
-
+    says what was done and why. ``checked``: as :func:`folder_check` takes it."""
     record = {"applied": False, "n_cells": int(len(maps))}
     if not can_align(model):
         return model, {**record, "message": "not aligned: the model has no training-lab "
@@ -237,8 +248,7 @@ def auto_align(model, maps, checked=None):
     if len(maps) < AUTO_MIN_CELLS:
         return model, {**record, "message": f"not aligned: fewer than {AUTO_MIN_CELLS} "
                                             "readable images"}
-    check = domain_shift(*(folder_novelty(model, maps) if checked is None else checked),
-                         class_rates=model.hierarchy.reviewer.novel_rates())
+    check = folder_check(model, maps, checked)  # can_align: the model has a scorer
     record.update(domain_score=check["score"], domain_expected=check["expected"],
                   domain_warning=check["warning"])
     if not check["warning"]:

@@ -32,7 +32,7 @@ def align(paths, out, model_path, recursive, precision):
     (or an earlier bundle), not the base model nor inside an input.
     """
     from ..adapt import trunk_views
-    from ..alignment import LabAlignment, align_model
+    from ..alignment import LabAlignment, align_model, folder_check
     from ..bundle import BundleError, save_bundle
     from ..io import list_images
 
@@ -58,7 +58,7 @@ def align(paths, out, model_path, recursive, precision):
         aligned = align_model(model, maps[0])
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    check = _domain_check(model, maps[0])
+    check = folder_check(model, maps[0])
     if check is not None and not check["warning"]:
         echo_err(f"note: {check['message']}; `hiercell classify` would not align them. The "
                  "aligned bundle answers every cell with its aligned main stage 1 (the in-lab "
@@ -86,18 +86,6 @@ def align(paths, out, model_path, recursive, precision):
                            "estimated_class_mix": mix}, indent=2))
     echo_err(f"aligned bundle written to {out} ({time.time() - t0:.0f} s); use it with "
              f"hiercell classify --model {out}")
-
-
-def _domain_check(model, maps):
-    """The folder domain check (:func:`hiercell.review.domain_shift`) of the lab's cells
-    against the base model, as ``hiercell classify`` runs it; ``None`` without a scorer."""
-    from ..alignment import folder_novelty
-    from ..review import domain_shift
-
-    reviewer = model.hierarchy.reviewer
-    if reviewer is None:
-        return None
-    return domain_shift(*folder_novelty(model, maps), class_rates=reviewer.novel_rates())
 
 
 def _check_out(out: Path, model_path, paths):
