@@ -44,7 +44,7 @@ from hiercell.adapt import (BLOCK5_EPOCHS, NETWORK_WEIGHT, adapt_model, calibrat
                             cross_val_predict, trunk_views)
 from hiercell.data import read_dataset
 from hiercell.features import FeatureCache, extract_trunk_features
-from hiercell.review import domain_shift
+from hiercell.review import domain_shift, records_novelty
 
 
 def draw(samples, n, rng):
@@ -134,7 +134,7 @@ def main():
                 kept, adapted.hierarchy.stage2_crossing = adapted.hierarchy.stage2_crossing, True
                 crossing = np.array([d.main for d in adapted.hierarchy.decide(maps[0, rest])[1]])
                 adapted.hierarchy.stage2_crossing = kept
-                warned = domain_shift([r.novelty for r in recs], after,
+                warned = domain_shift(*records_novelty(recs),
                                       adapted.hierarchy.reviewer.novel_rates())["warning"]
                 review = np.array([r.review for r in recs])
                 wrong = after != truth[rest]

@@ -50,7 +50,7 @@ import hiercell
 from hiercell.alignment import auto_align, auto_sample
 from hiercell.data import read_dataset
 from hiercell.features import FeatureCache, extract_trunk_features
-from hiercell.review import domain_shift
+from hiercell.review import domain_shift, records_novelty
 from hiercell.taxonomy import MAIN_CLASSES
 
 
@@ -70,8 +70,7 @@ def auroc(flag_positive, score):
 
 def folder_check(model, recs):
     """The folder domain check of ``recs`` as ``hiercell classify`` runs it."""
-    return domain_shift([r.novelty for r in recs], [r.main_class for r in recs],
-                        model.hierarchy.reviewer.novel_rates())
+    return domain_shift(*records_novelty(recs), model.hierarchy.reviewer.novel_rates())
 
 
 def describe(name, model, X, samples):

@@ -227,7 +227,8 @@ def folder_check(model, maps, checked=None) -> dict | None:
     """The folder domain check (:func:`hiercell.review.domain_shift`) of trunk maps
     ``maps`` as classify runs it: their novelty and answers against the model's in-lab
     novel share per class; ``checked``: :func:`folder_novelty` of ``maps``, when already
-    known (e.g. from the cells' records). ``None`` for a model without a review scorer."""
+    known (from the cells' records: :func:`hiercell.review.records_novelty`). ``None``
+    for a model without a review scorer."""
     from .review import domain_shift
 
     reviewer = model.hierarchy.reviewer

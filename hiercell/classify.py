@@ -27,6 +27,7 @@ from .prefetch import chunks, default_workers, ordered_map
 from .progress import tracker
 from .records import Prediction, stamp
 from .results import FORMATS, open_sink, partial_path, previous_ok
+from .review import records_novelty
 
 
 class NoImagesError(ValueError):
@@ -247,8 +248,7 @@ def _auto_align(model, images, progress, masked=None, batch_size=32, workers=Non
     records = list(model.hierarchy.predict_records(maps, list(known), top_k))
     if len(records) != len(maps):
         raise RuntimeError(f"model returned {len(records)} predictions for {len(maps)} images")
-    aligned, record = auto_align(model, maps, ([r.novelty for r in records],
-                                               [r.main_class for r in records]))
+    aligned, record = auto_align(model, maps, records_novelty(records))
     return aligned, record, known, ({} if aligned is not model else dict(zip(known, records)))
 
 

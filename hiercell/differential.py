@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from .review import domain_shift
+from .review import domain_shift, records_novelty
 from .taxonomy import MAIN_CLASSES, OTHERS, ROUTED_MAIN, SUBCLASSES
 
 #: Subclass bucket for routed cells whose stage 2 answered "Others".
@@ -100,8 +100,7 @@ def summarize(records, aligned=False, class_rates=None) -> dict:
             "subclasses": {"of": list(ROUTED_MAIN), "n_cells": n_routed_kept,
                            "classes": _table(sub_kept)},
         },
-        "domain_shift": {**domain_shift([r.novelty for r in ok], [r.main_class for r in ok],
-                                        class_rates, aligned=aligned),
+        "domain_shift": {**domain_shift(*records_novelty(ok), class_rates, aligned=aligned),
                          "class_rates": class_rates},
     }
 

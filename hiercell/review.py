@@ -592,6 +592,14 @@ def _binomial_tail(n: int, k: int, p: float) -> float:
     return math.exp(top) * sum(math.exp(v - top) for v in logs)
 
 
+def records_novelty(records) -> tuple:
+    """``(novelty percentiles, main classes)`` of classified records (anything with
+    ``novelty`` and ``main_class``, e.g. :class:`hiercell.records.CellRecord`): what
+    :func:`domain_shift` reads of a folder's cells."""
+    records = list(records)
+    return [r.novelty for r in records], [r.main_class for r in records]
+
+
 def domain_shift(novelty, classes=None, class_rates=None, novel_above=0.95,
                  warn_share=SHIFT_WARN_SHARE, aligned=False) -> dict:
     """Folder-level domain check from the cells' novelty percentiles (``None`` skipped).

@@ -20,6 +20,7 @@ from hiercell.cli import main
 from hiercell.differential import format_summary, summarize
 from hiercell.records import Prediction
 from hiercell.results import read_results
+from hiercell.review import domain_shift, records_novelty
 from hiercell.taxonomy import MAIN_CLASSES, SUBCLASSES
 
 
@@ -91,6 +92,15 @@ def test_domain_shift_from_the_records_novelty():
     # error rows and cells without a novelty are not counted
     shift = summarize(novel[:5] + [Prediction.failed("a.png", "empty file")])["domain_shift"]
     assert shift["n"] == 5
+
+
+def test_records_novelty_is_what_the_summary_checks():
+    cells = [rec("ig", novelty=0.99), rec("platelet", novelty=0.1), rec("ig", novelty=None)]
+    assert records_novelty(cells) == ([0.99, 0.1, None], ["ig", "platelet", "ig"])
+    rates = {"ig": 0.3, "platelet": 0.01}
+    shift = summarize(cells, class_rates=rates)["domain_shift"]
+    assert shift == {**domain_shift(*records_novelty(cells), rates), "class_rates": rates}
+    assert shift["expected"] == pytest.approx((0.3 + 0.01) / 2)  # the None cell is skipped
 
 
 def test_domain_shift_of_a_large_folder():
