@@ -5,8 +5,9 @@ features. Shifting each of the 512 channels of a lab's ``block4_pool`` maps
 by a constant undoes much of that move without a label (a domain-level mean
 alignment, as AdaBN does for batch-norm networks). The constant is the
 difference between the lab's mean and what the training lab's mean would be
-*with the same mix of cell types*: the mix is estimated from the model's own
-stage-1 probabilities on the shifted cells, averaged, a few rounds). Without that correction a folder of training-lab monocytes
+*with the same mix of cell types*: the mix is estimated from the calibrated
+SVM probabilities of the model's own stage 1 on the shifted cells, averaged, a few
+rounds). Without that correction a folder of training-lab monocytes
 alone was shifted onto the all-class mean and lost 12 points; with it, 1.
 
 Measured with the bundled model (``bench/bench_align.py``): stage-1 accuracy
@@ -74,7 +75,7 @@ class LabAlignment:
         """Learn the lab's shift from its trunk maps ``(n, h, w, c)``.
 
         ``predict_proba``: shifted maps -> class probabilities ``(n, k)`` over
-        :attr:`classes` (the model's stage 1); with it and :attr:`class_means`, the
+        :attr:`classes` (the model's stage-1 SVM's); with it and :attr:`class_means`, the
         target is the training lab's mean at the lab's estimated class mix
         (:data:`MIX_ROUNDS` rounds), else its overall mean.
         """
@@ -155,7 +156,9 @@ class LabAlignment:
 def align_model(model, maps):
     """A copy of ``model`` (an :class:`~hiercell.model.ImageClassifier` whose hierarchy has a
     :class:`LabAlignment`) aligned to the lab whose cells have trunk maps ``maps``; the
-    lab's class mix is estimated with the model's stage 1."""
+    lab's class mix is estimated with the calibrated SVM of the model's stage 1 (a stage
+    that mixes in its network head's sharper softmax still answers with the mix;
+    estimating with it cost BCCD 1.2 points at 0.5, docs/experiments/network_weight.py)."""
     import copy
 
     alignment = getattr(model.hierarchy, "alignment", None)
@@ -176,8 +179,8 @@ def align_model(model, maps):
                              f"does not know")
         order = [have.index(c) for c in alignment.classes]
 
-        def proba(shifted):
-            return stage.predict_proba(shifted)[:, order]
+        def proba(shifted):  # the calibrated SVM's: the class mix is their mean
+            return stage.svm_proba(shifted)[:, order]
 
     new = copy.copy(model)
     new.hierarchy = copy.copy(model.hierarchy)

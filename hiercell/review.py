@@ -14,7 +14,8 @@ reference of training cells with their classes, per cell (:func:`neighbour_signa
   answered class over that to the nearest other class (above 1: the cell looks
   more like another class than like its answer);
 * **neighbour vote**: share of the ``k`` nearest cells of the answered class;
-* **probability** of the answered main class (the SVM's, calibrated);
+* **probability** of the answered main class (the stage's: its calibrated SVM's,
+  mixed with its network head's softmax where the stage's ``network_weight`` says);
 * **network probability**: stage 1's network head (its own softmax over the
   Dense(1024) embedding the SVM reads, computed in numpy from that embedding:
   no second pass) on the same answer. Where the head and the SVM disagree, or

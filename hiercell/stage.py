@@ -113,7 +113,8 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
     network_weight : float
         Weight ``w`` of the network head's softmax in :meth:`predict_proba`:
         ``(1 - w) x SVM + w x head``. 0 (the default, the study's recipe): the SVM
-        alone. Stages adapted to a new lab use :data:`hiercell.adapt.NETWORK_WEIGHT`.
+        alone. Stages adapted to a new lab use :data:`hiercell.adapt.NETWORK_WEIGHT`; the
+        bundled model's main stage 1 the same 0.5 (its card says why).
     """
 
     def __init__(self, head_epochs=30, finetune_epochs=4, head_lr=1e-3, finetune_lr=1e-4,
@@ -352,6 +353,11 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         as one matrix product: :func:`hiercell.svmpredict.predict_proba`), mixed with the
         network head's softmax when ``network_weight`` > 0."""
         return self.predict_outputs(X).proba
+
+    def svm_proba(self, X):
+        """The calibrated SVM's probabilities ``(n, n_classes)`` alone: :meth:`predict_proba`
+        without the network head's share (the same when ``network_weight`` is 0)."""
+        return svm_predict_proba(self.svm_, self.transform(X))
 
     def predict_outputs(self, X) -> "StageOutputs":
         """:class:`StageOutputs` of trunk features ``X`` from one pass through block5:

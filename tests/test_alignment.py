@@ -129,6 +129,24 @@ def test_aligned_model_shifts_the_stages_input_not_the_review(tiny_model):
                                tiny_model.hierarchy.review_scores(X)[2], rtol=1e-6)
 
 
+def test_the_class_mix_is_estimated_by_the_calibrated_svm(tiny_model):
+    import copy
+
+    X = tiny_model.features(rgb_images(sorted(FIXTURES.glob("*/*.jpg"))))
+    lab = np.concatenate([X] * (LabAlignment.MIN_CELLS // len(X) + 1)) * 1.5 + 0.5
+    mixed = copy.copy(tiny_model)
+    mixed.hierarchy = copy.copy(tiny_model.hierarchy)
+    mixed.hierarchy.stage1 = copy.copy(tiny_model.stage1)
+    mixed.hierarchy.stage1.network_weight = 1.0  # answers with the network head alone
+    plain, both = align_model(tiny_model, lab), align_model(mixed, lab)
+    assert tiny_model.stage1.network_weight == 0.0
+    np.testing.assert_allclose(both.hierarchy.alignment.class_mix_,
+                               plain.hierarchy.alignment.class_mix_, rtol=1e-5)
+    shifted = both.hierarchy.alignment.transform(X)
+    np.testing.assert_allclose(both.hierarchy.stage_proba(1, X),
+                               tiny_model.stage1.network_proba(shifted), atol=1e-5)
+
+
 def test_align_model_refuses_models_without_reference_or_adapted(tiny_model):
     bare = copy.copy(tiny_model)
     bare.hierarchy = copy.copy(tiny_model.hierarchy)

@@ -92,6 +92,54 @@ def test_combine_stages_takes_stage2_from_the_second_bundle(tiny_bundle, tiny_da
         _rehash_and_verify(bad, verify_bundle)
 
 
+def test_combine_stages_sets_the_share_of_stage_1s_network_head(tiny_bundle, tiny_data,
+                                                                   tmp_path):
+    def run(weight, out):
+        return subprocess.run([sys.executable, str(TOOLS / "combine_stages.py"),
+                               "--stage1-from", str(tiny_bundle), "--stage1-network-weight",
+                               weight, "--out", str(out)], capture_output=True, text=True)
+
+    refused = run("1.5", tmp_path / "bad")
+    assert refused.returncode != 0 and "must be in [0, 1]" in refused.stderr
+    assert not (tmp_path / "bad").exists()
+    done = run("0.75", tmp_path / "mixed")
+    assert done.returncode == 0, done.stderr
+    info = json.loads((tmp_path / "mixed" / "bundle.json").read_text())
+    assert info["training"]["stage1_network_weight"] == 0.75
+    assert info["stages"]["stage1"]["params"]["network_weight"] == 0.75
+    assert info["stages"]["stage2"]["params"]["network_weight"] == 0.0
+    first = load(tiny_bundle, precision="float32").hierarchy.stage1
+    mixed = load(tmp_path / "mixed", precision="float32").hierarchy.stage1
+    X = load(tiny_bundle, precision="float32").features(
+        rgb_images(sorted(tiny_data.glob("*.jpg"))[:8]))
+    svm, net = first.predict_proba(X), first.network_proba(X)
+    assert not np.allclose(svm, net, atol=1e-3)
+    np.testing.assert_allclose(mixed.predict_proba(X), 0.25 * svm + 0.75 * net, atol=1e-5)
+    np.testing.assert_allclose(mixed.svm_proba(X), svm, atol=1e-6)
+    # without an in-lab stage the first bundle's scorer read other answers: dropped
+    assert not (tmp_path / "mixed" / "review.npz").exists()
+    assert "composed_from" not in info["composed_from"]["stage1"]  # a trained bundle
+    # a composed bundle with an in-lab stage keeps its scorer (its novelty picks the in-lab
+    # cells) and its history; an in-lab stage taken from a mixing bundle answers with its SVM
+    inlab = tmp_path / "inlab"
+    done = subprocess.run([sys.executable, str(TOOLS / "combine_stages.py"), "--stage1-from",
+                           str(tiny_bundle), "--inlab-from", str(tmp_path / "mixed"),
+                           "--stage1-network-weight", "0.5", "--out", str(inlab)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "stage 1 network weight 0.5" in done.stdout
+    again = tmp_path / "again"
+    done = subprocess.run([sys.executable, str(TOOLS / "combine_stages.py"), "--stage1-from",
+                           str(inlab), "--stage1-network-weight", "0.25", "--out", str(again)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    info = json.loads((again / "bundle.json").read_text())
+    assert (again / "review.npz").exists()
+    assert info["composed_from"]["stage1"]["composed_from"]["inlab"]["bundle"] == "mixed"
+    assert info["stages"]["stage1"]["params"]["network_weight"] == 0.25
+    assert info["inlab_stages"]["stage1"]["params"]["network_weight"] == 0.0
+
+
 def _rehash_and_verify(path, verify):
     """Rewrite ``path``'s SHA256SUMS for its current files, then verify it."""
     import hashlib

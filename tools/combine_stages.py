@@ -2,7 +2,8 @@
 another, and optionally a second, in-lab stage 1 from a third.
 
     python tools/combine_stages.py --stage1-from A [--stage2-from B] [--inlab-from D
-        [--inlab-gate 0.95]] --out C [--pbc ../shared/data/pbc --cache CACHE]
+        [--inlab-gate 0.95]] [--stage1-network-weight W] --out C
+        [--pbc ../shared/data/pbc --cache CACHE]
 
 All bundles must be trained ones (not aligned to or adapted for a lab) on
 the same data split, and share the trunk (same VGG16 blocks 1-4), input
@@ -13,10 +14,16 @@ and takes B's stage 2 (head, SVM and adaptation sample; without B, A's);
 ``composed_from`` (the bundles' names and ``bundle.json`` digests). With D,
 D's stage 1 answers the cells whose novelty percentile is at most the gate
 (:attr:`hiercell.hierarchy.HierarchicalClassifier.inlab`; ``training.inlab``
-says where it came from). A's review scorer read A's stages, so C's must be
-refit with ``tools/refit_review.py --model C``: without D, C has none until
-then; with D, C keeps A's, whose novelty (unchanged by a refit on the same
-reference) picks the in-lab cells, refit included. With ``--pbc``, C is
+says where it came from), with its SVM alone (``network_weight`` 0, whatever
+D's). With W, C's (main) stage 1 answers with ``(1 - W) x`` its SVM's
+probabilities ``+ W x`` its network head's softmax
+(:attr:`hiercell.stage.StageClassifier.network_weight`;
+``training.stage1_network_weight`` records it). A's own ``composed_from``, if
+any, is kept inside C's. A's review scorer read A's stages, so C's must be
+refit with ``tools/refit_review.py --model C``: without an in-lab stage (D's
+or A's own), C has none until then; with one, C keeps A's, whose novelty
+(unchanged by a refit on the same reference) picks the in-lab cells, refit
+included. With ``--pbc``, C is
 evaluated on the PBC test split and the headline goes into ``bundle.json``
 as ``hiercell train`` does (metrics and confusion matrices in
 ``C-evaluation/``).
@@ -51,6 +58,9 @@ def combine():
     ap.add_argument("--inlab-gate", type=float, default=None,
                     help="novelty percentile at most which a cell is one of those "
                          "(default: hiercell.hierarchy.INLAB_GATE)")
+    ap.add_argument("--stage1-network-weight", type=float, default=None,
+                    help="share of stage 1's network head softmax in its probabilities "
+                         "(default: A's)")
     ap.add_argument("--out", required=True, help="bundle folder to write")
     ap.add_argument("--pbc", default=None, help="PBC folder with splits.csv: evaluate the test split")
     ap.add_argument("--cache", default=None, help="trunk-feature cache folder")
@@ -58,8 +68,11 @@ def combine():
     first = Path(a.stage1_from)
     second = Path(a.stage2_from) if a.stage2_from else first
     inlab_path = Path(a.inlab_from) if a.inlab_from else None
-    if a.stage2_from is None and inlab_path is None:
-        raise SystemExit("give --stage2-from or --inlab-from (or both)")
+    if a.stage2_from is None and inlab_path is None and a.stage1_network_weight is None:
+        raise SystemExit("give --stage2-from, --inlab-from or --stage1-network-weight")
+    if a.stage1_network_weight is not None and not 0.0 <= a.stage1_network_weight <= 1.0:
+        raise SystemExit(f"--stage1-network-weight must be in [0, 1], got "
+                         f"{a.stage1_network_weight}")
     if a.inlab_gate is not None and not 0.0 < a.inlab_gate <= 1.0:
         raise SystemExit(f"--inlab-gate must be in (0, 1], got {a.inlab_gate}")
     info1 = verify_bundle(first)
@@ -89,25 +102,33 @@ def combine():
     hier = model.hierarchy
     training = dict(info1.get("training", {}))
     composed = {"stage1": {"bundle": first.name, "bundle_json": _digest(first / "bundle.json")}}
+    if info1.get("composed_from"):
+        composed["stage1"]["composed_from"] = info1["composed_from"]
+    if a.stage1_network_weight is not None:
+        hier.stage1.network_weight = float(a.stage1_network_weight)
+        training["stage1_network_weight"] = float(a.stage1_network_weight)
     if a.stage2_from:
         hier.stage2 = hiercell.load(second, precision="float32", engine="keras").hierarchy.stage2
         training["stage2"] = {"from": second.name, **info2.get("training", {})}
         composed["stage2"] = {"bundle": second.name, "bundle_json": _digest(second / "bundle.json")}
     if inlab_path is not None:
         hier.inlab = hiercell.load(inlab_path, precision="float32", engine="keras").hierarchy.stage1
+        hier.inlab.network_weight = 0.0  # the in-lab stage answers with its SVM (the recipe)
         from hiercell.hierarchy import INLAB_GATE
 
         hier.inlab_gate = INLAB_GATE if a.inlab_gate is None else a.inlab_gate  # recorded
         training["inlab"] = {"from": inlab_path.name, **given[-1][1].get("training", {})}
         composed["inlab"] = {"bundle": inlab_path.name,
                              "bundle_json": _digest(inlab_path / "bundle.json")}
-    else:
+    elif hier.inlab is None:
         hier.reviewer = None  # it read the first bundle's stages: refit it for this one
     meta = {"training": training, "name": Path(a.out).name, "composed_from": composed}
     model.info.pop("metrics", None)  # the first bundle's figures are not this model's
     save_bundle(model, a.out, meta)
     print(f"{a.out}: stage 1 from {first}, stage 2 from {second}"
           + (f", in-lab stage 1 from {inlab_path}" if inlab_path else "")
+          + (f", stage 1 network weight {a.stage1_network_weight}"
+             if a.stage1_network_weight is not None else "")
           + f"; refit its review scorer: python tools/refit_review.py --model {a.out} "
           "--pbc PBC --cache CACHE")
     if a.pbc:
