@@ -16,10 +16,14 @@ from conftest import FIXTURES, rgb_images
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 
-def _combine(first, second, out):
-    return subprocess.run([sys.executable, str(TOOLS / "combine_stages.py"), "--stage1-from",
-                           str(first), "--stage2-from", str(second), "--out", str(out)],
+def _combine_stages(*args):
+    """``tools/combine_stages.py ARGS`` run as a user runs it; its completed process."""
+    return subprocess.run([sys.executable, str(TOOLS / "combine_stages.py"), *map(str, args)],
                           capture_output=True, text=True)
+
+
+def _combine(first, second, out):
+    return _combine_stages("--stage1-from", first, "--stage2-from", second, "--out", out)
 
 
 def test_combine_stages_takes_stage2_from_the_second_bundle(tiny_bundle, tiny_data, tmp_path):
@@ -55,9 +59,8 @@ def test_combine_stages_takes_stage2_from_the_second_bundle(tiny_bundle, tiny_da
     assert not np.allclose(first.hierarchy.stage2.predict_proba(X),
                            other.hierarchy.stage2.predict_proba(X), atol=1e-3)
     # a second, in-lab stage 1 answers the cells whose novelty is at most the gate
-    done = subprocess.run([sys.executable, str(TOOLS / "combine_stages.py"), "--stage1-from",
-                           str(tiny_bundle), "--inlab-from", str(second), "--inlab-gate", "0.9",
-                           "--out", str(tmp_path / "inlab")], capture_output=True, text=True)
+    done = _combine_stages("--stage1-from", tiny_bundle, "--inlab-from", second,
+                           "--inlab-gate", "0.9", "--out", tmp_path / "inlab")
     assert done.returncode == 0, done.stderr
     info = json.loads((tmp_path / "inlab" / "bundle.json").read_text())
     assert set(info["inlab_stages"]) == {"stage1"} and info["inlab_gate"] == 0.9
@@ -95,9 +98,8 @@ def test_combine_stages_takes_stage2_from_the_second_bundle(tiny_bundle, tiny_da
 def test_combine_stages_sets_the_share_of_stage_1s_network_head(tiny_bundle, tiny_data,
                                                                    tmp_path):
     def run(weight, out):
-        return subprocess.run([sys.executable, str(TOOLS / "combine_stages.py"),
-                               "--stage1-from", str(tiny_bundle), "--stage1-network-weight",
-                               weight, "--out", str(out)], capture_output=True, text=True)
+        return _combine_stages("--stage1-from", tiny_bundle, "--stage1-network-weight", weight,
+                               "--out", out)
 
     refused = run("1.5", tmp_path / "bad")
     assert refused.returncode != 0 and "must be in [0, 1]" in refused.stderr
@@ -122,16 +124,13 @@ def test_combine_stages_sets_the_share_of_stage_1s_network_head(tiny_bundle, tin
     # a composed bundle with an in-lab stage keeps its scorer (its novelty picks the in-lab
     # cells) and its history; an in-lab stage taken from a mixing bundle answers with its SVM
     inlab = tmp_path / "inlab"
-    done = subprocess.run([sys.executable, str(TOOLS / "combine_stages.py"), "--stage1-from",
-                           str(tiny_bundle), "--inlab-from", str(tmp_path / "mixed"),
-                           "--stage1-network-weight", "0.5", "--out", str(inlab)],
-                          capture_output=True, text=True)
+    done = _combine_stages("--stage1-from", tiny_bundle, "--inlab-from", tmp_path / "mixed",
+                           "--stage1-network-weight", "0.5", "--out", inlab)
     assert done.returncode == 0, done.stderr
     assert "stage 1 network weight 0.5" in done.stdout
     again = tmp_path / "again"
-    done = subprocess.run([sys.executable, str(TOOLS / "combine_stages.py"), "--stage1-from",
-                           str(inlab), "--stage1-network-weight", "0.25", "--out", str(again)],
-                          capture_output=True, text=True)
+    done = _combine_stages("--stage1-from", inlab, "--stage1-network-weight", "0.25",
+                           "--out", again)
     assert done.returncode == 0, done.stderr
     info = json.loads((again / "bundle.json").read_text())
     assert (again / "review.npz").exists()
