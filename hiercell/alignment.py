@@ -10,8 +10,9 @@ SVM probabilities of the model's own stage 1 on the shifted cells, averaged, a f
 rounds). Without that correction a folder of training-lab monocytes
 alone was shifted onto the all-class mean and lost 12 points; with it, 1.
 
-Measured with the bundled model (``bench/bench_align.py``): stage-1 accuracy
-0.33 -> 0.61 on bccd351 and 0.35 -> 0.51 on jtsc300, PBC unchanged.
+Measured with the bundled model (``bench/bench_align.py``, docs/align.md): stage-1
+accuracy 0.348 -> 0.610 on bccd351 and 0.423 -> 0.567 on jtsc300; the PBC test split
+0.978, aligned on PBC val too (its cells keep the in-lab stage 1).
 
 The shift is fit once per lab (``hiercell align FOLDER --out BUNDLE``) on a
 few hundred of its cells, and then applied to every cell alike. Shifting the

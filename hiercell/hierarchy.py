@@ -87,17 +87,14 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         domain gate and the novelty of the review score see them unshifted.
     inlab : StageClassifier or None
         A second stage 1 for the cells that look like the training lab's (novelty
-        percentile of the review scorer at most ``inlab_gate``): a stage trained for
-        in-lab accuracy (without the augmentations that carry :attr:`stage1` to other
-        labs) on the same trunk and frame. Other cells, and every cell without a
-        reviewer, get :attr:`stage1`. Its rows see the trunk maps unshifted (they look
-        like the training lab's). In an adapted model it answers only among the cells
-        the domain gate hands to ``base``: the new lab's cells get the adapted stage 1.
-        In a model aligned to a lab (``alignment`` fitted: a folder classify aligned
-        because its domain check warned, or a ``hiercell align`` bundle) it answers no
-        cell: there it fails even on the cells that pass its gate (on Jiangxi Tecom's
-        cells within the 99th in-lab novelty percentile, 1 of 15 right against 9 for
-        the aligned :attr:`stage1`).
+        percentile of the review scorer at most ``inlab_gate``): a stage chosen for
+        in-lab accuracy on the same trunk and frame. Other cells, and every cell
+        without a reviewer, get :attr:`stage1`. Its rows see the trunk maps unshifted
+        (they look like the training lab's), in a model aligned to a lab too
+        (``alignment`` fitted: a folder classify aligned because its domain check
+        warned, or a ``hiercell align`` bundle), whose other cells get the aligned
+        :attr:`stage1` (stage 2 likewise reads those cells unshifted). In an adapted model it answers only among the cells the
+        domain gate hands to ``base``: the new lab's cells get the adapted stage 1.
     inlab_gate : float
         That novelty percentile (:data:`INLAB_GATE`: the domain check's line).
     stage2_crossing : bool
@@ -147,9 +144,9 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         novelty percentile (:meth:`~hiercell.review.ReviewScorer.novelty_percentile`) at
         most :attr:`inlab_gate`, and in an adapted model only among the rows its domain
         gate hands to the base (``own`` false: :meth:`adapted_rows`); all ``False``
-        without ``inlab`` or a reviewer, and in a model aligned to a lab (not adapted)."""
-        if (self.inlab is None or self.reviewer is None or not len(X)
-                or (getattr(self.alignment, "fitted", False) and not self.adapted)):
+        without ``inlab`` or a reviewer. The novelty reads ``X`` unshifted, in a model
+        aligned to a lab too."""
+        if self.inlab is None or self.reviewer is None or not len(X):
             return np.zeros(len(X), dtype=bool)
         from .review import trunk_descriptor
 
@@ -176,16 +173,23 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         probabilities over its ``classes_``), rows answered as :meth:`stage_proba` says."""
         stage = self.stage1 if number == 1 else self.stage2
         own = self.adapted_rows(X) if own is None else own
-        inlab = self.inlab_rows(X, own) if number == 1 else np.zeros(len(X), dtype=bool)
-        if own.all() and not inlab.any():
-            return tuple(stage.predict_outputs(self.aligned(X)))
         fallback = None if self.base is None else (self.base.stage1 if number == 1
                                                    else self.base.stage2)
+        if number == 1:
+            inlab = self.inlab_rows(X, own)
+            parts = ((own & ~inlab, stage, True), (~own & ~inlab, fallback, False),
+                     (inlab, self.inlab, False))
+        else:  # in an aligned model stage 2 reads the in-lab cells unshifted too (in an
+            # adapted one they are among the base's rows, unshifted anyway)
+            inlab = (own & self.inlab_rows(X, own) if getattr(self.alignment, "fitted", False)
+                     else np.zeros(len(X), dtype=bool))
+            parts = ((own & ~inlab, stage, True), (~own, fallback, False), (inlab, stage, False))
+        if own.all() and not inlab.any():
+            return tuple(stage.predict_outputs(self.aligned(X)))
         want = [str(c) for c in stage.classes_]
         proba, net = np.empty((len(X), len(want))), np.empty((len(X), len(want)))
         energy = np.empty(len(X))
-        for rows, model, aligned in ((own & ~inlab, stage, True), (~own & ~inlab, fallback, False),
-                                     (inlab, self.inlab, False)):
+        for rows, model, aligned in parts:
             if rows.any():
                 X_rows = self.aligned(X[rows]) if aligned else X[rows]
                 p, q, e = model.predict_outputs(X_rows)

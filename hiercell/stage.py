@@ -113,8 +113,9 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
     network_weight : float
         Weight ``w`` of the network head's softmax in :meth:`predict_proba`:
         ``(1 - w) x SVM + w x head``. 0 (the default, the study's recipe): the SVM
-        alone. Stages adapted to a new lab use :data:`hiercell.adapt.NETWORK_WEIGHT`; the
-        bundled model's main stage 1 the same 0.5 (its card says why).
+        alone. Stages adapted to a new lab use :data:`hiercell.adapt.NETWORK_WEIGHT`; a
+        bundle records each stage's in ``bundle.json`` (``params`` of each stage under
+        ``stages``, ``inlab_stages``), and its model card says why.
     """
 
     def __init__(self, head_epochs=30, finetune_epochs=4, head_lr=1e-3, finetune_lr=1e-4,

@@ -185,7 +185,7 @@ def test_align_cli_writes_a_bundle_aligned_to_the_images(tiny_bundle, tiny_data,
     # does not warn, and the command says that classify would not have aligned them
     check = model.info["alignment"]["domain_check"]
     assert check["n"] == n_images and check["warning"] is False
-    assert "would not align them" in result.output and "in-lab stage 1 is off" in result.output
+    assert "would not align them" in result.output and "keep their unshifted" in result.output
 
 
 def test_align_cli_needs_enough_images(tiny_bundle, tmp_path):

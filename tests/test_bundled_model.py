@@ -159,14 +159,29 @@ def test_bundled_model_gives_in_lab_cells_to_its_in_lab_stage_1(model):
              for im in images]
     X_other = model.features(other)
     assert hier.inlab_rows(X_other).mean() < rows.mean()
-    # aligned to such a lab (as classify does with a folder of them), the model's main
-    # stage 1 answers every cell, the in-lab-looking ones too
+    # aligned to such a lab (as classify does with a folder of them), the in-lab stage 1
+    # still answers the cells that pass its gate, on their unshifted maps, and the aligned
+    # main stage 1 the others
     from hiercell.alignment import align_model
 
     aligned = align_model(model, X_other).hierarchy
-    assert not aligned.inlab_rows(X).any()
-    np.testing.assert_allclose(aligned.stage_proba(1, X),
-                               aligned.stage1.predict_proba(aligned.aligned(X)), atol=1e-6)
+    both = np.concatenate([X, X_other])
+    gated = aligned.inlab_rows(both)
+    np.testing.assert_array_equal(gated, hier.inlab_rows(both))
+    assert gated.any() and not gated.all(), gated
+    shifted = aligned.aligned(both[~gated])
+    assert not np.allclose(shifted, both[~gated])  # the alignment moves the maps
+    np.testing.assert_allclose(aligned.stage_proba(1, both[gated]),
+                               hier.inlab.predict_proba(both[gated]), atol=1e-6)
+    np.testing.assert_allclose(aligned.stage_proba(1, both[~gated]),
+                               aligned.stage1.predict_proba(shifted), atol=1e-6)
+    # stage 2 reads them the same way: the in-lab cells unshifted, the others aligned
+    np.testing.assert_allclose(aligned.stage_proba(2, both),
+                               np.where(gated[:, None], hier.stage2.predict_proba(both),
+                                        aligned.stage2.predict_proba(aligned.aligned(both))),
+                               atol=1e-6)
+    assert not np.allclose(aligned.stage2.predict_proba(aligned.aligned(both[gated])),
+                           hier.stage2.predict_proba(both[gated]), atol=1e-3)
     # Grad-CAM explains the stage 1 that answered the cell
     i = int(np.flatnonzero(rows)[0])
     expected = gradcam_map(hier.inlab.head_, hier.inlab.classes_, X[i:i + 1], images[i].shape,

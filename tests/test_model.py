@@ -472,21 +472,34 @@ def test_inlab_stage1_answers_the_cells_like_the_training_labs(monkeypatch):
 
 
 class _Alignment:
-    """A lab alignment stand-in: the identity, fitted or not."""
+    """A lab alignment stand-in that adds 1 to the maps once fitted (as
+    :class:`hiercell.alignment.LabAlignment`, the identity until then)."""
 
     def __init__(self, fitted):
         self.fitted = fitted
 
     def transform(self, X):
-        return X
+        return X + 1.0 if self.fitted else X
 
 
-def test_a_model_aligned_to_another_lab_answers_every_cell_with_its_main_stage1(monkeypatch):
+class _SeenStage(_FixedStage):
+    """A :class:`_FixedStage` that keeps the maps it was given."""
+
+    def predict_outputs(self, X):
+        self.seen = np.array(X)
+        return super().predict_outputs(X)
+
+
+def test_a_model_aligned_to_another_lab_keeps_its_in_lab_stage1_for_in_lab_cells(monkeypatch):
     X, hier, _ = _inlab_model(monkeypatch, alignment=_Alignment(fitted=False))
     assert list(hier.predict(X)) == ["lymphocyte", "lymphocyte", "monocyte", "monocyte"]
     hier.alignment = _Alignment(fitted=True)
-    assert not hier.inlab_rows(X).any()
-    assert list(hier.predict(X)) == ["monocyte"] * 4
+    hier.stage1, hier.inlab = _SeenStage("monocyte"), _SeenStage("lymphocyte")
+    assert list(hier.inlab_rows(X)) == [True, True, False, False]
+    assert list(hier.predict(X)) == ["lymphocyte", "lymphocyte", "monocyte", "monocyte"]
+    # the in-lab cells unshifted, the others aligned
+    np.testing.assert_array_equal(hier.inlab.seen, X[:2])
+    np.testing.assert_array_equal(hier.stage1.seen, X[2:] + 1.0)
     # adapted (on aligned maps): the cells its gate hands to the base are not aligned,
     # so the in-lab ones among them keep the in-lab stage 1
     from hiercell.hierarchy import HierarchicalClassifier

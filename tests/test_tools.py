@@ -139,6 +139,41 @@ def test_combine_stages_sets_the_share_of_stage_1s_network_head(tiny_bundle, tin
     assert info["inlab_stages"]["stage1"]["params"]["network_weight"] == 0.0
 
 
+def test_combine_stages_sets_the_share_of_the_in_lab_stages_network_head(tiny_bundle, tiny_data,
+                                                                         tmp_path):
+    refused = _combine_stages("--stage1-from", tiny_bundle, "--inlab-network-weight", "0.5",
+                              "--out", tmp_path / "none")
+    assert refused.returncode != 0 and "has no in-lab stage 1" in refused.stderr
+    assert not (tmp_path / "none").exists()
+    refused = _combine_stages("--stage1-from", tiny_bundle, "--inlab-from", tiny_bundle,
+                              "--inlab-network-weight", "-0.1", "--out", tmp_path / "bad")
+    assert refused.returncode != 0 and "must be in [0, 1]" in refused.stderr
+    inlab = tmp_path / "inlab"
+    done = _combine_stages("--stage1-from", tiny_bundle, "--inlab-from", tiny_bundle,
+                           "--inlab-network-weight", "0.6", "--out", inlab)
+    assert done.returncode == 0, done.stderr
+    assert "in-lab network weight 0.6" in done.stdout
+    info = json.loads((inlab / "bundle.json").read_text())
+    assert info["training"]["inlab_network_weight"] == 0.6
+    assert info["inlab_stages"]["stage1"]["params"]["network_weight"] == 0.6
+    assert info["stages"]["stage1"]["params"]["network_weight"] == 0.0
+    source = load(tiny_bundle, precision="float32")
+    X = source.features(rgb_images(sorted(tiny_data.glob("*.jpg"))[:8]))
+    svm, net = source.hierarchy.stage1.svm_proba(X), source.hierarchy.stage1.network_proba(X)
+    mixed = load(inlab, precision="float32").hierarchy.inlab
+    np.testing.assert_allclose(mixed.predict_proba(X), 0.4 * svm + 0.6 * net, atol=1e-5)
+    # composed again: kept as stored, reset by the option, dropped with a new in-lab stage
+    for args, weight, recorded in (((), 0.6, 0.6), (("--inlab-network-weight", "0.2"), 0.2, 0.2),
+                                   (("--inlab-from", tiny_bundle), 0.0, None)):
+        out = tmp_path / f"again{len(args)}{weight}"
+        done = _combine_stages("--stage1-from", inlab, "--stage1-network-weight", "0.1", *args,
+                               "--out", out)
+        assert done.returncode == 0, done.stderr
+        info = json.loads((out / "bundle.json").read_text())
+        assert info["inlab_stages"]["stage1"]["params"]["network_weight"] == weight
+        assert info["training"].get("inlab_network_weight") == recorded
+
+
 def _rehash_and_verify(path, verify):
     """Rewrite ``path``'s SHA256SUMS for its current files, then verify it."""
     import hashlib

@@ -2,7 +2,7 @@
 another, and optionally a second, in-lab stage 1 from a third.
 
     python tools/combine_stages.py --stage1-from A [--stage2-from B] [--inlab-from D
-        [--inlab-gate 0.95]] [--stage1-network-weight W] --out C
+        [--inlab-gate 0.95]] [--inlab-network-weight V] [--stage1-network-weight W] --out C
         [--pbc ../shared/data/pbc --cache CACHE]
 
 All bundles must be trained ones (not aligned to or adapted for a lab) on
@@ -15,8 +15,11 @@ and takes B's stage 2 (head, SVM and adaptation sample; without B, A's);
 D's stage 1 answers the cells whose novelty percentile is at most the gate
 (:attr:`hiercell.hierarchy.HierarchicalClassifier.inlab`; ``training.inlab``
 says where it came from), with its SVM alone (``network_weight`` 0, whatever
-D's). With W, C's (main) stage 1 answers with ``(1 - W) x`` its SVM's
-probabilities ``+ W x`` its network head's softmax
+D's) or, with V, with ``(1 - V) x`` its SVM's probabilities ``+ V x`` its
+network head's softmax (V also resets the weight of an in-lab stage A has;
+``training.inlab_network_weight`` records it). With W, C's (main) stage 1
+answers with ``(1 - W) x`` its SVM's probabilities ``+ W x`` its network
+head's softmax
 (:attr:`hiercell.stage.StageClassifier.network_weight`;
 ``training.stage1_network_weight`` records it). A's own ``composed_from``, if
 any, is kept inside C's. A's review scorer read A's stages, so C's must be
@@ -61,6 +64,9 @@ def combine():
     ap.add_argument("--stage1-network-weight", type=float, default=None,
                     help="share of stage 1's network head softmax in its probabilities "
                          "(default: A's)")
+    ap.add_argument("--inlab-network-weight", type=float, default=None,
+                    help="share of the in-lab stage 1's network head softmax in its "
+                         "probabilities (default: 0 for D's, as stored for A's)")
     ap.add_argument("--out", required=True, help="bundle folder to write")
     ap.add_argument("--pbc", default=None, help="PBC folder with splits.csv: evaluate the test split")
     ap.add_argument("--cache", default=None, help="trunk-feature cache folder")
@@ -68,11 +74,14 @@ def combine():
     first = Path(a.stage1_from)
     second = Path(a.stage2_from) if a.stage2_from else first
     inlab_path = Path(a.inlab_from) if a.inlab_from else None
-    if a.stage2_from is None and inlab_path is None and a.stage1_network_weight is None:
-        raise SystemExit("give --stage2-from, --inlab-from or --stage1-network-weight")
-    if a.stage1_network_weight is not None and not 0.0 <= a.stage1_network_weight <= 1.0:
-        raise SystemExit(f"--stage1-network-weight must be in [0, 1], got "
-                         f"{a.stage1_network_weight}")
+    if (a.stage2_from is None and inlab_path is None and a.stage1_network_weight is None
+            and a.inlab_network_weight is None):
+        raise SystemExit("give --stage2-from, --inlab-from, --stage1-network-weight or "
+                         "--inlab-network-weight")
+    for flag, weight in (("--stage1-network-weight", a.stage1_network_weight),
+                         ("--inlab-network-weight", a.inlab_network_weight)):
+        if weight is not None and not 0.0 <= weight <= 1.0:
+            raise SystemExit(f"{flag} must be in [0, 1], got {weight}")
     if a.inlab_gate is not None and not 0.0 < a.inlab_gate <= 1.0:
         raise SystemExit(f"--inlab-gate must be in (0, 1], got {a.inlab_gate}")
     info1 = verify_bundle(first)
@@ -96,6 +105,10 @@ def combine():
         if file_digest(first / "trunk.npz") != file_digest(path / "trunk.npz"):
             raise SystemExit(f"the bundles have different trunks (trunk.npz of {path} and "
                              f"{first}): one trunk pass cannot serve both")
+    if (a.inlab_network_weight is not None and inlab_path is None
+            and not info1.get("inlab_stages")):
+        raise SystemExit(f"--inlab-network-weight: {first} has no in-lab stage 1; give "
+                         "--inlab-from")
     if "stage2" not in info2.get("stages", {}):
         raise SystemExit(f"{second} has no stage 2")
     model = hiercell.load(first, precision="float32", engine="keras")
@@ -114,6 +127,7 @@ def combine():
     if inlab_path is not None:
         hier.inlab = hiercell.load(inlab_path, precision="float32", engine="keras").hierarchy.stage1
         hier.inlab.network_weight = 0.0  # the in-lab stage answers with its SVM (the recipe)
+        training.pop("inlab_network_weight", None)  # A's in-lab stage's, unless V below
         from hiercell.hierarchy import INLAB_GATE
 
         hier.inlab_gate = INLAB_GATE if a.inlab_gate is None else a.inlab_gate  # recorded
@@ -122,6 +136,9 @@ def combine():
                              "bundle_json": _digest(inlab_path / "bundle.json")}
     elif hier.inlab is None:
         hier.reviewer = None  # it read the first bundle's stages: refit it for this one
+    if a.inlab_network_weight is not None:
+        hier.inlab.network_weight = float(a.inlab_network_weight)
+        training["inlab_network_weight"] = float(a.inlab_network_weight)
     meta = {"training": training, "name": Path(a.out).name, "composed_from": composed}
     model.info.pop("metrics", None)  # the first bundle's figures are not this model's
     save_bundle(model, a.out, meta)
@@ -129,6 +146,8 @@ def combine():
           + (f", in-lab stage 1 from {inlab_path}" if inlab_path else "")
           + (f", stage 1 network weight {a.stage1_network_weight}"
              if a.stage1_network_weight is not None else "")
+          + (f", in-lab network weight {a.inlab_network_weight}"
+             if a.inlab_network_weight is not None else "")
           + f"; refit its review scorer: python tools/refit_review.py --model {a.out} "
           "--pbc PBC --cache CACHE")
     if a.pbc:

@@ -9,7 +9,8 @@ Per level, on the PBC test split: the domain check's score and expected share on
 whole split and how often it warns on 40 random 50-cell folders; stage-1 accuracy (the
 routed main class) as classify answers an unaligned folder (in-lab stage 1 for cells
 within its novelty gate), and with the model aligned on 200 of the shifted cells (as
-classify does when the check warns; the in-lab stage 1 then off).
+classify does when the check warns; the in-lab stage 1 still answers the cells within
+its gate, the aligned main stage 1 the others).
 """
 
 from __future__ import annotations

@@ -60,9 +60,9 @@ def align(paths, out, model_path, recursive, precision):
         raise click.ClickException(str(exc)) from exc
     check = folder_check(model, maps[0])
     if check is not None and not check["warning"]:
-        echo_err(f"note: {check['message']}; `hiercell classify` would not align them. The "
-                 "aligned bundle answers every cell with its aligned main stage 1 (the in-lab "
-                 "stage 1 is off), which suits another lab's cells, not the training lab's")
+        echo_err(f"note: {check['message']}; `hiercell classify` would not align them. In "
+                 "the aligned bundle the cells like the training lab's keep their unshifted "
+                 "maps (and the in-lab stage 1, where the model has one)")
     used = [p for p, good in zip(images, ok) if good]
     fitted = aligned.hierarchy.alignment
     mix = ({} if fitted.class_mix_ is None else
