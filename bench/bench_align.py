@@ -15,7 +15,8 @@ For each external labelled set (its labels are used only to score):
 * ``one class``: aligned on the set's neutrophils alone (the worst class mix a
   careless user could give), scored on all cells.
 
-On PBC (the training lab): the test split aligned on the validation split, and
+On PBC (the training lab): the test split aligned on the validation split (stage 1,
+and stage-2 macro-F1 and end-to-end accuracy before and after), and
 on 50 random test cells (--seeds draws): what aligning a model to its own
 lab costs; and 200 test cells of one class aligned on themselves: what a
 folder of one kind of cell does to the shift (the class mix the alignment
@@ -34,6 +35,7 @@ import hiercell
 from hiercell.adapt import trunk_views
 from hiercell.alignment import align_model, folder_check
 from hiercell.data import read_dataset
+from hiercell.training import evaluate_hierarchy, headline
 
 
 def accuracy(model, X, y):
@@ -88,9 +90,16 @@ def main():
     if a.pbc:
         pbc = [s for s in read_dataset(a.pbc) if s.split in ("val", "test")]
         X_val, _ = load(model, [s for s in pbc if s.split == "val"], a.cache)
-        X_test, y_test = load(model, [s for s in pbc if s.split == "test"], a.cache)
+        test = [s for s in pbc if s.split == "test" and s.main is not None]
+        X_test, y_test = load(model, test, a.cache)
+        on_val = align_model(model, X_val)
         print(f"\n== PBC test: n={len(y_test)}\nbefore {accuracy(model, X_test, y_test):.4f}   "
-              f"aligned on PBC val {accuracy(align_model(model, X_val), X_test, y_test):.4f}")
+              f"aligned on PBC val {accuracy(on_val, X_test, y_test):.4f}")
+        if len(y_test) == len(test):  # every image read: rows match the samples
+            for name, m in (("before", model), ("aligned on PBC val", on_val)):
+                h = headline(evaluate_hierarchy(m, X_test, test))
+                print(f"{name}: stage-2 macro-F1 {h['stage2']['macro_f1']:.4f}, end to end "
+                      f"{h['end_to_end']['accuracy']:.4f}")
         small = [accuracy(align_model(model, X_test[np.random.default_rng(s).permutation(
             len(y_test))[:50]]), X_test, y_test) for s in range(a.seeds)]
         print(f"aligned on 50 random test cells: {spread(small)}")
