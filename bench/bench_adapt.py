@@ -42,9 +42,10 @@ from sklearn.metrics import roc_auc_score
 
 from hiercell.adapt import (BLOCK5_EPOCHS, NETWORK_WEIGHT, adapt_model, calibrate_review,
                             cross_val_predict, trunk_views)
+from hiercell.alignment import folder_check
 from hiercell.data import read_dataset
 from hiercell.features import FeatureCache, extract_trunk_features
-from hiercell.review import domain_shift, records_novelty
+from hiercell.review import records_novelty
 
 
 def draw(samples, n, rng):
@@ -134,8 +135,7 @@ def main():
                 kept, adapted.hierarchy.stage2_crossing = adapted.hierarchy.stage2_crossing, True
                 crossing = np.array([d.main for d in adapted.hierarchy.decide(maps[0, rest])[1]])
                 adapted.hierarchy.stage2_crossing = kept
-                warned = domain_shift(*records_novelty(recs),
-                                      adapted.hierarchy.reviewer.novel_rates())["warning"]
+                warned = folder_check(adapted, None, records_novelty(recs))["warning"]
                 review = np.array([r.review for r in recs])
                 wrong = after != truth[rest]
                 unflagged = np.mean(~wrong[~review]) if (~review).any() else float("nan")

@@ -47,10 +47,10 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 import hiercell
-from hiercell.alignment import auto_align, auto_sample
+from hiercell.alignment import auto_align, auto_sample, folder_check
 from hiercell.data import read_dataset
 from hiercell.features import FeatureCache, extract_trunk_features
-from hiercell.review import domain_shift, records_novelty
+from hiercell.review import records_novelty
 from hiercell.taxonomy import MAIN_CLASSES
 
 
@@ -68,9 +68,10 @@ def auroc(flag_positive, score):
     return float(roc_auc_score(flag_positive, score))
 
 
-def folder_check(model, recs):
-    """The folder domain check of ``recs`` as ``hiercell classify`` runs it."""
-    return domain_shift(*records_novelty(recs), model.hierarchy.reviewer.novel_rates())
+def records_check(model, recs):
+    """The folder domain check of the cells of records ``recs``, as ``hiercell classify``
+    runs it (:func:`hiercell.alignment.folder_check` on what the records hold)."""
+    return folder_check(model, None, records_novelty(recs))
 
 
 def describe(name, model, X, samples):
@@ -81,7 +82,7 @@ def describe(name, model, X, samples):
     flag = np.array([r.review for r in recs])
     right = pred == truth
     top = np.array([r.main_probability for r in recs])
-    shift = folder_check(model, recs)
+    shift = records_check(model, recs)
     print(f"\n== {name}: n={len(samples)}")
     print(f"stage-1 accuracy {right.mean():.4f}; flagged {flag.mean():.3f}; accuracy unflagged "
           f"{right[~flag].mean() if (~flag).any() else float('nan'):.4f} "
@@ -197,7 +198,7 @@ def main():
     X_test, test = features(model, test, a.cache)
     recs = describe("PBC test split", model, X_test, test)
     rng = np.random.default_rng(a.seed)
-    fired = [folder_check(model, [recs[i] for i in rng.choice(len(recs), 50, replace=False)])
+    fired = [records_check(model, [recs[i] for i in rng.choice(len(recs), 50, replace=False)])
              ["warning"] for _ in range(20)]
     print(f"domain check on 20 random 50-cell subsets of the test split: fired {sum(fired)} times")
     operating_points(model, a, recs, test)
