@@ -100,6 +100,9 @@ def main():
                 h = headline(evaluate_hierarchy(m, X_test, test))
                 print(f"{name}: stage-2 macro-F1 {h['stage2']['macro_f1']:.4f}, end to end "
                       f"{h['end_to_end']['accuracy']:.4f}")
+        else:
+            print(f"stage 2 and end to end not scored: {len(test) - len(y_test)} test images "
+                  "could not be read")
         small = [accuracy(align_model(model, X_test[np.random.default_rng(s).permutation(
             len(y_test))[:50]]), X_test, y_test) for s in range(a.seeds)]
         print(f"aligned on 50 random test cells: {spread(small)}")
