@@ -40,7 +40,7 @@ import numpy as np
 import hiercell
 from sklearn.metrics import roc_auc_score
 
-from hiercell.adapt import (BLOCK5_EPOCHS, NETWORK_WEIGHT, adapt_model, calibrate_review,
+from hiercell.adapt import (BLOCK5_EPOCHS, FOLDS, NETWORK_WEIGHT, adapt_model, calibrate_review,
                             cross_val_predict, trunk_views)
 from hiercell.alignment import folder_check
 from hiercell.data import read_dataset
@@ -71,8 +71,10 @@ def main():
                     help="the adapted head's share of the stage probabilities (0: the SVM alone)")
     ap.add_argument("--align", action="store_true",
                     help="adapt on lab-aligned trunk maps (hiercell.alignment; not the default)")
-    ap.add_argument("--folds", type=int, default=3,
+    ap.add_argument("--folds", type=int, default=FOLDS,
                     help="cross-validation folds per draw for the review threshold (0: none)")
+    ap.add_argument("--no-ensemble", action="store_true",
+                    help="adapt the main stage 1 only (hiercell adapt --no-ensemble)")
     ap.add_argument("--cache", default=None)
     ap.add_argument("--exclude", default=None,
                     help="file of image names (one per line, # comments) to leave out of "
@@ -122,13 +124,15 @@ def main():
                 t0 = time.time()
                 adapted = adapt_model(model, maps[:, train], [samples[i] for i in train], seed=seed,
                                       block5_epochs=a.block5_epochs, align=a.align,
-                                      network_weight=a.network_weight)
+                                      network_weight=a.network_weight,
+                                      ensemble=not a.no_ensemble)
                 sec = time.time() - t0
                 if a.folds:
                     picked = [samples[i] for i in train]
                     oof = cross_val_predict(model, maps[:, train], picked, k=a.folds, seed=seed,
                                             block5_epochs=a.block5_epochs,
-                                            network_weight=a.network_weight)
+                                            network_weight=a.network_weight,
+                                            ensemble=not a.no_ensemble)
                     calibrate_review(adapted, picked, oof)
                 recs = adapted.hierarchy.predict_records(maps[0, rest])
                 after = np.array([r.main_class for r in recs])

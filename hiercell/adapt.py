@@ -77,6 +77,23 @@ TARGET_CLASS_POWER = 0.5
 #: off, since it did worse (20 cells per class, 3 draws: bccd351 0.693 against 0.760,
 #: jtsc300 0.827 against 0.847; ``bench/bench_adapt.py --align``).
 ALIGN = False
+#: Whether a base with an in-lab stage 1 (:attr:`hiercell.hierarchy.HierarchicalClassifier.
+#: inlab`) has that network adapted too, the adapted stage 1 answering with the mean of the
+#: two (:class:`hiercell.ensemble.StageEnsemble`). 20 labelled cells per class, 3 draws
+#: (``docs/experiments/adapt_ensemble.py``): bccd351 0.802 from the main stage 1 alone,
+#: 0.725 from the in-lab one alone, 0.811 the pair (in-lab network fine-tuned for
+#: :data:`INLAB_BLOCK5_EPOCHS`); jtsc300 0.853, 0.905 and 0.894.
+ENSEMBLE = True
+#: Epochs of block5 fine-tuning for the in-lab network of that pair (at most the main
+#: stage's ``block5_epochs``): 2 kept the pair as good as 6 (bccd351 0.811 against 0.798,
+#: jtsc300 0.894 against 0.900) in less time, which keeps ``hiercell adapt`` on 200 cells
+#: under 5 minutes (6: 6 min 9 s); 0 gave 0.800 / 0.882.
+INLAB_BLOCK5_EPOCHS = 2
+#: Cross-validation folds of ``hiercell adapt`` (each fold one more adaptation): 2 since
+#: the pair above, whose time on 200 cells was 5 min 3 s with 3 folds (the adaptation
+#: itself does not depend on it; the held-out answers come from models adapted on half the
+#: cells, so the figures and the lab's review threshold err on the cautious side).
+FOLDS = 2
 
 
 def gap_model(head):
@@ -229,14 +246,17 @@ def trunk_views(model, paths, views=4, progress=None, cache_dir=None,
 
 
 def adapt_model(model, maps, samples, seed=0, block5_epochs=BLOCK5_EPOCHS, log=None,
-                align=ALIGN, network_weight=NETWORK_WEIGHT):
+                align=ALIGN, network_weight=NETWORK_WEIGHT, ensemble=ENSEMBLE):
     """A copy of ``model`` (an :class:`~hiercell.model.ImageClassifier`) adapted to the
     cells ``samples`` whose trunk maps (all views) are ``maps`` ``(v, n, h, w, 512)``;
     with ``align`` (and a model that has a training-lab reference), the adapted stages
     work on maps shifted onto that reference by the cells' own mean
-    (:mod:`hiercell.alignment`)."""
+    (:mod:`hiercell.alignment`); with ``ensemble`` (and a model with an in-lab stage 1)
+    the in-lab network is adapted too (block5 fine-tuned for at most
+    :data:`INLAB_BLOCK5_EPOCHS`) and the adapted stage 1 is the pair (:data:`ENSEMBLE`)."""
     from .alignment import LabAlignment
     from .domain import DomainGate
+    from .ensemble import StageEnsemble
     from .hierarchy import HierarchicalClassifier
     from .review import trunk_descriptor
 
@@ -271,12 +291,20 @@ def adapt_model(model, maps, samples, seed=0, block5_epochs=BLOCK5_EPOCHS, log=N
             continue
         t0 = time.time()
         target = maps[:, idx].reshape((-1,) + maps.shape[2:])
-        setattr(new.hierarchy, attr, adapt_stage(stage, target, np.tile(y, maps.shape[0]),
-                                                 block5_epochs=block5_epochs, seed=seed,
-                                                 network_weight=network_weight))
+        starts = [stage]
+        inlab = model.hierarchy.inlab
+        if number == 1 and ensemble and getattr(inlab, "source_sample_", None) is not None:
+            starts.append(inlab)
+        adapted = [adapt_stage(start, target, np.tile(y, maps.shape[0]),
+                               block5_epochs=block5_epochs if k == 0 else
+                               min(block5_epochs, INLAB_BLOCK5_EPOCHS),
+                               seed=seed, network_weight=network_weight)
+                   for k, start in enumerate(starts)]
+        setattr(new.hierarchy, attr, adapted[0] if len(adapted) == 1 else StageEnsemble(adapted))
         if log:
             log(f"stage {number}: adapted on {len(idx)} cells x {maps.shape[0]} views "
-                f"in {time.time() - t0:.0f}s")
+                + ("" if len(adapted) == 1 else "from its main and in-lab networks ")
+                + f"in {time.time() - t0:.0f}s")
     reviewer = model.hierarchy.reviewer
     if reviewer is not None:
         target = trunk_descriptor(raw_view0)
@@ -303,8 +331,8 @@ def _folds(samples, k, seed):
     return fold, "stratified"
 
 
-def cross_val_predict(model, maps, samples, k=3, seed=0, block5_epochs=BLOCK5_EPOCHS,
-                      progress=None, network_weight=NETWORK_WEIGHT) -> dict:
+def cross_val_predict(model, maps, samples, k=FOLDS, seed=0, block5_epochs=BLOCK5_EPOCHS,
+                      progress=None, network_weight=NETWORK_WEIGHT, ensemble=ENSEMBLE) -> dict:
     """Out-of-fold answers on the labelled cells: k folds (:func:`_folds`), each scored
     by the base ``model`` and by the model adapted on the other folds.
 
@@ -330,7 +358,8 @@ def cross_val_predict(model, maps, samples, k=3, seed=0, block5_epochs=BLOCK5_EP
             test = np.flatnonzero(fold == f)
             train = np.flatnonzero(fold != f)
             adapted = adapt_model(model, maps[:, train], [samples[i] for i in train], seed,
-                                  block5_epochs, network_weight=network_weight)
+                                  block5_epochs, network_weight=network_weight,
+                                  ensemble=ensemble)
             before[test] = [r.main_class for r in model.hierarchy.predict_records(maps[0, test])]
             hierarchy = adapted.hierarchy
             _, decisions = hierarchy.decide(maps[0, test])
@@ -365,7 +394,7 @@ def cv_summary(samples, predictions) -> dict:
             "per_class": per_class}
 
 
-def cross_validate(model, maps, samples, k=3, seed=0, block5_epochs=BLOCK5_EPOCHS,
+def cross_validate(model, maps, samples, k=FOLDS, seed=0, block5_epochs=BLOCK5_EPOCHS,
                    progress=None) -> dict:
     """Stage-1 accuracy (overall and per class) on held-out folds, before and after
     adapting on the other folds (:func:`cross_val_predict`, :func:`cv_summary`)."""
@@ -477,6 +506,10 @@ def model_card(record: dict, base_info: dict) -> str:
                        "labels): it names the subclass of the lab's neutrophils and IGs but "
                        "no longer moves a cell between the two, as the base's stage 2 may; a "
                        "subclass of the other class makes the cell uncertain instead.")
+    if (record.get("settings") or {}).get("ensemble"):
+        stages_text += (" The base's two stage-1 networks (its main stage 1 and its in-lab "
+                        "one) were both adapted; the adapted stage 1 answers with the mean "
+                        "of the two.")
     return f"""# Adapted model
 
 Adapted by `hiercell adapt` from **{record['base_model']}** (trained on

@@ -1,6 +1,6 @@
 """Model bundles: a folder holding a trained :class:`~hiercell.model.ImageClassifier`.
 
-Layout (format 2)::
+Layout (format 2; format 3 is format 2 with ``ensemble/``)::
 
     bundle.json           classes, input size, masking, backbone, training data,
                           metrics, package and format version; per stage its
@@ -16,6 +16,10 @@ Layout (format 2)::
     base/stageN/...       adapted bundles only: the base model's stages (bundle.json's
                           "stage2_crossing": false when the adapted stage 1 keeps the
                           base's stage 2: see hiercell.hierarchy)
+    ensemble/K/stage1/... format 3 only: members 1, 2, ... of a stage 1 that is a
+                          hiercell.ensemble.StageEnsemble (member 0 in stage1/;
+                          bundle.json "stage1_ensemble" holds their states): an adapted
+                          bundle made from a base with an in-lab stage 1
     alignment.npz         the training lab's mean trunk features and, in a bundle
                           aligned to a new lab (hiercell align), that lab's
                           (hiercell.alignment)
@@ -50,12 +54,16 @@ from .version import __version__
 from .fileutil import file_digest, json_text
 
 FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+#: The format of a bundle whose stage 1 is a :class:`~hiercell.ensemble.StageEnsemble`
+#: (``stage1_ensemble``: format 2 plus the other members), so that a hiercell that would
+#: read its first member alone refuses it instead.
+ENSEMBLE_FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
 MANIFEST = "SHA256SUMS"
 DEFAULT_MODEL = "pbc-robust-vgg16-svm"
 #: bundle.json keys the loader interprets; every other key goes to ``model.info``.
 _STRUCTURE_KEYS = ("input_size", "masked", "stages", "base_stages", "preprocess",
-                   "stage2_crossing", "inlab_stages", "inlab_gate")
+                   "stage2_crossing", "inlab_stages", "inlab_gate", "stage1_ensemble")
 #: ``model.info`` keys that describe a loaded model, not the bundle (never saved).
 _RUNTIME_KEYS = ("trunk_sha256", "precision", "engine", "tag")
 
@@ -96,7 +104,13 @@ def save_bundle(model, path, metadata: dict | None = None, extra_files: dict | N
     os.chmod(tmp, 0o755)
     try:
         _save_weights(model.trunk, tmp / "trunk.npz")
-        stages = _save_stages(model.hierarchy, tmp)
+        members = getattr(model.hierarchy.stage1, "members", None)  # a StageEnsemble's
+        stages = _save_stages(model.hierarchy if members is None else SimpleNamespace(
+            stage1=members[0], stage2=model.hierarchy.stage2), tmp)
+        ensemble = None if members is None else [
+            _save_stages(SimpleNamespace(stage1=member, stage2=None),
+                         tmp / "ensemble" / str(i))["stage1"]
+            for i, member in enumerate(members[1:], 1)]
         reviewer = getattr(model.hierarchy, "reviewer", None)
         if reviewer is not None:
             np.savez_compressed(tmp / "review.npz", **reviewer.to_arrays())
@@ -113,13 +127,16 @@ def save_bundle(model, path, metadata: dict | None = None, extra_files: dict | N
         info = {k: v for k, v in model.info.items() if k not in _RUNTIME_KEYS}
         info.update(metadata or {})
         info.update({
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if ensemble is None else ENSEMBLE_FORMAT_VERSION,
             "hiercell_version": __version__,
             "library_versions": library_versions(),
             "input_size": model.input_size,
             "masked": model.masked,
             "stages": stages,
         })
+        info.pop("stage1_ensemble", None)
+        if ensemble is not None:
+            info["stage1_ensemble"] = ensemble
         info.pop("base_stages", None)
         if base_stages is not None:
             info["base_stages"] = base_stages
@@ -306,6 +323,16 @@ def verify_bundle(path) -> dict:
                 or not all(isinstance(v, dict) for v in stages.values()):
             raise BundleError(f"{where}: {key} must map stage1 (and optionally stage2) to their "
                               f"state, got {sorted(stages) if isinstance(stages, dict) else stages!r}")
+    members = info.get("stage1_ensemble")
+    if members is not None and (not isinstance(members, list) or not members
+                                or not all(isinstance(m, dict) for m in members)):
+        raise BundleError(f"{where}: stage1_ensemble must be a non-empty list of stage "
+                          f"states, got {json.dumps(members)[:80]}")
+    if (members is not None) != (version == ENSEMBLE_FORMAT_VERSION):
+        raise BundleError(f"{where}: format {ENSEMBLE_FORMAT_VERSION} goes with "
+                          "stage1_ensemble and stage1_ensemble with format "
+                          f"{ENSEMBLE_FORMAT_VERSION} (got format {version}"
+                          f"{' with' if members is not None else ' without'} it)")
     if "inlab_stages" in info and set(info["inlab_stages"]) != {"stage1"}:
         raise BundleError(f"{where}: inlab_stages must hold stage1 alone, got "
                           f"{sorted(info['inlab_stages'])}")
@@ -374,6 +401,13 @@ def load_bundle(path, precision: str = "auto", engine: str | None = None):
         trunk = _load_trunk(path / "trunk.npz", size, precision, engine)
     load_stage = _load_stage_v1 if info["format_version"] == 1 else _load_stage_v2
     stages = _load_stages(path, info["stages"], load_stage, head_precision, engine)
+    if "stage1_ensemble" in info:
+        from .ensemble import StageEnsemble
+
+        stages["stage1"] = StageEnsemble([stages["stage1"]] + [
+            _load_stages(path / "ensemble" / str(i), {"stage1": state}, load_stage,
+                         head_precision, engine)["stage1"]
+            for i, state in enumerate(info["stage1_ensemble"], 1)])
     extra = {k: v for k, v in info.items() if k not in _STRUCTURE_KEYS}
     extra["trunk_sha256"] = trunk_sha256
     extra["tag"] = bundle_tag(path)

@@ -62,3 +62,14 @@ def tiny_model(tiny_bundle):
 def rgb_images(paths):
     """The images at ``paths`` as RGB uint8 arrays."""
     return [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]
+
+
+def rehash_bundle(path):
+    """Rewrite the ``SHA256SUMS`` of the bundle folder ``path`` for its current files (as
+    the maker of an edited bundle would), so that a test reaches the check it means."""
+    import hashlib
+
+    path = Path(path)
+    lines = [f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.relative_to(path).as_posix()}"
+             for f in sorted(path.rglob("*")) if f.is_file() and f.name != "SHA256SUMS"]
+    (path / "SHA256SUMS").write_text("\n".join(lines) + "\n")

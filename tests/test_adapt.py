@@ -18,7 +18,7 @@ from hiercell.data import read_dataset
 from hiercell.hierarchy import HierarchicalClassifier
 from hiercell.taxonomy import MAIN_CLASSES
 
-from conftest import FIXTURES, rgb_images
+from conftest import FIXTURES, rehash_bundle, rgb_images
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +119,7 @@ def test_adapt_writes_a_loadable_bundle_with_its_record(tiny_bundle, new_lab, tm
     assert adapted.stage1.network_weight == NETWORK_WEIGHT > 0
     assert adapted.stage2.network_weight == base.stage1.network_weight == 0
     assert record["settings"]["network_weight"] == NETWORK_WEIGHT
+    assert record["settings"]["ensemble"] is False  # the tiny base has no in-lab stage 1
     n_lab = len(read_dataset(new_lab))
     assert len(adapted.hierarchy.reviewer.reference_) == len(base.hierarchy.reviewer.reference_) + n_lab
     if adapted.hierarchy.reviewer.learned:  # the lab's cells joined with their classes
@@ -294,6 +295,9 @@ def test_model_card_states_the_labs_review_threshold():
     record["counts"] = {"neutrophil": 40, "SNE": 40}
     card = model_card(record, {})
     assert "Both stages were adapted" in card and "stage 2 is the base's" not in card
+    assert "two stage-1 networks" not in card
+    record["settings"] = {"ensemble": True}
+    assert "two stage-1 networks" in model_card(record, {})
 
 
 def test_class_weights_balance_fully_or_by_the_square_root_of_the_count():
@@ -321,3 +325,103 @@ def test_label_check_lists_the_cells_answered_otherwise_when_held_out(new_lab):
     assert text.splitlines()[0] == "path,label,main_class,held_out_answer"
     assert list(csv.DictReader(text.splitlines())) == rows
     assert label_check(samples, {"after": np.array([s.main for s in samples])}) == []
+
+
+def _with_inlab_stage(model):
+    """A copy of ``model`` with a second, in-lab stage 1: its stage 1 with other head
+    weights (so that adapting it gives another network), carrying the same sample."""
+    from hiercell.stage import StageClassifier
+
+    stage = model.hierarchy.stage1
+    rng = np.random.default_rng(0)
+    weights = [w + 0.05 * rng.standard_normal(w.shape).astype(w.dtype) * (np.std(w) + 1e-3)
+               for w in stage.head_.get_weights()]
+    other = StageClassifier.from_fitted_state(stage.fitted_state(), stage.svm_, weights)
+    other.source_sample_ = stage.source_sample_
+    new = copy.copy(model)
+    new.hierarchy = copy.copy(model.hierarchy)
+    new.hierarchy.inlab, new.hierarchy.inlab_gate = other, 0.95
+    return new
+
+
+def test_adapting_a_model_with_an_inlab_stage_adapts_both_networks(tiny_model, new_lab,
+                                                                   tmp_path, monkeypatch):
+    """hiercell.adapt.ENSEMBLE: both stage-1 networks adapted (the in-lab one's block5 for
+    at most INLAB_BLOCK5_EPOCHS), the adapted stage 1 answering with the mean of the pair;
+    the bundle keeps both (format 3) and loads them back."""
+    import hiercell.adapt as adapt_module
+    from hiercell.adapt import INLAB_BLOCK5_EPOCHS, adapt_model, trunk_views
+    from hiercell.bundle import BundleError, save_bundle, verify_bundle
+    from hiercell.ensemble import StageEnsemble
+    from hiercell.stage import StageClassifier
+
+    base = _with_inlab_stage(tiny_model)
+    samples = read_dataset(new_lab)
+    maps, ok, _ = trunk_views(base, [s.path for s in samples], views=0)
+    assert ok.all()
+    finetuned = []
+    real_finetune = adapt_module._finetune_on_target
+
+    def finetune(stage, maps, y_idx, epochs, lr, seed):
+        finetuned.append(epochs)
+        return real_finetune(stage, maps, y_idx, epochs, lr, seed)
+
+    monkeypatch.setattr(adapt_module, "_finetune_on_target", finetune)
+    adapted = adapt_model(base, maps, samples, block5_epochs=INLAB_BLOCK5_EPOCHS + 1)
+    assert finetuned == [INLAB_BLOCK5_EPOCHS + 1, INLAB_BLOCK5_EPOCHS]  # main, then in-lab
+    pair = adapted.hierarchy.stage1
+    assert isinstance(pair, StageEnsemble) and len(pair.members) == 2
+    assert all(isinstance(m, StageClassifier) and m.network_weight == NETWORK_WEIGHT
+               for m in pair.members)
+    X = maps[0]
+    outs = [m.predict_outputs(X) for m in pair.members]
+    assert not np.allclose(outs[0].proba, outs[1].proba, atol=1e-3)
+    mean = pair.predict_outputs(X)
+    for k in range(3):
+        np.testing.assert_allclose(mean[k], (outs[0][k] + outs[1][k]) / 2, atol=1e-6)
+    np.testing.assert_array_equal(pair.predict(X), pair.classes_[mean.proba.argmax(1)])
+    # the in-lab stage itself stays the base's (it answers the cells the gate hands back)
+    assert adapted.hierarchy.inlab is base.hierarchy.inlab
+    # without ensemble (or without an in-lab stage), one adapted stage as before
+    finetuned.clear()
+    single = adapt_model(base, maps, samples, block5_epochs=0, ensemble=False)
+    assert isinstance(single.hierarchy.stage1, StageClassifier) and finetuned == []
+    assert isinstance(adapt_model(tiny_model, maps, samples, block5_epochs=0).hierarchy.stage1,
+                      StageClassifier)
+    # the bundle: member 0 in stage1/, the other in ensemble/1/stage1/, format 3
+    out = save_bundle(adapted, tmp_path / "pair")
+    info = json.loads((out / "bundle.json").read_text())
+    assert info["format_version"] == 3 and len(info["stage1_ensemble"]) == 1
+    assert (out / "ensemble" / "1" / "stage1" / "head.npz").is_file()
+    again = load(out, precision="float32").hierarchy.stage1
+    assert isinstance(again, StageEnsemble) and len(again.members) == 2
+    for saved, kept in zip(pair.members, again.members):  # weights stored as float16
+        for a, b in zip(saved.head_.get_weights(), kept.head_.get_weights()):
+            np.testing.assert_allclose(b, a, rtol=2e-3, atol=1e-4)
+        assert kept.network_weight == saved.network_weight
+        np.testing.assert_array_equal(kept.svm_.classes_, saved.svm_.classes_)
+    np.testing.assert_allclose(again.predict_proba(X),
+                               np.mean([m.predict_proba(X) for m in again.members], axis=0),
+                               atol=1e-6)
+    # format and members go together: either one alone is refused
+    for key, value in (("format_version", 2), ("stage1_ensemble", None)):
+        bad = tmp_path / f"bad-{key}"
+        shutil.copytree(out, bad)
+        broken = dict(info)
+        if value is None:
+            broken.pop(key)
+        else:
+            broken[key] = value
+        (bad / "bundle.json").write_text(json.dumps(broken))
+        rehash_bundle(bad)
+        with pytest.raises(BundleError, match="format 3 goes with stage1_ensemble"):
+            verify_bundle(bad)
+
+
+def test_a_stage_ensemble_needs_members_with_the_same_classes(tiny_model):
+    from hiercell.ensemble import StageEnsemble
+
+    with pytest.raises(ValueError, match="at least one member"):
+        StageEnsemble([])
+    with pytest.raises(ValueError, match="share their classes"):
+        StageEnsemble([tiny_model.hierarchy.stage1, tiny_model.hierarchy.stage2])

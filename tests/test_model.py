@@ -21,7 +21,7 @@ from hiercell.records import Prediction
 from hiercell.stage import StageClassifier
 from hiercell.taxonomy import FINE_CLASSES, MAIN_CLASSES, STAGE2_CLASSES
 
-from conftest import FIXTURES, TINY, rgb_images
+from conftest import FIXTURES, TINY, rehash_bundle, rgb_images
 
 S2 = sorted(STAGE2_CLASSES)
 
@@ -385,8 +385,6 @@ def test_save_bundle_refuses_to_overwrite_a_non_bundle_folder(tiny_model, tmp_pa
 
 def test_format1_bundles_still_load(tiny_bundle, tiny_model, tmp_path):
     """hiercell 0.1 wrote format 1: ``svm.joblib`` pickled the whole StageClassifier."""
-    import hashlib
-
     import joblib
 
     old = tmp_path / "format1"
@@ -396,9 +394,7 @@ def test_format1_bundles_still_load(tiny_bundle, tiny_model, tmp_path):
     info = json.loads((old / "bundle.json").read_text())
     info["format_version"] = 1
     (old / "bundle.json").write_text(json.dumps(info))
-    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(old).as_posix()}"
-             for p in sorted(old.rglob("*")) if p.is_file() and p.name != "SHA256SUMS"]
-    (old / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    rehash_bundle(old)
     model = load(old, precision="float32")
     images = sorted(FIXTURES.glob("*/*.jpg"))[:6]
     np.testing.assert_allclose(model.predict_proba(images), tiny_model.predict_proba(images),

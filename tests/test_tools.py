@@ -11,7 +11,7 @@ import pytest
 
 from hiercell.bundle import load, save_bundle
 
-from conftest import FIXTURES, rgb_images
+from conftest import FIXTURES, rehash_bundle, rgb_images
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
@@ -176,11 +176,7 @@ def test_combine_stages_sets_the_share_of_the_in_lab_stages_network_head(tiny_bu
 
 def _rehash_and_verify(path, verify):
     """Rewrite ``path``'s SHA256SUMS for its current files, then verify it."""
-    import hashlib
-
-    lines = [f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.relative_to(path).as_posix()}"
-             for f in sorted(path.rglob("*")) if f.is_file() and f.name != "SHA256SUMS"]
-    (path / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    rehash_bundle(path)
     return verify(path)
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from ..adapt import BLOCK5_EPOCHS, DENSE_EPOCHS, NETWORK_WEIGHT
+from ..adapt import (BLOCK5_EPOCHS, DENSE_EPOCHS, ENSEMBLE, FOLDS, INLAB_BLOCK5_EPOCHS,
+                     NETWORK_WEIGHT)
 from .options import echo_err, load_model, model_option, precision_option, seed_option
 
 
@@ -19,7 +20,7 @@ from .options import echo_err, load_model, model_option, precision_option, seed_
 @model_option
 @click.option("--views", default=4, show_default=True, type=click.IntRange(0, 16),
               help="Augmented views per labelled image.")
-@click.option("--folds", default=3, show_default=True, type=click.IntRange(2, 20),
+@click.option("--folds", default=FOLDS, show_default=True, type=click.IntRange(2, 20),
               help="Cross-validation folds for the before/after figures (grouped by the "
                    "manifest's group column when it has one); each fold is one more "
                    "adaptation, so more folds take longer.")
@@ -27,9 +28,15 @@ from .options import echo_err, load_model, model_option, precision_option, seed_
               type=click.IntRange(0),
               help="Epochs of fine-tuning block5 and the dense layers on the new lab's cells "
                    "(0: refit the dense layers and the SVM only; faster).")
+@click.option("--ensemble/--no-ensemble", default=ENSEMBLE, show_default=True,
+              help="When the base model has an in-lab stage 1 (the bundled one does), adapt "
+                   f"that network too (block5 for at most {INLAB_BLOCK5_EPOCHS} epochs) and "
+                   "answer with the mean "
+                   "of the two adapted stage 1s (each adaptation takes about 1.7 times as "
+                   "long; --no-ensemble adapts the main stage 1 only).")
 @seed_option
 @precision_option
-def adapt(data, out, model_path, views, folds, block5_epochs, seed, precision):
+def adapt(data, out, model_path, views, folds, block5_epochs, ensemble, seed, precision):
     """Adapt a model to a new lab's images from labelled cells in DATA.
 
     DATA is any layout hiercell reads: a PBC-style folder (labels from file-name
@@ -45,6 +52,7 @@ def adapt(data, out, model_path, views, folds, block5_epochs, seed, precision):
                          trunk_views)
     from ..bundle import BundleError, save_bundle
     from ..data import read_dataset
+    from ..ensemble import StageEnsemble
 
     t0 = time.time()
     model = load_model(model_path, precision)
@@ -60,12 +68,13 @@ def adapt(data, out, model_path, views, folds, block5_epochs, seed, precision):
     _check_enough(data, len(samples), folds, "readable labelled")
     try:
         predictions = cross_val_predict(model, maps, samples, k=folds, seed=seed,
-                                        block5_epochs=block5_epochs, progress=True)
+                                        block5_epochs=block5_epochs, progress=True,
+                                        ensemble=ensemble)
         cv = cv_summary(samples, predictions)
         to_check = label_check(samples, predictions)
         cv["labels_to_check"] = len(to_check)
         adapted = adapt_model(model, maps, samples, seed=seed, block5_epochs=block5_epochs,
-                              log=echo_err)
+                              log=echo_err, ensemble=ensemble)
         cv["review"] = calibrate_review(adapted, samples, predictions)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -73,7 +82,8 @@ def adapt(data, out, model_path, views, folds, block5_epochs, seed, precision):
     record = adaptation_record(samples, cv, base, model.info, data_digest(samples), str(data),
                                {"views": views, "dense_epochs": DENSE_EPOCHS,
                                 "network_weight": NETWORK_WEIGHT,
-                                "block5_epochs": block5_epochs, "folds": folds, "seed": seed})
+                                "block5_epochs": block5_epochs, "folds": folds, "seed": seed,
+                                "ensemble": isinstance(adapted.hierarchy.stage1, StageEnsemble)})
     try:
         save_bundle(adapted, out, {"adaptation": record, "name": Path(out).name},
                     extra_files={"MODEL_CARD.md": model_card(record, model.info),
