@@ -201,13 +201,17 @@ class ImageClassifier:
         ``class_name`` (a main class, or a subclass meaning its main class; default: the
         head's top class), on the grid of the RGB uint8 image ``rgb``.
 
-        ``features``: the image's trunk features when already computed (they must come
-        from the same masking, unshifted as :meth:`features` gives them: an aligned
-        model shifts them here); otherwise they are computed with ``masked``.
+        ``features``: the image's trunk features when already computed, ``(h, w, c)`` or
+        ``(1, h, w, c)`` (they must come from the same masking, unshifted as
+        :meth:`features` gives them: an aligned model shifts them here); otherwise they
+        are computed with ``masked``.
         """
         if features is None:
             check_rgb_image(rgb)
             features = self.features([rgb], masked)
+        features = np.asarray(features)
+        if features.ndim == 3:  # one image's row, as the report passes it
+            features = features[None]
         if self.hierarchy.inlab_rows(features)[0]:  # the stage 1 that answers this cell
             stage = self.hierarchy.inlab
         else:

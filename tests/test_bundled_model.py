@@ -187,3 +187,6 @@ def test_bundled_model_gives_in_lab_cells_to_its_in_lab_stage_1(model):
     expected = gradcam_map(hier.inlab.head_, hier.inlab.classes_, X[i:i + 1], images[i].shape,
                            None)
     np.testing.assert_allclose(model.gradcam(images[i]), expected, atol=1e-5)
+    # the report hands it one image's row of features, (h, w, c), as well as (1, h, w, c)
+    for given in (X[i], X[i:i + 1]):
+        np.testing.assert_allclose(model.gradcam(images[i], features=given), expected, atol=1e-5)
