@@ -111,7 +111,10 @@ def test_classify_command_with_bad_files(tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "s.json").read_text())
     total = sum(v["percent"] for v in summary["main_classes"].values())
     assert abs(total - 100) < 1e-6
-    assert "Grad-CAM" in (tmp_path / "r.html").read_text()
+    html = (tmp_path / "r.html").read_text()
+    # a thumbnail and a Grad-CAM overlay for every classified cell, none failed
+    assert "Grad-CAM failed" not in html and "Grad-CAM gave up" not in html
+    assert html.count("data:image/jpeg") == 2 * sum(r["status"] == "ok" for r in rows)
 
 
 def test_classify_with_a_review_rate_flags_more_cells(tmp_path, monkeypatch):
