@@ -59,12 +59,13 @@ def load(model, samples, cache):
     return maps[0].astype(np.float32), np.array([s.main for s, good in zip(samples, ok) if good])
 
 
-def with_weight(model, w):
-    """A copy of ``model`` whose main stage 1 answers with network weight ``w``."""
+def with_weight(model, w, stage="stage1"):
+    """A copy of ``model`` whose ``stage`` (its main stage 1 unless said) answers with
+    network weight ``w``."""
     new = copy.copy(model)
     new.hierarchy = copy.copy(model.hierarchy)
-    new.hierarchy.stage1 = copy.copy(model.hierarchy.stage1)
-    new.hierarchy.stage1.network_weight = w
+    setattr(new.hierarchy, stage, copy.copy(getattr(model.hierarchy, stage)))
+    getattr(new.hierarchy, stage).network_weight = w
     return new
 
 

@@ -35,7 +35,8 @@ Neither is taken: nothing beats the SVM alone on val, and on test the best (all 
 from __future__ import annotations
 
 import argparse
-import copy
+import sys
+from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import f1_score
@@ -45,14 +46,8 @@ from hiercell.adapt import trunk_views
 from hiercell.data import read_dataset
 from hiercell.training import evaluate_hierarchy, stage_targets
 
-
-def with_stage2_weight(model, w):
-    """A copy of ``model`` whose stage 2 answers with network weight ``w``."""
-    new = copy.copy(model)
-    new.hierarchy = copy.copy(model.hierarchy)
-    new.hierarchy.stage2 = copy.copy(model.hierarchy.stage2)
-    new.hierarchy.stage2.network_weight = w
-    return new
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from network_weight import with_weight  # noqa: E402  (the same copy, for stage 2)
 
 
 def main():
@@ -71,7 +66,7 @@ def main():
         samples = [s for s, good in zip(samples, ok) if good]
         X = maps[0].astype(np.float32)
         for w in (0.0, 0.25, 0.5, 0.75, 1.0):
-            r = evaluate_hierarchy(with_stage2_weight(model, w), X, samples)
+            r = evaluate_hierarchy(with_weight(model, w, "stage2"), X, samples)
             print(f"{split} w={w:<4} stage-2 macro-F1 {r['stage2']['macro_f1']:.4f}, end to end "
                   f"{r['end_to_end']['accuracy']:.4f}", flush=True)
         if other is None:
