@@ -43,11 +43,6 @@ class StageEnsemble:
         """The members' classes."""
         return self.members[0].classes_
 
-    @property
-    def head_(self):
-        """The first member's network head (what Grad-CAM reads)."""
-        return self.members[0].head_
-
     def predict_outputs(self, X) -> StageOutputs:
         """:class:`~hiercell.stage.StageOutputs` of trunk features ``X``: the mean over the
         members of their probabilities, network head softmax and network energy."""

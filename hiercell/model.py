@@ -197,7 +197,10 @@ class ImageClassifier:
 
     def gradcam(self, rgb, class_name=None, masked=None, features=None):
         """Grad-CAM heat map ``(H, W)`` float32 in [0, 1] of stage 1's network head (the
-        in-lab stage 1's for a cell it answers, :attr:`HierarchicalClassifier.inlab`) for
+        in-lab stage 1's for a cell it answers, :attr:`HierarchicalClassifier.inlab`; in
+        an adapted model the base's for a cell its domain gate hands to the base, and for
+        the others the mean of the two heads' maps of an adapted pair,
+        :mod:`hiercell.ensemble`) for
         ``class_name`` (a main class, or a subclass meaning its main class; default: the
         head's top class), on the grid of the RGB uint8 image ``rgb``.
 
@@ -212,14 +215,20 @@ class ImageClassifier:
         features = np.asarray(features)
         if features.ndim == 3:  # one image's row, as the report passes it
             features = features[None]
-        if self.hierarchy.inlab_rows(features)[0]:  # the stage 1 that answers this cell
-            stage = self.hierarchy.inlab
+        hierarchy = self.hierarchy  # the stage 1 that answers this cell:
+        own = hierarchy.adapted_rows(features)  # (all True but in an adapted model)
+        if hierarchy.inlab_rows(features, own)[0]:
+            stage = hierarchy.inlab
+        elif not own[0]:  # an adapted model's domain gate hands it to the base model
+            stage = hierarchy.base.stage1
         else:
-            stage, features = self.stage1, self.hierarchy.aligned(features)
+            stage, features = self.stage1, hierarchy.aligned(features)
         name = SUB_TO_MAIN.get(class_name, class_name)
         from .gradcam import gradcam_map
 
-        return gradcam_map(stage.head_, stage.classes_, features, rgb.shape, name)
+        members = getattr(stage, "members", [stage])  # an adapted pair: the mean of its maps
+        return np.mean([gradcam_map(m.head_, m.classes_, features, rgb.shape, name)
+                        for m in members], axis=0).astype(np.float32)
 
 
 def _as_items(X):

@@ -380,6 +380,20 @@ def test_adapting_a_model_with_an_inlab_stage_adapts_both_networks(tiny_model, n
     for k in range(3):
         np.testing.assert_allclose(mean[k], (outs[0][k] + outs[1][k]) / 2, atol=1e-6)
     np.testing.assert_array_equal(pair.predict(X), pair.classes_[mean.proba.argmax(1)])
+    # Grad-CAM explains the stage 1 that answered: the pair (the mean of its two heads'
+    # maps) for the lab's cells, the base's for a cell the domain gate hands back
+    from hiercell.gradcam import gradcam_map
+
+    rgb = cv2.cvtColor(cv2.imread(str(samples[0].path)), cv2.COLOR_BGR2RGB)
+    hier = adapted.hierarchy
+    hier.inlab_gate = -1.0  # no cell to the in-lab stage here (its own test: test_model)
+    for threshold, heads in ((0.0, pair.members), (1.01, [base.hierarchy.stage1])):
+        hier.gate.threshold = threshold
+        expected = np.mean([gradcam_map(m.head_, m.classes_, X[:1], rgb.shape, "neutrophil")
+                            for m in heads], axis=0)
+        np.testing.assert_allclose(adapted.gradcam(rgb, "SNE", features=X[0]), expected,
+                                   atol=1e-6)
+    hier.gate.threshold, hier.inlab_gate = 0.5, 0.95
     # the in-lab stage itself stays the base's (it answers the cells the gate hands back)
     assert adapted.hierarchy.inlab is base.hierarchy.inlab
     # without ensemble (or without an in-lab stage), one adapted stage as before
