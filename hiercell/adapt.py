@@ -291,15 +291,13 @@ def adapt_model(model, maps, samples, seed=0, block5_epochs=BLOCK5_EPOCHS, log=N
             continue
         t0 = time.time()
         target = maps[:, idx].reshape((-1,) + maps.shape[2:])
-        starts = [stage]
+        starts = [(stage, block5_epochs)]  # each network with its block5 epochs
         inlab = model.hierarchy.inlab
         if number == 1 and ensemble and getattr(inlab, "source_sample_", None) is not None:
-            starts.append(inlab)
-        adapted = [adapt_stage(start, target, np.tile(y, maps.shape[0]),
-                               block5_epochs=block5_epochs if k == 0 else
-                               min(block5_epochs, INLAB_BLOCK5_EPOCHS),
+            starts.append((inlab, min(block5_epochs, INLAB_BLOCK5_EPOCHS)))
+        adapted = [adapt_stage(start, target, np.tile(y, maps.shape[0]), block5_epochs=epochs,
                                seed=seed, network_weight=network_weight)
-                   for k, start in enumerate(starts)]
+                   for start, epochs in starts]
         setattr(new.hierarchy, attr, adapted[0] if len(adapted) == 1 else StageEnsemble(adapted))
         if log:
             log(f"stage {number}: adapted on {len(idx)} cells x {maps.shape[0]} views "

@@ -167,22 +167,25 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         :meth:`adapted_rows` mask, when already known)."""
         return self._stage_outputs(number, X, own)[0]
 
-    def _stage_outputs(self, number, X, own=None):
+    def _stage_outputs(self, number, X, own=None, inlab=None):
         """The tuple ``(probabilities, network head probabilities, network energy)`` of
         stage ``number`` (the fields of :class:`hiercell.stage.StageOutputs`;
-        probabilities over its ``classes_``), rows answered as :meth:`stage_proba` says."""
+        probabilities over its ``classes_``), rows answered as :meth:`stage_proba` says
+        (``inlab``: the :meth:`inlab_rows` mask, when already known)."""
         stage = self.stage1 if number == 1 else self.stage2
         own = self.adapted_rows(X) if own is None else own
         fallback = None if self.base is None else (self.base.stage1 if number == 1
                                                    else self.base.stage2)
         if number == 1:
-            inlab = self.inlab_rows(X, own)
+            inlab = self.inlab_rows(X, own) if inlab is None else inlab
             parts = ((own & ~inlab, stage, True), (~own & ~inlab, fallback, False),
                      (inlab, self.inlab, False))
         else:  # in an aligned model stage 2 reads the in-lab cells unshifted too (in an
             # adapted one they are among the base's rows, unshifted anyway)
-            inlab = (own & self.inlab_rows(X, own) if getattr(self.alignment, "fitted", False)
-                     else np.zeros(len(X), dtype=bool))
+            if getattr(self.alignment, "fitted", False):
+                inlab = own & (self.inlab_rows(X, own) if inlab is None else inlab)
+            else:
+                inlab = np.zeros(len(X), dtype=bool)
             parts = ((own & ~inlab, stage, True), (~own, fallback, False), (inlab, stage, False))
         if own.all() and not inlab.any():
             return tuple(stage.predict_outputs(self.aligned(X)))
@@ -209,7 +212,8 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         over its classes (NaN rows where it did not run; ``None`` without stage 2), and
         stage 1's network head outputs ``(probabilities over MAIN_CLASSES, energy)``."""
         own = self.adapted_rows(X) if own is None else own
-        proba, network, energy = self._stage_outputs(1, X, own)
+        inlab = self.inlab_rows(X, own)  # once for both stages: a neighbour search
+        proba, network, energy = self._stage_outputs(1, X, own, inlab)
         p1, net1 = (_reorder(p, self.stage1.classes_, MAIN_CLASSES) for p in (proba, network))
         n1 = (net1, energy)
         if self.stage2 is None:
@@ -217,7 +221,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         p2 = np.full((len(X), len(self.stage2.classes_)), np.nan)
         routed = np.isin(np.asarray(MAIN_CLASSES)[p1.argmax(1)], ROUTED_MAIN)
         if routed.any():
-            p2[routed] = self.stage_proba(2, X[routed], own[routed])
+            p2[routed] = self._stage_outputs(2, X[routed], own[routed], inlab[routed])[0]
         return p1, p2, n1
 
     def _stage2_classes(self):
