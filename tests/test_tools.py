@@ -1,6 +1,7 @@
 """The maintenance scripts in tools/ that write bundles."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -282,6 +283,21 @@ def test_torch_recipe_packs_train_and_val_frames_whose_views_are_the_canonical_f
     for bad, why in (("lab", "expected NAME=DATA"), (f"none={lab / 'none.csv'}", "none.csv")):
         done = subprocess.run(pack + ["--external", bad], capture_output=True, text=True)
         assert done.returncode != 0 and why in done.stderr and "Traceback" not in done.stderr
+
+
+def test_torch_recipe_imports_hiercell_from_its_own_checkout(tmp_path):
+    # the GPU machine has no hiercell installed: train's data workers import hiercell's
+    # augment and framing from the checkout (a run without PYTHONPATH failed there with
+    # "No module named 'hiercell'"). -S: no site, so no installed or editable hiercell
+    # unless the script puts its checkout first; numpy comes from site-packages by path.
+    site = os.pathsep.join(p for p in sys.path if p.endswith("site-packages"))
+    code = ("import runpy, sys; runpy.run_path(sys.argv[1]); "
+            "import hiercell.augment, hiercell.framing; print(hiercell.augment.__file__)")
+    done = subprocess.run([sys.executable, "-S", "-c", code, str(TOOLS / "torch_recipe.py")],
+                          cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": site})
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()).resolve() == (TOOLS.parent / "hiercell" / "augment.py").resolve()
 
 
 def test_torch_recipe_batches_cover_every_image_once_per_epoch_in_a_new_order():

@@ -42,6 +42,13 @@ from pathlib import Path
 
 import numpy as np
 
+#: The checkout this script belongs to: ``train`` runs on a machine without hiercell
+#: installed and imports its augment and framing modules (in the data workers too) from
+#: here, so its command needs no PYTHONPATH.
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path[:1]:
+    sys.path.insert(0, str(ROOT))
+
 STORED = 224  # side of the stored canonical frames
 MEAN_BGR = (103.939, 116.779, 123.68)  # VGG16 (Keras "caffe") input: BGR minus ImageNet mean
 BLOCKS = (2, 2, 3, 3, 3)  # convolutions in VGG16's blocks 1-5
