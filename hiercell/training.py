@@ -376,6 +376,9 @@ def train_bundle(samples, settings: TrainSettings, out, stages=(1, 2), recipe="f
     from .bundle import save_bundle
     from .data import summarize
 
+    if 1 not in stages:  # a bundle without stage 1 could be written but never loaded
+        raise ValueError(f"stages {tuple(stages)}: a model bundle needs stage 1 (stage 2 "
+                         "only answers the cells stage 1 calls neutrophil or ig)")
     t0 = time.time()
     excluded = {}
     if settings.masked:

@@ -344,6 +344,11 @@ def test_torch_recipe_bundle_fits_the_svms_on_heads_trained_elsewhere(tiny_bundl
     for name in ("stage1", "stage2"):
         np.testing.assert_allclose(getattr(imported.hierarchy, name).network_proba(X),
                                    getattr(tiny.hierarchy, name).network_proba(X), atol=2e-3)
+    # a stage-2 head alone is refused before any fitting: such a bundle could not be loaded
+    done = subprocess.run(command + [str(heads[1]), "--out", str(tmp_path / "s2only")],
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "needs stage 1" in done.stderr
+    assert not (tmp_path / "s2only").exists()
     # a head whose classes are not the stage's is refused
     z = dict(np.load(heads[1]))
     z["classes"] = z["classes"][::-1]
