@@ -35,9 +35,29 @@ def percentages(counts: dict, decimals: int = 1) -> dict:
     return {k: round(floors[k] / scale, decimals) for k in counts}
 
 
+def counting_interval(count: int, total: int, level: float = 0.95) -> tuple:
+    """``(low, high)`` percent: the exact (Clopper-Pearson) binomial confidence limits of
+    a class's share when ``count`` of ``total`` counted cells are of it, the limits of
+    Rumke's table for manual differentials (CLSI H20). They say how precisely counting
+    ``total`` cells measures the slide's proportion, not how often the classifier errs;
+    ``(0.0, 100.0)`` when nothing was counted."""
+    from scipy.stats import beta
+
+    if total <= 0:
+        return 0.0, 100.0
+    if not 0 <= count <= total:
+        raise ValueError(f"count {count} is not between 0 and total {total}")
+    tail = (1.0 - level) / 2.0
+    low = 0.0 if count == 0 else float(beta.ppf(tail, count, total - count + 1))
+    high = 1.0 if count == total else float(beta.ppf(1.0 - tail, count + 1, total - count))
+    return round(100.0 * low, 1), round(100.0 * high, 1)
+
+
 def _table(counts: dict) -> dict:
     pct = percentages(counts)
-    return {k: {"count": int(counts[k]), "percent": pct[k]} for k in counts}
+    total = sum(counts.values())
+    return {k: {"count": int(counts[k]), "percent": pct[k],
+                "ci95": list(counting_interval(int(counts[k]), total))} for k in counts}
 
 
 def _counts(ok) -> tuple[dict, dict, int]:
@@ -61,7 +81,9 @@ def summarize(records, aligned=False, class_rates=None) -> dict:
     cells (all of :data:`MAIN_CLASSES`, zeros included; any other class a model
     answers is appended). ``subclasses``: within the neutrophil + ig cells,
     count and percent of each maturation stage, ``"unspecified"`` for cells
-    whose stage 2 answered "Others". Percentages sum to 100 (one decimal).
+    whose stage 2 answered "Others". Percentages sum to 100 (one decimal). Each
+    row's ``ci95`` is its 95 % counting interval in percent
+    (:func:`counting_interval`: the sampling error of counting that many cells).
 
     Review: ``n_review`` cells need review (``review_percent`` of the
     classified ones); ``without_review`` is the same count (``n_classified``,
@@ -133,14 +155,16 @@ def format_summary(summary: dict) -> str:
     width = max(12, *(len(k) for k in rows), *(len(k) for k in sub["classes"]))
 
     def table(rows, kept_rows, n, n_kept):
-        head = f"  {'class':<{width}} {'count':>6} {'%':>6}"
+        head = f"  {'class':<{width}} {'count':>6} {'%':>6} {'95% CI':>11}"
         if split:
             head += f"   {'w/o review':>10} {'%':>6}"
         out = [head]
         if split:
-            out.append(f"  {'total':<{width}} {n:>6} {'':>6}   {n_kept:>10}")
+            out.append(f"  {'total':<{width}} {n:>6} {'':>6} {'':>11}   {n_kept:>10}")
         for name, row in rows.items():
-            line = f"  {name:<{width}} {row['count']:>6} {row['percent']:>6.1f}"
+            ci = row.get("ci95")
+            ci = f"{ci[0]:.1f}-{ci[1]:.1f}" if ci else ""
+            line = f"  {name:<{width}} {row['count']:>6} {row['percent']:>6.1f} {ci:>11}"
             if split:
                 k = kept_rows.get(name, {"count": 0, "percent": 0.0})
                 line += f"   {k['count']:>10} {k['percent']:>6.1f}"
@@ -158,4 +182,6 @@ def format_summary(summary: dict) -> str:
                  f"({summary['uncertain_percent']:.1f} % of classified cells)")
     lines.append(review_line(summary) + (" -- counted apart in the 'w/o review' columns"
                                          if split and summary.get("n_review") else ""))
+    lines.append("95% CI: the exact binomial limits of each share for this many cells "
+                 "(counting error only, not classification error)")
     return "\n".join(lines)

@@ -66,6 +66,7 @@ h2{font-size:1.1em;margin:1.2em 0 .4em}
 .chart th{color:#666;font-size:12px;text-align:right}
 .chart .n{text-align:right;font-variant-numeric:tabular-nums}
 .chart .k{color:#555;border-left:1px solid #ddd}
+.chart .ci{color:#777;font-size:12px}
 .track{width:240px;background:#eee;height:14px;border-radius:2px}
 .bar{background:#3c78b4;height:14px;border-radius:2px}
 .sub .bar{background:#7a5bb0}
@@ -243,19 +244,24 @@ def _fmt_p(p) -> str:
 def _bars(rows: dict, css_class: str, kept: dict | None = None) -> str:
     """Bar chart rows; with ``kept`` (the count without the cells that need review), two
     more columns."""
-    out = [f'<table class="chart {css_class}">']
-    if kept is not None:
-        out.append('<tr><th></th><th>count</th><th>%</th><th class="k" colspan="2">'
-                   'without review</th><th></th></tr>')
+    out = [f'<table class="chart {css_class}">',
+           '<tr><th></th><th>count</th><th>%</th><th title="exact binomial limits of the '
+           'share for this many cells: counting error only, not classification error">'
+           '95&nbsp;% CI</th>'
+           + ('<th class="k" colspan="2">without review</th>' if kept is not None else "")
+           + "<th></th></tr>"]
     for name, row in rows.items():
         pct = float(row["percent"])
+        ci = row.get("ci95")
+        ci = f"{float(ci[0]):.1f}&ndash;{float(ci[1]):.1f}" if ci else ""
         extra = ""
         if kept is not None:
             k = kept.get(name, {"count": 0, "percent": 0.0})
             extra = (f'<td class="n k">{k["count"]}</td>'
                      f'<td class="n">{float(k["percent"]):.1f}&nbsp;%</td>')
         out.append(f'<tr><td>{html.escape(str(name))}</td><td class="n">{row["count"]}</td>'
-                   f'<td class="n">{pct:.1f}&nbsp;%</td>{extra}<td><div class="track">'
+                   f'<td class="n">{pct:.1f}&nbsp;%</td><td class="n ci">{ci}</td>{extra}'
+                   f'<td><div class="track">'
                    f'<div class="bar" style="width:{pct:.1f}%"></div></div></td></tr>')
     out.append("</table>")
     return "\n".join(out)

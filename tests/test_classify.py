@@ -20,7 +20,7 @@ from click.testing import CliRunner
 import hiercell.bundle
 from hiercell.classify import ClassifyResult, NoImagesError, classify_folder
 from hiercell.cli import main
-from hiercell.differential import format_summary, percentages, summarize
+from hiercell.differential import counting_interval, format_summary, percentages, summarize
 from hiercell.records import RECORD_COLUMNS, Prediction
 from hiercell.report import overlay_heatmap, write_report
 from hiercell.results import partial_path, read_results
@@ -370,8 +370,10 @@ def test_summarize():
     s = summarize(recs)
     assert (s["n_images"], s["n_classified"], s["n_errors"]) == (10, 9, 1)
     assert list(s["main_classes"]) == list(MAIN_CLASSES)
-    assert s["main_classes"]["neutrophil"] == {"count": 4, "percent": 44.5}  # largest remainder
-    assert s["main_classes"]["eosinophil"] == {"count": 0, "percent": 0.0}
+    # largest remainder; exact binomial limits of 4 and 0 in 9
+    assert s["main_classes"]["neutrophil"] == {"count": 4, "percent": 44.5, "ci95": [13.7, 78.8]}
+    assert s["main_classes"]["eosinophil"] == {"count": 0, "percent": 0.0, "ci95": [0.0, 33.6]}
+    assert s["subclasses"]["classes"]["SNE"]["ci95"] == [11.8, 88.2]  # 3 of the 6 routed
     assert round(sum(v["percent"] for v in s["main_classes"].values()), 6) == 100
     sub = s["subclasses"]
     assert sub["n_cells"] == 6
@@ -382,7 +384,26 @@ def test_summarize():
     text = format_summary(s)
     for name in (*MAIN_CLASSES, *SUBCLASSES, "unspecified"):
         assert name in text
+    assert "95% CI" in text
+    assert re.search(r"neutrophil\s+4\s+44\.5\s+13\.7-78\.8", text)
     json.dumps(s)
+
+
+def test_counting_interval_gives_rumkes_limits():
+    # Rumke's table (CLSI H20) for a 100-cell differential, to the percent
+    for count, (low, high) in {0: (0, 4), 1: (0, 5), 10: (5, 18), 50: (40, 60),
+                               100: (96, 100)}.items():
+        got = counting_interval(count, 100)
+        assert (round(got[0]), round(got[1])) == (low, high), (count, got)
+    # more cells, a narrower interval around the same share; it holds the share
+    for n in (50, 200, 1000):
+        low, high = counting_interval(n // 5, n)
+        assert low < 20.0 < high
+    assert counting_interval(200, 1000)[1] - counting_interval(200, 1000)[0] \
+        < counting_interval(20, 100)[1] - counting_interval(20, 100)[0]
+    assert counting_interval(0, 0) == (0.0, 100.0)
+    with pytest.raises(ValueError, match="between 0 and total"):
+        counting_interval(5, 4)
 
 
 def test_summarize_nothing_classified():

@@ -53,6 +53,11 @@ def test_page_has_review_column_filters_relabelling_and_export(tmp_path):
     for key, name in SHORTCUTS.items():  # the shortcuts are documented in the page
         assert f"<kbd>{key}</kbd> {name}</span>" in text
     assert "1 cell needs review" in text
+    # the differential's rows carry their counting interval: 1 of 2 cells, 0 of 2
+    assert re.search(r'<td>lymphocyte</td><td class="n">1</td><td class="n">50\.0&nbsp;%</td>'
+                     r'<td class="n ci">1\.3&ndash;98\.7</td>', text)
+    assert '<td>monocyte</td><td class="n">0</td><td class="n">0.0&nbsp;%</td>' \
+        '<td class="n ci">0.0&ndash;84.2</td>' in text
     assert 'class="warn"' not in text  # 2 novel cells: too few for the domain check
     # the exact paths are in the page, escaped: nothing can close the script or an attribute
     assert text.count("</script>") == 1 and "<u>" not in text
