@@ -41,15 +41,20 @@ def counting_interval(count: int, total: int, level: float = 0.95) -> tuple:
     Rumke's table for manual differentials (CLSI H20). They say how precisely counting
     ``total`` cells measures the slide's proportion, not how often the classifier errs;
     ``(0.0, 100.0)`` when nothing was counted."""
-    from scipy.stats import beta
+    import operator
 
-    if total <= 0:
-        return 0.0, 100.0
-    if not 0 <= count <= total:
+    from scipy.special import betaincinv  # the beta quantile; lighter than scipy.stats
+
+    count, total = operator.index(count), operator.index(total)
+    if not 0 < level < 1:
+        raise ValueError(f"level {level} is not between 0 and 1")
+    if total < 0 or not 0 <= count <= max(total, 0):
         raise ValueError(f"count {count} is not between 0 and total {total}")
+    if total == 0:
+        return 0.0, 100.0
     tail = (1.0 - level) / 2.0
-    low = 0.0 if count == 0 else float(beta.ppf(tail, count, total - count + 1))
-    high = 1.0 if count == total else float(beta.ppf(1.0 - tail, count + 1, total - count))
+    low = 0.0 if count == 0 else float(betaincinv(count, total - count + 1, tail))
+    high = 1.0 if count == total else float(betaincinv(count + 1, total - count, 1.0 - tail))
     return round(100.0 * low, 1), round(100.0 * high, 1)
 
 
@@ -182,6 +187,7 @@ def format_summary(summary: dict) -> str:
                  f"({summary['uncertain_percent']:.1f} % of classified cells)")
     lines.append(review_line(summary) + (" -- counted apart in the 'w/o review' columns"
                                          if split and summary.get("n_review") else ""))
-    lines.append("95% CI: the exact binomial limits of each share for this many cells "
-                 "(counting error only, not classification error)")
+    if any("ci95" in row for row in (*rows.values(), *sub["classes"].values())):
+        lines.append("95% CI: the exact binomial limits of each share for this many cells "
+                     "(counting error only, not classification error)")
     return "\n".join(lines)

@@ -242,7 +242,8 @@ def _fmt_p(p) -> str:
 
 
 def _bars(rows: dict, css_class: str, kept: dict | None = None) -> str:
-    """Bar chart rows; with ``kept`` (the count without the cells that need review), two
+    """Bar chart rows: count, percent and its 95 % counting interval (``ci95``, blank for
+    rows without one); with ``kept`` (the count without the cells that need review), two
     more columns."""
     out = [f'<table class="chart {css_class}">',
            '<tr><th></th><th>count</th><th>%</th><th title="exact binomial limits of the '
@@ -311,6 +312,8 @@ def _header(summary: dict, model, masked, notes: list) -> str:
         + (f"; {kept['subclasses']['n_cells']} without review" if kept else "") + ")</h2>",
         _bars(sub["classes"], "sub", kept["subclasses"]["classes"] if kept else None),
         "</div></div>",
+        '<p class="muted">95&nbsp;% CI: the exact binomial limits of each share for this '
+        "many cells (counting error only, not classification error).</p>",
     ]
     return "\n".join(parts)
 

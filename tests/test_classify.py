@@ -402,8 +402,13 @@ def test_counting_interval_gives_rumkes_limits():
     assert counting_interval(200, 1000)[1] - counting_interval(200, 1000)[0] \
         < counting_interval(20, 100)[1] - counting_interval(20, 100)[0]
     assert counting_interval(0, 0) == (0.0, 100.0)
-    with pytest.raises(ValueError, match="between 0 and total"):
-        counting_interval(5, 4)
+    for count, total in ((5, 4), (-1, 10), (5, 0), (2, -5)):
+        with pytest.raises(ValueError, match="between 0 and total"):
+            counting_interval(count, total)
+    with pytest.raises(TypeError):
+        counting_interval(2.5, 10)
+    with pytest.raises(ValueError, match="level"):
+        counting_interval(2, 10, level=1.5)
 
 
 def test_summarize_nothing_classified():

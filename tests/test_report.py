@@ -58,6 +58,7 @@ def test_page_has_review_column_filters_relabelling_and_export(tmp_path):
                      r'<td class="n ci">1\.3&ndash;98\.7</td>', text)
     assert '<td>monocyte</td><td class="n">0</td><td class="n">0.0&nbsp;%</td>' \
         '<td class="n ci">0.0&ndash;84.2</td>' in text
+    assert "counting error only, not classification error" in text
     assert 'class="warn"' not in text  # 2 novel cells: too few for the domain check
     # the exact paths are in the page, escaped: nothing can close the script or an attribute
     assert text.count("</script>") == 1 and "<u>" not in text

@@ -290,7 +290,7 @@ def test_torch_recipe_imports_hiercell_from_its_own_checkout(tmp_path):
     # augment and framing from the checkout (a run without PYTHONPATH failed there with
     # "No module named 'hiercell'"). -S: no site, so no installed or editable hiercell
     # unless the script puts its checkout first; numpy comes from site-packages by path.
-    site = os.pathsep.join(p for p in sys.path if p.endswith("site-packages"))
+    site = os.pathsep.join(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
     code = ("import runpy, sys; runpy.run_path(sys.argv[1]); "
             "import hiercell.augment, hiercell.framing; print(hiercell.augment.__file__)")
     done = subprocess.run([sys.executable, "-S", "-c", code, str(TOOLS / "torch_recipe.py")],

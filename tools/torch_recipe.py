@@ -43,8 +43,9 @@ from pathlib import Path
 import numpy as np
 
 #: The checkout this script belongs to: ``train`` runs on a machine without hiercell
-#: installed and imports its augment and framing modules (in the data workers too) from
-#: here, so its command needs no PYTHONPATH.
+#: installed and imports its augment and framing modules (in the data workers too, which
+#: re-run this module when spawned) from here, so its command needs no PYTHONPATH. Loading
+#: the script as a module (the tests do) leaves the checkout first on ``sys.path``.
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path[:1]:
     sys.path.insert(0, str(ROOT))

@@ -28,7 +28,7 @@ Measured (bundled model, OpenVINO bfloat16):
 Not adopted: EM raises Jiangxi aligned by up to 6 points but lowers BCCD by up to 2.6
 (aligned) and both sets by 3-17 points unaligned, and its class mix is no closer to
 the truth on BCCD. It cannot bring back the class these sets lose most: the model
-never answers lymphocyte on either aligned set (0 of 33 and 7 of 53), so EM estimates
+almost never answers lymphocyte on either aligned set (0 of 33 and 7 of 53), so EM estimates
 their share at 0 (true 9 % and 18 %) and re-weights them further down.
 """
 

@@ -7,8 +7,10 @@ each alone or as the mean of networks trained with other seeds.
 
 ``--stage2-from`` / ``--inlab-from``: bundles made with ``tools/torch_recipe.py
 bundle`` from heads of ``tools/torch_recipe.py train`` with other ``--seed`` s (their
-stage 2, their stage 1); an in-lab member answers with the bundled in-lab stage's
-network weight. Each variant is the bundled model with that stage swapped for the
+stage 2, their stage 1; bundle a stage-2 head together with a stage-1 head of the same
+size: ``bundle`` refuses a stage-2 head alone since this measurement, whose stage-2
+bundles were made that way and still read here); an in-lab member answers with the
+bundled in-lab stage's network weight. Each variant is the bundled model with that stage swapped for the
 member or for :class:`hiercell.ensemble.StageEnsemble` of the bundled one and the
 others; PBC val (to choose on) and test, as ``hiercell evaluate`` scores them.
 
