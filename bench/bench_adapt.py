@@ -23,7 +23,9 @@ on the set's other cells: share flagged, accuracy of the unflagged cells,
 AUROC of ``review_score`` for wrong against right answers (``--folds 0``
 skips this and keeps the base's threshold). ``crossing``: the same adapted model's
 accuracy had its kept stage 2 still moved cells between neutrophil and ig (the rule
-before ``stage2_crossing``; equal to ``after`` when stage 2 was adapted).
+before ``stage2_crossing``; equal to ``after`` when stage 2 was adapted). A second line
+per row gives each class's stage-1 recall on the set's other cells, before and after
+(mean of the draws), and how many of them are left.
 ``--exclude FILE`` leaves the images named in FILE out of the external sets
 (e.g. ``bench/bccd351_eosinophils_without_granules.txt``: cells whose label
 is doubted). Trunk features are cached in --cache.
@@ -46,6 +48,7 @@ from hiercell.alignment import folder_check
 from hiercell.data import read_dataset
 from hiercell.features import FeatureCache, extract_trunk_features
 from hiercell.review import records_novelty
+from hiercell.taxonomy import MAIN_CLASSES
 
 
 def draw(samples, n, rng):
@@ -116,7 +119,7 @@ def main():
               f"{'s':>5s} {'gate: PBC->adapted':>18s} {'rest->adapted':>13s} {'warned':>6s} {'flagged':>7s} "
               f"{'acc unflagged':>13s} {'AUROC':>6s} {'crossing':>22s}")
         for n in [int(v) for v in a.per_class.split(",")]:
-            rows = []
+            rows, recalls = [], []
             for seed in range(a.seeds):
                 rng = np.random.default_rng(seed)
                 train = draw(samples, n, rng)
@@ -149,6 +152,10 @@ def main():
                        if X_pbc is not None else float("nan"))
                 gated = (np.mean(adapted.hierarchy.adapted_rows(X_pbc)) if X_pbc is not None
                          else float("nan"))
+                recalls.append({c: (np.mean(base[rest][truth[rest] == c] == c),
+                                    np.mean(after[truth[rest] == c] == c),
+                                    int(np.sum(truth[rest] == c)))
+                                for c in MAIN_CLASSES if np.any(truth[rest] == c)})
                 rows.append((np.mean(base[rest] == truth[rest]), np.mean(after == truth[rest]), pbc,
                              sec, len(train), gated,
                              np.mean(adapted.hierarchy.adapted_rows(maps[0, rest])), warned,
@@ -160,6 +167,10 @@ def main():
                   f"{r[:, 3].mean():5.0f} {r[:, 5].mean():18.4f} {r[:, 6].mean():13.4f} "
                   f"{int(r[:, 7].sum())}/{len(r)} {r[:, 8].mean():7.3f} {r[:, 9].mean():13.3f} "
                   f"{r[:, 10].mean():6.3f} {f(11):>22s}")
+            print(f"{'':9s} per class, before -> after (mean of draws; n left): " + ", ".join(
+                f"{c} {np.mean([d[c][0] for d in recalls]):.2f} -> "
+                f"{np.mean([d[c][1] for d in recalls]):.2f} ({recalls[0][c][2]})"
+                for c in recalls[0] if all(c in d for d in recalls)))
     if excluded - matched:
         print(f"--exclude: {len(excluded - matched)} names matched no image, e.g. "
               f"{sorted(excluded - matched)[0]}")
