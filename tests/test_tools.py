@@ -300,6 +300,22 @@ def test_torch_recipe_imports_hiercell_from_its_own_checkout(tmp_path):
     assert Path(done.stdout.strip()).resolve() == (TOOLS.parent / "hiercell" / "augment.py").resolve()
 
 
+def test_torch_recipe_splits_a_deeper_heads_weights_before_block5():
+    recipe = _torch_recipe()
+    # Keras order of a head fine-tuned from block4: 3 convolutions of block4, 3 of block5,
+    # then 3 dense layers (kernel and bias each)
+    shapes = [(3, 3, 256 if k == 0 else 512, 512) for k in range(6)]
+    weights = [w for shape in shapes for w in (np.zeros(shape), np.zeros(shape[-1]))]
+    weights += [np.zeros((512, 1024)), np.zeros(1024), np.zeros((1024, 512)), np.zeros(512),
+                np.zeros((512, 8)), np.zeros(8)]
+    deeper, rest = recipe.deeper_split(weights, 4)
+    assert [w.shape for w in deeper] == [(3, 3, 256, 512), (512,), (3, 3, 512, 512), (512,),
+                                         (3, 3, 512, 512), (512,)]
+    assert len(rest) == 12 and rest[0].shape == (3, 3, 512, 512) and rest[-1].shape == (8,)
+    deeper, rest = recipe.deeper_split(weights[6:], 5)  # the recipe: nothing deeper
+    assert deeper == [] and len(rest) == 12
+
+
 def test_torch_recipe_batches_cover_every_image_once_per_epoch_in_a_new_order():
     batches = _torch_recipe().EpochBatches(10, 4, seed=0, shuffle=True)
     first = [k for batch in batches for k in batch]
@@ -365,7 +381,7 @@ def test_torch_recipe_bundle_fits_the_svms_on_heads_trained_elsewhere(tiny_bundl
         assert str(bad) in done.stderr and "not a head file" in done.stderr
         assert not (tmp_path / "d").exists()
     # a head trained deeper than block5 (train --first-trained 4): its block4 would not
-    # fit the bundle's shared frozen trunk, so no weights were written and it is refused
+    # fit the bundle's shared frozen trunk, so it is refused
     deeper = tmp_path / "s1-deeper.npz"
     np.savez(deeper, classes=np.load(heads[0])["classes"], history="[]",
              settings=json.dumps({"stage": 1, "size": 32, "first_trained": 4}))

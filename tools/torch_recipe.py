@@ -21,7 +21,8 @@ the original images, exactly as ``hiercell train`` fits it:
 Experiments: ``pack --external NAME=DATA`` (repeatable) adds another lab's labelled set,
 never trained on, on which ``train`` scores each stage-1 network's own softmax;
 ``train --first-trained 4`` fine-tunes from block4 on (its head is scored and its
-history kept, but it does not fit the bundle's shared trunk: no weights are written).
+history kept; it does not fit the bundle's shared trunk, so ``bundle`` refuses it: its
+block4 weights are written apart, to ``s{stage}-{size}-deeper.npz``, for experiments).
 
 Views: every training image is stored once in its canonical frame
 (:func:`hiercell.framing.canonical_view` at 224 px, white-balanced), so the
@@ -247,6 +248,15 @@ def keras_order(head) -> list:
                                  w.detach().float().cpu().numpy()) for w in out]
 
 
+def deeper_split(weights, first_trained):
+    """``(deeper, rest)`` of a head's Keras-order weights: the kernels and biases of the
+    blocks before block5 that ``first_trained`` fine-tuned (none for 5; block4's for 4;
+    block3's and block4's for 3), and the block5 + dense rest, the layout ``bundle``
+    reads."""
+    n = 2 * sum(BLOCKS[first_trained - 1:4])
+    return list(weights[:n]), list(weights[n:])
+
+
 def train_one(job, stage, size, budget_s, out, args, log):
     """Train one stage's head at ``size`` px for at most ``budget_s`` seconds; write
     ``out/s{stage}-{size}.npz`` (float16 weights in Keras order, classes, history)."""
@@ -362,15 +372,19 @@ def train_one(job, stage, size, budget_s, out, args, log):
         externals[name] = score_network(head, ds, inputs, amp, classes, args)
         log(f"s{stage}-{size} {name}: accuracy {externals[name]['accuracy']:.3f} (n "
             f"{externals[name]['n']}; per class {externals[name]['per_class']})")
-    # a head trained deeper than block5 does not fit the bundle's shared trunk: its
-    # history and scores are written, not its weights
-    arrays = ({f"w{k:02d}": w.astype(np.float16) for k, w in enumerate(keras_order(head))}
-              if args.first_trained == 5 else {})
+    # a head trained deeper than block5 does not fit the bundle's shared trunk (bundle
+    # refuses it): its block5 + dense weights go to the usual file, the deeper blocks'
+    # (block4, and block3 with --first-trained 3) to s{stage}-{size}-deeper.npz, for
+    # experiments here (two files: each under the device's 16 MiB per returned file)
+    deeper, rest = deeper_split(keras_order(head), args.first_trained)
+    settings = json.dumps({"size": size, "stage": stage, **vars(args)}, default=str)
+    arrays = {f"w{k:02d}": w.astype(np.float16) for k, w in enumerate(rest)}
+    if deeper:
+        np.savez_compressed(Path(out) / f"s{stage}-{size}-deeper.npz", settings=settings,
+                            **{f"w{k:02d}": w.astype(np.float16) for k, w in enumerate(deeper)})
     path = Path(out) / f"s{stage}-{size}.npz"
     np.savez_compressed(path, classes=np.array(classes), history=json.dumps(history),
-                        externals=json.dumps(externals),
-                        settings=json.dumps({"size": size, "stage": stage, **vars(args)},
-                                            default=str), **arrays)
+                        externals=json.dumps(externals), settings=settings, **arrays)
     log(f"s{stage}-{size}: best val_loss {best:.4f} -> {path} ({time.time() - t_start:.0f} s)")
 
 
@@ -454,8 +468,8 @@ def bundle(args):
             settings = json.loads(str(z["settings"]))
             if settings.get("first_trained", 5) != 5:
                 sys.exit(f"error: {path}: trained from block {settings['first_trained']} on; "
-                         "the bundle shares a frozen trunk through block 4 (its weights "
-                         "were not written)")
+                         "the bundle shares a frozen trunk through block 4, which its "
+                         "block5 was not trained on")
             heads[settings["stage"]] = {
                 "weights": [z[k].astype(np.float32) for k in sorted(z.files) if k[0] == "w"],
                 "classes": [str(c) for c in z["classes"]],
@@ -526,8 +540,8 @@ def main(argv=None):
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--first-trained", type=int, default=5, choices=(3, 4, 5),
                    help="the first VGG16 block fine-tuned (5: the recipe; 4 or 3: deeper, an "
-                        "experiment whose weights the bundle step cannot use and which are "
-                        "not written)")
+                        "experiment whose weights the bundle step cannot use; the deeper "
+                        "blocks' weights go to s{stage}-{size}-deeper.npz)")
     b = sub.add_parser("bundle")
     b.add_argument("data")
     b.add_argument("heads", nargs="+")
