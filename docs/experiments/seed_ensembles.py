@@ -14,7 +14,7 @@ bundled in-lab stage's network weight. Each variant is the bundled model with th
 member or for :class:`hiercell.ensemble.StageEnsemble` of the bundled one and the
 others; PBC val (to choose on) and test, as ``hiercell evaluate`` scores them.
 
-Measured (this session's GPU call, ``docs/gpu-runs/2026-11-27-call3.log``: ``train
+Measured (an H100 call, ``docs/gpu-runs/2026-11-27-call3.log``: ``train
 .gpujob --stages 2 --sizes 160 --seed S --minutes 0.9`` for S = 1, 2 (the bundled
 stage 2's recipe, seed 0) and ``--stages 1 --plateau 3 --patience 8 --finetune-epochs 80
 --seed 1 --minutes 2.0`` (the in-lab stage 1's recipe); each bundled here with
