@@ -48,7 +48,7 @@ def counting_interval(count: int, total: int, level: float = 0.95) -> tuple:
     count, total = operator.index(count), operator.index(total)
     if not 0 < level < 1:
         raise ValueError(f"level {level} is not between 0 and 1")
-    if total < 0 or not 0 <= count <= max(total, 0):
+    if total < 0 or not 0 <= count <= total:
         raise ValueError(f"count {count} is not between 0 and total {total}")
     if total == 0:
         return 0.0, 100.0
