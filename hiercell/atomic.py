@@ -7,12 +7,15 @@ version (or nothing) in place. Temporary files get ordinary permissions
 process is gone (left by a hard kill). Text is written as UTF-8, with file
 names that are not valid UTF-8 written back as their original bytes
 (``surrogateescape``). An ``OSError`` while writing (full disk, file size
-limit) names the file.
+limit) names the file. Writes go through symbolic links (the link stays, its
+target is replaced) and keep an existing file's permissions; a folder, a
+device or a pipe is refused (:func:`output_target`), never replaced by a file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 import time
@@ -28,16 +31,64 @@ def _umask() -> int:
 _UMASK = _umask()
 
 
-def temp_file_next_to(path, mode: str = "w"):
-    """``(file object, temp path)``: an open temporary file in ``path``'s folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def output_target(path) -> Path:
+    """The file a write to ``path`` replaces: ``path`` with symbolic links resolved.
+
+    Raises ``ValueError`` for an empty path, ``IsADirectoryError`` for a folder,
+    ``NotADirectoryError`` when a folder on the way is a file, and ``OSError``
+    (``EINVAL``) for an existing file that is not a regular one (a device such as
+    ``/dev/null``, a pipe): replacing it would put a plain file in its place. Each
+    error names ``path`` (or the file in the way)."""
+    text = os.fspath(path)
+    if not str(text).strip():
+        raise ValueError("an output path is empty")
+    real = Path(os.path.realpath(text))
+    if Path(text).name in ("", ".", "..") or real.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(text))
+    if real.exists() and not real.is_file():
+        raise OSError(errno.EINVAL, "not a regular file (a device or a pipe): give a file path",
+                      str(text))
+    parent = real.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder", str(parent))
+    return real
+
+
+def check_writable(path) -> Path:
+    """:func:`output_target` of ``path``, and ``PermissionError`` naming ``path`` when
+    its folder (or the nearest one that exists) cannot be written: checked before a
+    long job rather than after it."""
+    real = output_target(path)
+    parent = real.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"cannot write in {parent}", os.fspath(path))
+    return real
+
+
+def file_mode(path) -> int:
+    """The permissions a new version of ``path`` gets: the existing file's, else
+    ``0666 & ~umask``."""
     try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_UMASK
+
+
+def temp_file_next_to(path, mode: str = "w", like=None):
+    """``(file object, temp path)``: an open temporary file in ``path``'s folder, with
+    the permissions of ``like`` (default ``path``; :func:`file_mode`)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
                                    suffix=".tmp")
-    except OSError as exc:
-        raise named_error(exc, path) from None
-    os.chmod(tmp, 0o666 & ~_UMASK)
+    except OSError as exc:  # name the file asked for, not the temporary one
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+    os.chmod(tmp, file_mode(path if like is None else like))
     if "b" in mode:
         return os.fdopen(fd, mode), Path(tmp)
     return os.fdopen(fd, mode, encoding="utf-8", errors="surrogateescape", newline=""), Path(tmp)
@@ -97,7 +148,9 @@ def clean_stale_temps(path, older_than: float = 3600.0) -> list:
 
 @contextlib.contextmanager
 def atomic_open(path, mode: str = "w"):
-    """Context manager: a file that replaces ``path`` on a clean exit and vanishes on error."""
+    """Context manager: a file that replaces ``path`` (:func:`output_target`: through a
+    symbolic link) on a clean exit and vanishes on error."""
+    path = output_target(path)
     fh, tmp = temp_file_next_to(path, mode)
     try:
         try:

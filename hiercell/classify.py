@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write_text, clean_stale_temps
+from .atomic import atomic_write_text, check_writable, clean_stale_temps
 from .differential import summarize
 from .fileutil import display, json_text
 from .io import image_key, list_images, try_load_image
@@ -64,6 +64,21 @@ def check_output_paths(outputs: dict, inputs) -> None:
         if path is not None and image_key(path) in input_keys:
             raise OutputPathError(f"{name} {display(path)} is one of the input images or "
                                   "folders; refusing to overwrite it")
+
+
+def writable_output(name: str, path) -> Path | None:
+    """``path`` as written to (:func:`hiercell.atomic.check_writable`: symbolic links
+    resolved), checked before any work; :class:`OutputPathError` naming it when it is
+    empty, a folder, a device or pipe, or in a folder that cannot be written."""
+    if path is None:
+        return None
+    try:
+        return check_writable(path)
+    except ValueError as exc:
+        raise OutputPathError(f"{name}: {exc}") from None
+    except OSError as exc:
+        raise OutputPathError(f"{name} {display(exc.filename or path)}: "
+                              f"{exc.strerror or exc}") from None
 
 
 @dataclass
@@ -329,7 +344,8 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
         ``resume`` and ``out`` (or ``<out>.partial``) cannot be read.
     OutputPathError
         ``out``, its partial file, ``summary_path`` or ``report_path`` is an input
-        or another output.
+        or another output, empty, a folder, a device or pipe, or cannot be written
+        (a symbolic link is written through: its target is replaced).
     MaskingError
         ``masked`` asks for the masking the model was not trained for.
     ModelLoadError
@@ -369,7 +385,9 @@ def classify_folder(paths, model=None, out=None, fmt: str = "csv", masked: bool 
         listing_errors = [(p, reason) for p, reason in listing_errors
                           if p in select([p], paths, shard)]
 
-    out = Path(out) if out is not None else None
+    out = writable_output("the results file (out)", out)
+    summary_path = writable_output("the summary (summary_path)", summary_path)
+    report_path = writable_output("the report (report_path)", report_path)
     check_output_paths({"the results file (out)": out,
                         "the partial results file": partial_path(out) if out else None,
                         "the summary (summary_path)": summary_path,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import zlib
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .fileutil import display
 from .io import list_images
 from .taxonomy import fine_label, map_label, pbc_label_from_filename, Label
 
@@ -107,12 +109,23 @@ def read_manifest(csv_path, root=None, source: str = "auto") -> list[Sample]:
     (``path,folder,label,split``) is read as is. Relative paths are resolved
     against ``root``, or against the CSV's folder when ``root`` is None. Splits
     must be train/val/test (``validation``, ``valid``, ``dev`` -> val) or empty.
-    Files are not checked for existence. Raises ``ValueError`` with the line
-    number on a malformed row.
+    Files are not checked for existence. A row that repeats an earlier one (the same
+    path, label, split and group) is dropped, with a warning: a repeated cell would
+    count twice in a figure and sit on both sides of a cross-validation. Raises
+    ``ValueError`` with the line number on a malformed row, on a path listed again
+    with another label, split or group, and on a file that is not UTF-8 text.
     """
     csv_path = Path(csv_path)
     base = Path(root) if root is not None else csv_path.parent
-    samples = []
+    try:
+        return _read_manifest_rows(csv_path, base, source)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{csv_path}: not UTF-8 text (byte {exc.start}: {exc.reason}); "
+                         "save it as UTF-8") from None
+
+
+def _read_manifest_rows(csv_path: Path, base: Path, source: str) -> list[Sample]:
+    samples, first, repeats = [], {}, []
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         fields = {(f or "").strip().lower(): f for f in (reader.fieldnames or [])}
@@ -130,9 +143,28 @@ def read_manifest(csv_path, root=None, source: str = "auto") -> list[Sample]:
                                  f"{csv_path}:{line}")
             path = Path(rel)
             group = (row.get(fields["group"]) or "").strip() or None if "group" in fields else None
-            samples.append(make_sample(path if path.is_absolute() else base / path,
-                                       label, source, split, group))
+            path = path if path.is_absolute() else base / path
+            key = os.path.normpath(os.path.abspath(path))
+            if key in first:
+                line0, row0 = first[key]
+                if row0 != (label, split, group):
+                    raise ValueError(f"{csv_path}:{line}: {display(path)} is listed again with "
+                                     f"{_row_text(label, split, group)} (line {line0}: "
+                                     f"{_row_text(*row0)})")
+                repeats.append(line)
+                continue
+            first[key] = (line, (label, split, group))
+            samples.append(make_sample(path, label, source, split, group))
+    if repeats:
+        log.warning("%s: %d row(s) repeat an earlier row and were left out (line%s %s)",
+                    csv_path, len(repeats), "s" if len(repeats) > 1 else "",
+                    ", ".join(map(str, repeats[:5])) + (", ..." if len(repeats) > 5 else ""))
     return samples
+
+
+def _row_text(label, split, group) -> str:
+    return ", ".join([f"label {label!r}"] + ([f"split {split!r}"] if split else [])
+                     + ([f"group {group!r}"] if group else []))
 
 
 def read_dataset(path, split_csv=None, source: str | None = None) -> list[Sample]:

@@ -30,11 +30,12 @@ import math
 import os
 from pathlib import Path
 
-from .atomic import atomic_write_text, clean_stale_temps, fsync_file, named_error, temp_file_next_to
+from .atomic import (atomic_write_text, clean_stale_temps, file_mode, fsync_file, named_error,
+                     output_target, temp_file_next_to)
 from .fileutil import csv_cell, from_csv_cell, json_text, to_jsonable
 from .io import image_key
 from .records import RECORD_COLUMNS, Prediction
-from .taxonomy import FINE_CLASSES, MAIN_CLASSES, OTHERS, SUBCLASSES
+from .taxonomy import FINE_CLASSES, MAIN_CLASSES, OTHERS, SUB_TO_MAIN, SUBCLASSES
 
 FORMATS = ("csv", "json")
 
@@ -61,10 +62,10 @@ class ResultsSink:
     complete file to ``out``; ``abort`` leaves the partial file for ``--resume``."""
 
     def __init__(self, out, previous=()):
-        self.out = Path(out)
+        self.out = output_target(out)  # through a symbolic link; never a device
         self.part = partial_path(self.out)
         self.fh = None
-        fh, tmp = temp_file_next_to(self.part)
+        fh, tmp = temp_file_next_to(self.part, like=self.out)
         try:
             with fh:
                 self._header(fh)
@@ -74,7 +75,7 @@ class ResultsSink:
             self.fh = open(self.part, "a", encoding="utf-8", newline="")
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise named_error(exc, self.part) from None
+            raise named_error(exc, self.out) from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -104,6 +105,7 @@ class ResultsSink:
         """All done: put the complete file at ``out`` (the partial file goes)."""
         try:
             self._close()
+            os.chmod(self.part, file_mode(self.out))  # an existing file keeps its permissions
             os.replace(self.part, self.out)
         except OSError as exc:
             raise named_error(exc, self.part) from None
@@ -251,6 +253,12 @@ def check_row(row, csv_row: bool = True) -> Prediction:
         raise ValueError(f"unknown main class {rec.main_class!r}")
     if rec.subclass is not None and rec.subclass not in _STAGE2_CLASSES:
         raise ValueError(f"unknown subclass {rec.subclass!r}")
+    if rec.subclass in SUB_TO_MAIN:  # the columns must tell one story (an edited row does not)
+        if rec.label != rec.subclass or rec.main_class != SUB_TO_MAIN[rec.subclass]:
+            raise ValueError(f"label {rec.label!r}, main class {rec.main_class!r} and subclass "
+                             f"{rec.subclass!r} disagree")
+    elif rec.label != rec.main_class:
+        raise ValueError(f"label {rec.label!r} and main class {rec.main_class!r} disagree")
     _probability("probability", rec.probability)
     _probability("main_probability", rec.main_probability)
     _probability("subclass_probability", rec.subclass_probability, optional=True)

@@ -24,7 +24,7 @@ from hiercell.differential import counting_interval, format_summary, percentages
 from hiercell.records import RECORD_COLUMNS, Prediction
 from hiercell.report import overlay_heatmap, write_report
 from hiercell.results import partial_path, read_results
-from hiercell.taxonomy import MAIN_CLASSES, OTHERS, ROUTED_MAIN, SUBCLASSES
+from hiercell.taxonomy import MAIN_CLASSES, OTHERS, ROUTED_MAIN, SUB_TO_MAIN, SUBCLASSES
 
 STAGE2 = SUBCLASSES + (OTHERS,)
 POISON_BLUE = 13  # the stand-in refuses images whose mean blue is this
@@ -69,8 +69,8 @@ class StandIn:
             sub, sub_p = STAGE2[min(g // 43, 5)], 0.8
             if sub == OTHERS:
                 uncertain = True
-            else:
-                label = sub
+            else:  # the routing rule: the subclass decides the main class
+                label, main = sub, SUB_TO_MAIN[sub]
         others = [c for c in MAIN_CLASSES if c != label]
         top = [(label, 0.7), (others[0], 0.2), (others[1], 0.1)][:top_k]
         return Prediction(path=path, label=label, probability=0.7, main_class=main,

@@ -583,3 +583,122 @@ def test_a_folder_mixing_everything_exits_3_with_every_entry_named(cli, tmp_path
     json.loads((tmp_path / "s.json").read_text())
     r = cli(d, "--recursive", "-o", "res.csv", "--resume")  # nothing valid is redone
     assert r.exit_code == 3 and f"{len(good)} kept" in r.stderr
+
+
+# --------------------------------------------------------------------------- output targets
+# (a hostile review: devices replaced by plain files, links broken, empty paths, merge
+# overwriting its own inputs, edited rows kept by --resume, repeated manifest rows)
+
+
+def test_outputs_write_through_links_keep_permissions_and_refuse_devices(tmp_path):
+    from hiercell.atomic import atomic_write_text, output_target
+
+    target = tmp_path / "real.csv"
+    target.write_text("old")
+    os.chmod(target, 0o640)
+    (tmp_path / "lk").mkdir()
+    link = tmp_path / "lk" / "link.csv"
+    link.symlink_to(target)
+    atomic_write_text(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+    assert os.stat(target).st_mode & 0o777 == 0o640
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for bad, error in ((fifo, OSError), (tmp_path, IsADirectoryError),
+                       (blocker / "x.csv", NotADirectoryError), ("", ValueError)):
+        with pytest.raises(error):
+            output_target(bad)
+        with pytest.raises(error):
+            atomic_write_text(bad, "y")
+    assert stat_is_fifo(fifo) and blocker.read_text() == "x"
+
+
+def stat_is_fifo(path):
+    import stat
+
+    return stat.S_ISFIFO(os.stat(path).st_mode)
+
+
+def test_classify_refuses_bad_output_targets_before_any_work(cli, good_dir, tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    (tmp_path / "file").write_text("x")
+    for args, says in ((["--out", ""], "empty path"), (["--summary", " "], "empty path"),
+                       (["--out", fifo], "not a regular file"),
+                       (["--report", "file/r.html"], "is a file, not a folder")):
+        r = cli(good_dir, *args)
+        assert r.exit_code == 2 and says in r.output, (args, r.output)
+    assert cli.loaded == [] and stat_is_fifo(fifo)
+    target = tmp_path / "real.csv"
+    target.write_text("old")
+    (tmp_path / "link.csv").symlink_to(target)
+    r = cli(good_dir, "--out", "link.csv")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "link.csv").is_symlink() and len(read_results(target)) == 7
+
+
+def test_resume_classifies_again_a_row_whose_columns_disagree(good_dir, tmp_path):
+    out = tmp_path / "res.csv"
+    classify_folder(good_dir, model=StandIn(), out=out, progress=False)
+    with open(out, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    plain = next(i for i, r in enumerate(rows) if not r["subclass"])
+    sub = next(i for i, r in enumerate(rows) if r["subclass"] not in ("", "Others"))
+    rows[plain]["main_class"] = "platelet" if rows[plain]["label"] != "platelet" else "basophil"
+    rows[sub]["main_class"] = "ig" if rows[sub]["main_class"] == "neutrophil" else "neutrophil"
+    with open(out, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=RECORD_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    rejected = []
+    assert len(read_results(out, rejected=rejected)) == len(rows) - 2
+    assert sorted(n for n, _ in rejected) == sorted([plain + 2, sub + 2])
+    assert all("disagree" in why for _, why in rejected)
+    model = StandIn()
+    res = classify_folder(good_dir, model=model, out=out, resume=True, progress=False)
+    assert len(model.seen) == 2 and len(res.rejected) == 2
+
+
+def test_merge_refuses_outputs_that_are_shares_or_each_other(tmp_path, monkeypatch):
+    import hiercell.bundle
+
+    monkeypatch.setattr(hiercell.bundle, "load", lambda path=None, precision="auto": StandIn())
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    for i in range(6):
+        write_png(folder / f"c{i}.png", (40 * i, 90, 60))
+    runner = CliRunner()
+    shares = []
+    for k in (1, 2):
+        shares.append(tmp_path / f"s{k}.csv")
+        r = runner.invoke(main, ["classify", str(folder), "--shard", f"{k}/2",
+                                 "--out", str(shares[-1])])
+        assert r.exit_code == 0, r.output
+    before = [s.read_bytes() for s in shares]
+    merged = str(tmp_path / "m.csv")
+    for extra in (["--out", merged, "--summary", merged], ["--out", merged, "--summary", shares[1]],
+                  ["--out", shares[0]], ["--out", ""]):
+        r = runner.invoke(main, ["merge", *map(str, shares), *map(str, extra)])
+        assert r.exit_code == 2, (extra, r.output)
+    assert [s.read_bytes() for s in shares] == before and not Path(merged).exists()
+
+
+def test_manifest_rows_repeated_are_dropped_and_contradictions_refused(tmp_path, caplog):
+    from hiercell.data import read_manifest
+
+    rows = ["path,label", "a.png,LY", "b.png,NEUTROPHIL", "./a.png,LY", "c.png,MO", "b.png,NEUTROPHIL"]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    with caplog.at_level("WARNING"):
+        samples = read_manifest(manifest)
+    assert [Path(s.path).name for s in samples] == ["a.png", "b.png", "c.png"]
+    assert "2 row(s) repeat an earlier row" in caplog.text and "lines 4, 6" in caplog.text
+    manifest.write_text("\n".join(rows + ["a.png,MO"]) + "\n")
+    with pytest.raises(ValueError, match=r"m\.csv:7: .*a\.png is listed again with label 'MO' "
+                                         r"\(line 2: label 'LY'\)"):
+        read_manifest(manifest)
+    manifest.write_bytes("path,label\ncaf\u00e9.png,LY\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"m\.csv: not UTF-8 text"):
+        read_manifest(manifest)

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from .options import (cache_dir, echo_err, load_samples, parse_stages, settings_from_options,
-                      training_options)
+from .options import (OutputPath, cache_dir, echo_err, load_samples, parse_stages,
+                      settings_from_options, training_options)
 
 
 @click.command()
 @click.argument("data", type=click.Path(exists=True))
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+@click.option("--out", "out", required=True, type=OutputPath(file_okay=False),
               help="Folder for ablation.json, ablation.md and confusion PNGs.")
 @click.option("--stages", default="1,2", show_default=True, help="Stages to compare: 1, 2 or 1,2.")
 @click.option("--n-boot", default=2000, show_default=True, type=click.IntRange(100),

@@ -10,12 +10,13 @@ import click
 
 from ..adapt import (BLOCK5_EPOCHS, DENSE_EPOCHS, ENSEMBLE, FOLDS, INLAB_BLOCK5_EPOCHS,
                      NETWORK_WEIGHT)
-from .options import echo_err, load_model, model_option, precision_option, seed_option
+from .options import (OutputPath, echo_err, load_model, model_option, precision_option,
+                      seed_option)
 
 
 @click.command()
 @click.argument("data", type=click.Path(exists=True))
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+@click.option("--out", "out", required=True, type=OutputPath(file_okay=False),
               help="Bundle folder to write (the adapted model).")
 @model_option
 @click.option("--views", default=4, show_default=True, type=click.IntRange(0, 16),

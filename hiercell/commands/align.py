@@ -9,12 +9,12 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .options import echo_err, load_model, model_option, precision_option
+from .options import OutputPath, echo_err, load_model, model_option, precision_option
 
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+@click.option("--out", "out", required=True, type=OutputPath(file_okay=False),
               help="Bundle folder to write (the aligned model).")
 @model_option
 @click.option("--recursive", "-r", is_flag=True, help="Also search sub-folders.")

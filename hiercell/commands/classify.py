@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from .options import echo_err as _echo_err, interrupt_on_sigterm, os_error_message, precision_option
+from .options import (OutputPath, echo_err as _echo_err, interrupt_on_sigterm,
+                      os_error_message, precision_option)
 
 DEFAULT_OUT_STEM = "hiercell_results"
 EXIT_SOME_FAILED = 3
@@ -18,7 +19,7 @@ _MAX_LISTED_ERRORS = 10
 @click.command("classify")
 @click.argument("paths", nargs=-1, required=True,
                 type=click.Path(exists=True, path_type=Path))
-@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--out", "-o", type=OutputPath(dir_okay=False, path_type=Path), default=None,
               help="Results file. [default: hiercell_results.csv (hiercell_results.json with "
                    "--format json) in the current directory]")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default=None,
@@ -32,11 +33,11 @@ _MAX_LISTED_ERRORS = 10
 @click.option("--recursive", "-r", is_flag=True, help="Also search sub-folders.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Images per network batch.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--report", "report_path", type=OutputPath(dir_okay=False, path_type=Path),
               default=None, help="Also write a self-contained HTML report here.")
 @click.option("--gradcam/--no-gradcam", default=True, show_default=True,
               help="Grad-CAM overlays in the --report (one backward pass per image).")
-@click.option("--summary", "summary_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--summary", "summary_path", type=OutputPath(dir_okay=False, path_type=Path),
               default=None, help="Also write the differential count as JSON here.")
 @click.option("--resume", is_flag=True,
               help="Keep the successful rows of an existing --out (or of the .partial file "
@@ -102,12 +103,12 @@ def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, 
     except ModelLoadError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
-        part = partial_path(out)
+        part = _partial_file(out)
         raise click.ClickException(
             os_error_message(exc) + (f" (finished rows kept in {display(part)}; run again with "
                                      "--resume to continue)" if part.exists() else "")) from None
     except KeyboardInterrupt:
-        part = partial_path(out)
+        part = _partial_file(out)
         _echo_err("\nInterrupted." + (f" Finished rows kept in {display(part)}; run again with "
                                        "--resume to continue." if part.exists() else ""))
         sys.exit(EXIT_INTERRUPTED)
@@ -149,3 +150,14 @@ def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, 
             _echo_err(f"  ... and {result.n_error - _MAX_LISTED_ERRORS} more "
                       f"(rows with status=error in {display(out)})")
         sys.exit(EXIT_SOME_FAILED)
+
+
+def _partial_file(out):
+    """Where the finished rows of an interrupted run are: next to ``out``'s target."""
+    from ..atomic import output_target
+    from ..results import partial_path
+
+    try:
+        return partial_path(output_target(out))
+    except (OSError, ValueError):
+        return partial_path(out)

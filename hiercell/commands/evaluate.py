@@ -8,7 +8,7 @@ import sys
 import click
 import numpy as np
 
-from .options import (cache_dir, cache_option, echo_err, load_model, load_samples,
+from .options import (OutputPath, cache_dir, cache_option, echo_err, load_model, load_samples,
                       model_option, others_option, precision_option, seed_option)
 
 
@@ -21,7 +21,7 @@ from .options import (cache_dir, cache_option, echo_err, load_model, load_sample
               help="Which split to evaluate: train, val, test or 'all'. Default: 'test' "
                    "when DATA has splits (a split column or splits.csv), else 'all' (an "
                    "external labelled set).")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+@click.option("--out", "out", required=True, type=OutputPath(file_okay=False),
               help="Folder for metrics.json and confusion-matrix PNGs.")
 @others_option
 @seed_option

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import click
 
-from .options import echo_err
+from .options import OutputPath, echo_err
 
 
 @click.command()
 @click.argument("shard_results", nargs=-1, required=True,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", "-o", required=True, type=OutputPath(dir_okay=False, path_type=Path),
               help="Merged results file (CSV, or JSON if it ends in .json).")
-@click.option("--summary", "summary_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--summary", "summary_path", type=OutputPath(dir_okay=False, path_type=Path),
               default=None, help="Also write the merged differential count as JSON here.")
 @click.option("--allow-missing", is_flag=True,
               help="Merge even if some shares have no results file (they are listed).")
@@ -36,6 +36,7 @@ def merge(shard_results, out, summary_path, allow_missing, model_path):
     from ..results import ResumeError, open_sink
     from ..shard import ShardError, merge_results
 
+    _check_outputs(shard_results, out, summary_path)
     rates = None if model_path is None else _class_rates(model_path)
     try:
         result = merge_results(list(shard_results), allow_missing=allow_missing,
@@ -53,6 +54,31 @@ def merge(shard_results, out, summary_path, allow_missing, model_path):
     echo_err(f"Merged {len(result.shares)} of {result.count} shares, {len(result.records)} rows "
              f"into {out}." + (f" Missing: {', '.join(f'{k}/{result.count}' for k in result.missing)}"
                                if result.missing else ""))
+
+
+def _check_outputs(inputs, out, summary_path):
+    """Refuse, before reading anything, outputs that are a share's file, each other,
+    or not a file that can be written (:func:`hiercell.atomic.check_writable`)."""
+    import os
+
+    from ..atomic import check_writable
+    from ..fileutil import display
+
+    seen = {os.path.realpath(p): f"the share {display(p)}" for p in inputs}
+    for flag, path in (("--out", out), ("--summary", summary_path)):
+        if path is None:
+            continue
+        try:
+            real = str(check_writable(path))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint=flag) from None
+        except OSError as exc:
+            raise click.BadParameter(f"{display(exc.filename or path)}: {exc.strerror or exc}",
+                                     param_hint=flag) from None
+        if real in seen:
+            raise click.BadParameter(f"{display(path)} is {seen[real]}; refusing to overwrite it",
+                                     param_hint=flag)
+        seen[real] = f"the {flag} file"
 
 
 def _class_rates(model_path):

@@ -10,7 +10,19 @@ CACHE_HELP = ("Feature cache folder (default: $HIERCELL_CACHE or ~/.cache/hierce
               "Features are keyed by image content, size, masking and weights, so reruns "
               "and resumed runs skip the VGG16 pass.")
 
-cache_option = click.option("--cache", type=click.Path(file_okay=False), help=CACHE_HELP)
+
+
+class OutputPath(click.Path):
+    """``click.Path`` for something written: an empty value is a usage error (it would
+    mean the current folder)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (str, bytes)) and not value.strip():
+            self.fail("an empty path names no file or folder", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+cache_option = click.option("--cache", type=OutputPath(file_okay=False), help=CACHE_HELP)
 split_csv_option = click.option(
     "--split-csv", type=click.Path(exists=True, dir_okay=False),
     help="CSV with path,split columns (default: DATA/splits.csv if present, else a "

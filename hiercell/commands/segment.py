@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .options import echo_err, interrupt_on_sigterm, os_error_message
+from .options import OutputPath, echo_err, interrupt_on_sigterm, os_error_message
 
 EXIT_SOME_UNREADABLE = 3
 EXIT_INTERRUPTED = 130
@@ -17,7 +17,7 @@ EXIT_INTERRUPTED = 130
 @click.argument("paths", nargs=-1, required=True, metavar="DIR...",
                 type=click.Path(exists=True, path_type=Path))
 @click.option("--out", "-o", required=True,
-              type=click.Path(file_okay=False, path_type=Path),
+              type=OutputPath(file_okay=False, path_type=Path),
               help="Output folder (created if missing).")
 @click.option("--recursive", "-r", is_flag=True, help="Also search sub-folders.")
 @click.option("--overlay", is_flag=True,

@@ -7,13 +7,13 @@ import time
 
 import click
 
-from .options import (cache_dir, echo_err, load_samples, parse_stages, settings_from_options,
-                      training_options)
+from .options import (OutputPath, cache_dir, echo_err, load_samples, parse_stages,
+                      settings_from_options, training_options)
 
 
 @click.command()
 @click.argument("data", type=click.Path(exists=True))
-@click.option("--out", "out", required=True, type=click.Path(), help="Bundle folder to write.")
+@click.option("--out", "out", required=True, type=OutputPath(), help="Bundle folder to write.")
 @click.option("--masked/--no-masked", default=False, show_default=True,
               help="Train on images masked by the segmentation module.")
 @click.option("--stages", default="1,2", show_default=True, help="Stages to train: 1 or 1,2.")
