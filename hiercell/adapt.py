@@ -245,6 +245,18 @@ def trunk_views(model, paths, views=4, progress=None, cache_dir=None,
     return np.stack(out), ok, errors
 
 
+def check_adaptable(model) -> None:
+    """``ValueError`` saying why ``model`` cannot be adapted: it is adapted already, or
+    its stage 1 carries no training sample (bundles older than hiercell 0.2)."""
+    if getattr(model.hierarchy, "gate", None) is not None:
+        raise ValueError("this model is already adapted to a lab; adapt its base model "
+                         f"({(model.info.get('adaptation') or {}).get('base_model', 'see its card')}) "
+                         "with all your labelled cells instead")
+    if getattr(model.hierarchy.stage1, "source_sample_", None) is None:
+        raise ValueError("this model carries no training sample to adapt with "
+                         "(bundles trained before hiercell 0.2); retrain it with hiercell train")
+
+
 def adapt_model(model, maps, samples, seed=0, block5_epochs=BLOCK5_EPOCHS, log=None,
                 align=ALIGN, network_weight=NETWORK_WEIGHT, ensemble=ENSEMBLE):
     """A copy of ``model`` (an :class:`~hiercell.model.ImageClassifier`) adapted to the
@@ -260,10 +272,7 @@ def adapt_model(model, maps, samples, seed=0, block5_epochs=BLOCK5_EPOCHS, log=N
     from .hierarchy import HierarchicalClassifier
     from .review import trunk_descriptor
 
-    if getattr(model.hierarchy, "gate", None) is not None:
-        raise ValueError("this model is already adapted to a lab; adapt its base model "
-                         f"({(model.info.get('adaptation') or {}).get('base_model', 'see its card')}) "
-                         "with all your labelled cells instead")
+    check_adaptable(model)
     new = copy.copy(model)
     new.hierarchy = copy.copy(model.hierarchy)
     new.info = copy.deepcopy(model.info)

@@ -89,6 +89,19 @@ def _read_weights(path: Path, last: int | None = None) -> list:
         return [data[k].astype(np.float32) for k in (keys[-last:] if last else keys)]
 
 
+def check_bundle_target(path, base=None) -> Path:
+    """``path`` as a folder :func:`save_bundle` may write (a new one, or a bundle it
+    replaces), checked before a long job; :class:`BundleError` naming it otherwise, and
+    when it is the bundle ``base`` the new model is made from."""
+    path = Path(path)
+    if path.exists() and not (path / MANIFEST).is_file():
+        raise BundleError(f"{path} exists and is not a model bundle; refusing to overwrite it")
+    if base is not None and os.path.realpath(path) == os.path.realpath(base):
+        raise BundleError(f"{path} is the model it starts from; write the new model to "
+                          "another folder")
+    return path
+
+
 def save_bundle(model, path, metadata: dict | None = None, extra_files: dict | None = None) -> Path:
     """Write ``model`` (a fitted :class:`~hiercell.model.ImageClassifier`) as a bundle
     folder at ``path``. ``metadata`` adds (or replaces) top-level ``bundle.json`` keys;
@@ -96,9 +109,7 @@ def save_bundle(model, path, metadata: dict | None = None, extra_files: dict | N
 
     The folder is assembled next to ``path`` and moved into place at the end.
     """
-    path = Path(path)
-    if path.exists() and not (path / MANIFEST).is_file():
-        raise BundleError(f"{path} exists and is not a model bundle; refusing to overwrite it")
+    path = check_bundle_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=path.parent))
     os.chmod(tmp, 0o755)

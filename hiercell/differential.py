@@ -139,6 +139,8 @@ def _bar(percent: float, width: int = 30) -> str:
 def review_line(summary: dict) -> str:
     """"N cells need review (x % of classified cells)" (or why no cell was scored)."""
     if not summary.get("review_scored", False) and not summary.get("n_review"):
+        if not summary.get("n_classified"):
+            return "Review: no cell was classified"
         return "Review: this model gives no review score (no cell flagged)"
     n = summary.get("n_review", 0)
     rate = summary.get("review_rate")

@@ -439,3 +439,50 @@ def test_a_stage_ensemble_needs_members_with_the_same_classes(tiny_model):
         StageEnsemble([])
     with pytest.raises(ValueError, match="share their classes"):
         StageEnsemble([tiny_model.hierarchy.stage1, tiny_model.hierarchy.stage2])
+
+
+def test_adapt_refuses_a_bad_out_or_an_adapted_base_before_any_work(tiny_bundle, new_lab,
+                                                                    tmp_path, monkeypatch):
+    import hiercell.adapt
+
+    def no_trunk(*args, **kwargs):
+        raise AssertionError("the trunk ran before the refusal")
+
+    monkeypatch.setattr(hiercell.adapt, "trunk_views", no_trunk)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("keep me")
+    for out, says in ((taken, "is not a model bundle"), (tiny_bundle, "the model it starts from")):
+        result = CliRunner().invoke(main, ["adapt", str(new_lab), "--out", str(out),
+                                           "--model", str(tiny_bundle)])
+        assert result.exit_code == 2 and says in result.output, result.output
+    assert (taken / "notes.txt").read_text() == "keep me"
+
+
+def test_adapt_warns_when_one_class_is_labelled(tiny_bundle, new_lab, tmp_path):
+    with open(new_lab, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh)]
+    label = max({r["label"] for r in rows}, key=lambda c: sum(r["label"] == c for r in rows))
+    one = tmp_path / "one.csv"
+    with open(one, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, ["path", "label"])
+        writer.writeheader()
+        writer.writerows({"path": str(new_lab.parent / r["path"]), "label": label}
+                         for r in rows if r["label"] == label)
+    result = CliRunner().invoke(main, ["adapt", str(one), "--out", str(tmp_path / "b"), "--model",
+                                       str(tiny_bundle), "--views", "0", "--folds", "2",
+                                       "--block5-epochs", "0", "--no-ensemble"])
+    assert result.exit_code == 0, result.output
+    assert "labels one class only" in result.output
+
+
+def test_evaluate_refuses_an_unknown_subset_and_a_set_with_nothing_readable(tiny_bundle, tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\nmissing_a.png,LY\nmissing_b.png,MO\n")
+    result = CliRunner().invoke(main, ["evaluate", str(manifest), "--model", str(tiny_bundle),
+                                       "--out", str(tmp_path / "ev")])
+    assert result.exit_code == 1 and "none of the 2 image(s)" in result.output, result.output
+    assert not (tmp_path / "ev" / "metrics.json").exists()
+    result = CliRunner().invoke(main, ["evaluate", str(manifest), "--model", str(tiny_bundle),
+                                       "--out", str(tmp_path / "ev"), "--subset", "bogus"])
+    assert result.exit_code == 2 and "'train', 'val', 'test', 'all'" in result.output

@@ -702,3 +702,16 @@ def test_manifest_rows_repeated_are_dropped_and_contradictions_refused(tmp_path,
     manifest.write_bytes("path,label\ncaf\u00e9.png,LY\n".encode("latin-1"))
     with pytest.raises(ValueError, match=r"m\.csv: not UTF-8 text"):
         read_manifest(manifest)
+
+
+def test_segment_into_its_own_input_folder_says_so(good_dir):
+    r = CliRunner().invoke(main, ["segment", str(good_dir), "--out", str(good_dir)])
+    assert r.exit_code == 2 and "is the --out folder or inside it" in r.output, r.output
+
+
+def test_a_run_with_no_cell_classified_does_not_blame_the_model():
+    from hiercell.differential import review_line
+
+    assert review_line({"n_classified": 0, "review_scored": False}) == \
+        "Review: no cell was classified"
+    assert "gives no review score" in review_line({"n_classified": 3, "review_scored": False})

@@ -48,20 +48,33 @@ def adapt(data, out, model_path, views, folds, block5_epochs, ensemble, seed, pr
     hiercell.load(path), with the before/after figures of a cross-validation
     on DATA in its bundle.json and MODEL_CARD.md.
     """
-    from ..adapt import (adaptation_record, adapt_model, calibrate_review, cross_val_predict,
-                         cv_summary, data_digest, label_check, label_check_csv, model_card,
-                         trunk_views)
-    from ..bundle import BundleError, save_bundle
+    from ..adapt import (adaptation_record, adapt_model, calibrate_review, check_adaptable,
+                         cross_val_predict, cv_summary, data_digest, label_check,
+                         label_check_csv, model_card, trunk_views)
+    from ..bundle import BundleError, check_bundle_target, default_bundle_path, save_bundle
     from ..data import read_dataset
     from ..ensemble import StageEnsemble
 
     t0 = time.time()
+    try:
+        check_bundle_target(out, base=model_path or default_bundle_path())
+    except BundleError as exc:
+        raise click.BadParameter(str(exc), param_hint="--out") from None
     model = load_model(model_path, precision)
+    try:
+        check_adaptable(model)
+    except ValueError as exc:
+        raise click.UsageError(f"{model_path or 'the bundled model'}: {exc}") from None
     try:
         samples = [s for s in read_dataset(data) if s.main is not None]
     except (FileNotFoundError, ValueError) as exc:
         raise click.UsageError(str(exc)) from exc
     _check_enough(data, len(samples), folds, "labelled")
+    classes = sorted({s.main for s in samples})
+    if len(classes) < 2:
+        echo_err(f"warning: {data} labels one class only ({classes[0]}): the adapted model "
+                 "learns the lab's look from that class alone and may call other cells "
+                 "by it; label a few dozen cells of every class you see")
     maps, ok, errors = trunk_views(model, [s.path for s in samples], views, progress=True)
     for path, reason in errors.items():
         echo_err(f"skipped {path}: {reason}")

@@ -8,7 +8,7 @@ import sys
 import click
 import numpy as np
 
-from .options import (OutputPath, cache_dir, cache_option, echo_err, load_model, load_samples,
+from .options import (OutputPath, cache_dir, cache_option, echo_err, load_model,
                       model_option, others_option, precision_option, seed_option)
 
 
@@ -17,7 +17,7 @@ from .options import (OutputPath, cache_dir, cache_option, echo_err, load_model,
 @model_option
 @click.option("--split-csv", type=click.Path(exists=True, dir_okay=False),
               help="CSV with path,split columns (default: DATA/splits.csv if present).")
-@click.option("--subset", default=None,
+@click.option("--subset", default=None, type=click.Choice(["train", "val", "test", "all"]),
               help="Which split to evaluate: train, val, test or 'all'. Default: 'test' "
                    "when DATA has splits (a split column or splits.csv), else 'all' (an "
                    "external labelled set).")
@@ -40,22 +40,20 @@ def evaluate(data, model_path, split_csv, subset, out, others_per_class, seed, c
     segmented counts there); stage 2 and end to end only when DATA has
     subclass labels.
     """
-    from ..data import read_dataset
+    from ..data import assign_splits, read_dataset
     from ..features import FeatureCache, extract_trunk_features
     from ..training import evaluate_hierarchy, headline, save_metrics
 
     model = load_model(model_path, precision)
+    try:  # read once (its warnings too); splits as the data gives them
+        samples = [s for s in read_dataset(data, split_csv=split_csv) if s.main is not None]
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from exc
     if subset is None:
-        try:
-            has_splits = split_csv is not None or any(
-                s.split is not None for s in read_dataset(data))
-        except (FileNotFoundError, ValueError) as exc:
-            raise click.UsageError(str(exc)) from exc
-        subset = "test" if has_splits else "all"
+        subset = "test" if any(s.split is not None for s in samples) else "all"
         echo_err(f"evaluating subset {subset!r}")
-    samples = load_samples(data, split_csv, seed)
-    if subset != "all":
-        samples = [s for s in samples if s.split == subset]
+    if subset != "all":  # the data's splits, else a seeded stratified one
+        samples = [s for s in assign_splits(samples, seed=seed) if s.split == subset]
     if not samples:
         raise click.UsageError(f"no labelled images in subset {subset!r} of {data}")
     config = model.trunk_config()
@@ -64,6 +62,9 @@ def evaluate(data, model_path, split_csv, subset, out, others_per_class, seed, c
     for path, reason in res.errors.items():
         echo_err(f"skipped {path}: {reason}")
     samples = [s for s, ok in zip(samples, res.ok) if ok]
+    if not samples:
+        raise click.ClickException(f"none of the {len(res.ok)} image(s) of {data} could be "
+                                   "read (above); nothing to evaluate")
     alignment = None
     if auto_align:  # the same fixed draw as classify's, from the images read
         from ..alignment import auto_align as align_to, auto_sample

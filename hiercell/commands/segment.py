@@ -46,6 +46,7 @@ def segment(paths, out, recursive, overlay, resume):
     130 interrupted.
     """
     from ..fileutil import display
+    from ..io import image_key
     from ..segment_files import CSV_NAME, folder_jobs, segment_folder
 
     listing_errors = []
@@ -54,6 +55,10 @@ def segment(paths, out, recursive, overlay, resume):
     except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         raise click.UsageError(str(exc)) from None
     if not jobs and not listing_errors:
+        inside = [p for p in paths if Path(image_key(p)).is_relative_to(image_key(out))]
+        if inside:  # every image there is skipped as an earlier run's output
+            raise click.UsageError(f"{', '.join(map(display, inside))} is the --out folder or "
+                                   "inside it; write the masks to another folder")
         raise click.UsageError("no images found in " + ", ".join(map(display, paths))
                                + ("" if recursive else " (use --recursive for sub-folders)"))
     interrupt_on_sigterm()
