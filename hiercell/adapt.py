@@ -460,6 +460,33 @@ def label_check_csv(rows) -> str:
     return out.getvalue()
 
 
+def distinct_images(samples):
+    """``(kept, repeats)``: ``samples`` with each image content once, the first of its
+    copies kept; ``repeats`` lists ``(copy, kept)`` pairs. A copy would sit on both
+    sides of the cross-validation and count twice in its figures. ``ValueError`` naming
+    both files when two copies carry different main classes or subclasses. Files that
+    cannot be read are kept (the trunk pass names them)."""
+    from .fileutil import display, file_digest
+
+    first, kept, repeats = {}, [], []
+    for s in samples:
+        try:
+            key = file_digest(s.path, "sha256")
+        except OSError:
+            kept.append(s)
+            continue
+        if key not in first:
+            first[key] = s
+            kept.append(s)
+            continue
+        other = first[key]
+        if (other.main, other.sub) != (s.main, s.sub):
+            raise ValueError(f"{display(s.path)} ({s.raw_label}) is the same image as "
+                             f"{display(other.path)} ({other.raw_label}); give it one label")
+        repeats.append((s, other))
+    return kept, repeats
+
+
 def data_digest(samples) -> str:
     """SHA-256 over the adaptation images' contents and labels (order-independent)."""
     import hashlib

@@ -486,3 +486,21 @@ def test_evaluate_refuses_an_unknown_subset_and_a_set_with_nothing_readable(tiny
     result = CliRunner().invoke(main, ["evaluate", str(manifest), "--model", str(tiny_bundle),
                                        "--out", str(tmp_path / "ev"), "--subset", "bogus"])
     assert result.exit_code == 2 and "'train', 'val', 'test', 'all'" in result.output
+
+
+def test_copies_of_a_labelled_image_are_left_out_and_contradictions_refused(tmp_path):
+    from hiercell.adapt import distinct_images
+    from hiercell.data import make_sample
+
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    a.write_bytes(b"one image")
+    b.write_bytes(b"another image")
+    shutil.copy(a, tmp_path / "a_copy.png")
+    samples = [make_sample(tmp_path / n, lab) for n, lab in
+               (("a.png", "LY"), ("b.png", "MO"), ("a_copy.png", "LY"), ("gone.png", "LY"))]
+    kept, repeats = distinct_images(samples)
+    assert [p.path.name for p in kept] == ["a.png", "b.png", "gone.png"]
+    assert [(c.path.name, k.path.name) for c, k in repeats] == [("a_copy.png", "a.png")]
+    samples[2] = make_sample(tmp_path / "a_copy.png", "MO")
+    with pytest.raises(ValueError, match=r"a_copy\.png \(MO\) is the same image as .*a\.png \(LY\)"):
+        distinct_images(samples)

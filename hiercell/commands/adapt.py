@@ -49,11 +49,12 @@ def adapt(data, out, model_path, views, folds, block5_epochs, ensemble, seed, pr
     on DATA in its bundle.json and MODEL_CARD.md.
     """
     from ..adapt import (adaptation_record, adapt_model, calibrate_review, check_adaptable,
-                         cross_val_predict, cv_summary, data_digest, label_check,
-                         label_check_csv, model_card, trunk_views)
+                         cross_val_predict, cv_summary, data_digest, distinct_images,
+                         label_check, label_check_csv, model_card, trunk_views)
     from ..bundle import BundleError, check_bundle_target, default_bundle_path, save_bundle
     from ..data import read_dataset
     from ..ensemble import StageEnsemble
+    from ..fileutil import display
 
     t0 = time.time()
     try:
@@ -66,9 +67,13 @@ def adapt(data, out, model_path, views, folds, block5_epochs, ensemble, seed, pr
     except ValueError as exc:
         raise click.UsageError(f"{model_path or 'the bundled model'}: {exc}") from None
     try:
-        samples = [s for s in read_dataset(data) if s.main is not None]
+        samples, repeats = distinct_images([s for s in read_dataset(data) if s.main is not None])
     except (FileNotFoundError, ValueError) as exc:
         raise click.UsageError(str(exc)) from exc
+    if repeats:
+        copy, kept = repeats[0]
+        echo_err(f"{len(repeats)} labelled image(s) are copies of others and were left out "
+                 f"(e.g. {display(copy.path)}, the same image as {display(kept.path)})")
     _check_enough(data, len(samples), folds, "labelled")
     classes = sorted({s.main for s in samples})
     if len(classes) < 2:
