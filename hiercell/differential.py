@@ -20,8 +20,14 @@ UNSPECIFIED = "unspecified"
 
 
 def percentages(counts: dict, decimals: int = 1) -> dict:
-    """Percentages of ``counts`` rounded to ``decimals`` places that sum to exactly 100
-    (largest-remainder rounding); all zeros when the total is zero."""
+    """Percentages of ``counts`` (non-negative integers) rounded to ``decimals`` places
+    whose units of the last place sum to exactly 100 % (largest-remainder rounding; as
+    floats the sum is 100 up to float rounding); all zeros when the total is zero."""
+    import operator
+
+    decimals = operator.index(decimals)
+    if any(isinstance(v, bool) or operator.index(v) < 0 for v in counts.values()):
+        raise ValueError(f"counts must be non-negative integers, got {dict(counts)}")
     total = sum(counts.values())
     if total == 0:
         return {k: 0.0 for k in counts}
@@ -40,7 +46,8 @@ def counting_interval(count: int, total: int, level: float = 0.95) -> tuple:
     a class's share when ``count`` of ``total`` counted cells are of it, the limits of
     Rumke's table for manual differentials (CLSI H20). They say how precisely counting
     ``total`` cells measures the slide's proportion, not how often the classifier errs;
-    ``(0.0, 100.0)`` when nothing was counted."""
+    ``(0.0, 100.0)`` when nothing was counted. Rounded outwards to 0.1 %, so the
+    printed interval is never narrower than the exact one."""
     import operator
 
     from scipy.special import betaincinv  # the beta quantile; lighter than scipy.stats
@@ -55,7 +62,9 @@ def counting_interval(count: int, total: int, level: float = 0.95) -> tuple:
     tail = (1.0 - level) / 2.0
     low = 0.0 if count == 0 else float(betaincinv(count, total - count + 1, tail))
     high = 1.0 if count == total else float(betaincinv(count + 1, total - count, 1.0 - tail))
-    return round(100.0 * low, 1), round(100.0 * high, 1)
+    # outwards; the 1e-9 keeps an exact limit such as 20.0 % from moving by float noise
+    return (math.floor(1000.0 * low + 1e-9) / 10.0,
+            min(100.0, math.ceil(1000.0 * high - 1e-9) / 10.0))
 
 
 def _table(counts: dict) -> dict:

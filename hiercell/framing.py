@@ -99,7 +99,7 @@ def white_balance(rgb: np.ndarray, background: np.ndarray) -> np.ndarray:
     """Scale each channel so that ``background`` becomes :data:`REFERENCE_BACKGROUND`; uint8 out."""
     gain = REFERENCE_BACKGROUND / np.maximum(np.asarray(background, np.float32), 1.0)
     lut = np.clip(np.arange(256, dtype=np.float32)[:, None] * gain[None, :], 0, 255).astype(np.uint8)
-    out = np.empty_like(rgb)
+    out = np.empty(rgb.shape, np.uint8)
     for c in range(3):
         out[..., c] = lut[rgb[..., c], c]
     return out

@@ -204,6 +204,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
     def predict_stage(self, number, X):
         """Most probable class of stage ``number`` per row (the stage alone, as trained:
         stage 2 on every row given)."""
+        X = check_features(X)
         stage = self.stage1 if number == 1 else self.stage2
         return stage.classes_[self.stage_proba(number, X).argmax(1)]
 
@@ -236,21 +237,29 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X):
         """End-to-end probabilities over :attr:`classes_`, ``(n, 11)`` (``(n, 8)`` without
         stage 2); rows sum to 1."""
+        X = check_features(X)
         own = self.adapted_rows(X)
         p1, p2, _ = self._stage_probas(X, own)
         return combine_probabilities(p1, p2, self._stage2_classes(), self._crossing(own))
 
     def predict(self, X):
-        """The finest decided label per row: a subclass, or a main class."""
+        """The finest decided label per row, by the routing rules (:func:`route`): a
+        member of :attr:`classes_`, or, for a cell stage 2 answered ``Others`` (an
+        ``uncertain`` one), its stage-1 main class ``neutrophil`` or ``ig``, which is
+        no column of :meth:`predict_proba`. As with scikit-learn's
+        ``SVC(probability=True)``, the decision can differ from the argmax of
+        :meth:`predict_proba` (the combination described in the module doc)."""
         return np.array([d.label for d in self.decide(X)[1]], dtype=object)
 
     def predict_records(self, X, paths=None, top_k=3):
         """One :class:`~hiercell.records.Prediction` per row of ``X``.
 
         ``probability`` is the end-to-end probability of ``label`` when it is a
-        subclass, and stage 1's probability of the main class otherwise
-        (which is also its end-to-end probability).
+        subclass, and stage 1's probability of the main class otherwise: the
+        end-to-end one for a class stage 2 does not see, and for an ``uncertain``
+        neutrophil or ig no column of :meth:`predict_proba` at all (:meth:`predict`).
         """
+        X = check_features(X)
         own = self.adapted_rows(X)  # the gate decides once for both stages and the review
         p1, p2, n1 = self._stage_probas(X, own)
         s2 = self._stage2_classes()
@@ -279,6 +288,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
     def decide(self, X):
         """``(p1, decisions)``: stage-1 probabilities over :data:`MAIN_CLASSES` and one
         routed :class:`Decision` per row of ``X``."""
+        X = check_features(X)
         own = self.adapted_rows(X)
         p1, p2, n1 = self._stage_probas(X, own)
         return p1, route(p1, p2, self._stage2_classes(), n1, self._crossing(own))
@@ -300,6 +310,19 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
             trunk_descriptor(X), p1.max(1), [d.uncertain for d in decisions],
             own_lab=own if self.adapted else None, **review_inputs(decisions))
         return score, self.reviewer.flag(score), novelty
+
+
+def check_features(X) -> np.ndarray:
+    """``X`` as trunk features ``(n, h, w, c)`` with finite values, else ``ValueError``
+    saying what is wrong (NaN features would still get an answer)."""
+    X = np.asarray(X)
+    if X.ndim != 4 or not np.issubdtype(X.dtype, np.number):
+        raise ValueError(f"expected trunk features of shape (n, h, w, c), got shape {X.shape} "
+                         f"and dtype {X.dtype} (model.features(images) gives them)")
+    if not np.isfinite(X).all():
+        raise ValueError(f"trunk features hold {int((~np.isfinite(X)).sum())} NaN or infinite "
+                         "value(s)")
+    return X
 
 
 def route(p1, p2, stage2_classes, network1=None, crossing=None) -> list:

@@ -79,6 +79,16 @@ class ImageClassifier:
         any other key), plus ``trunk_sha256`` and ``precision`` when loaded.
     """
 
+    def __copy__(self):
+        new = self.__class__.__new__(self.__class__)
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def __getstate__(self):
+        raise TypeError("an ImageClassifier is not pickled (its networks are Keras or "
+                        "OpenVINO objects): save it with hiercell.bundle.save_bundle(model, "
+                        "folder) and load it with hiercell.load(folder)")
+
     def __init__(self, trunk, hierarchy, input_size=160, masked=False, preprocess=None,
                  info=None):
         self.trunk = trunk
@@ -192,7 +202,9 @@ class ImageClassifier:
 
     def predict(self, X, masked=None, batch_size=32):
         """The finest decided label per image, ``batch_size`` images at a time (an
-        unreadable path raises :class:`~hiercell.io.ImageLoadError`)."""
+        unreadable path raises :class:`~hiercell.io.ImageLoadError`): a member of
+        :attr:`classes_`, or ``neutrophil`` / ``ig`` for a cell whose subclass stage 2
+        left open (see :meth:`HierarchicalClassifier.predict`)."""
         return np.concatenate(self._batched(self.hierarchy.predict, X, masked, batch_size))
 
     def gradcam(self, rgb, class_name=None, masked=None, features=None):

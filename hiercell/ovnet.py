@@ -118,8 +118,12 @@ def compile_graph(model, precision: str):
 
 
 def _run(compiled, x, batch_size: int = 32) -> np.ndarray:
+    """``compiled``'s output on ``x``, ``batch_size`` rows at a time, through an infer
+    request of this call's own: the compiled model's implicit one is shared, so two
+    threads predicting at once failed ('Infer Request is busy')."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    return np.concatenate([np.array(compiled(x[k:k + batch_size])[0], dtype=np.float32)
+    request = compiled.create_infer_request()
+    return np.concatenate([np.array(request.infer(x[k:k + batch_size])[0], dtype=np.float32)
                            for k in range(0, len(x), batch_size)])
 
 

@@ -421,6 +421,12 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
                 head.set_weights(weights)
             self._head = head
         if head is None:
+            if self.__dict__.get("_head_pickled_away"):
+                raise AttributeError(
+                    "head_: this stage was copied by pickle, which leaves its network out "
+                    "(Keras models are not pickled); save a model with "
+                    "hiercell.bundle.save_bundle(model, folder) and load it with "
+                    "hiercell.load(folder)")
             raise AttributeError("head_")
         return head
 
@@ -446,4 +452,6 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         for key in ("_embedder", "_fast_embedder", "_head", "_head_source", "_top", "_t0"):
             state.pop(key, None)
         state["block5_weights"] = None  # only the starting point; the trained weights are in head_
+        if "_head" in self.__dict__ or "_head_source" in self.__dict__:
+            state["_head_pickled_away"] = True  # head_ then says why it is missing
         return state

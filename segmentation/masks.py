@@ -494,9 +494,9 @@ def apply_mask(rgb: np.ndarray, mask: np.ndarray, fill=0) -> np.ndarray:
     fill = np.asarray(fill)
     if fill.shape not in ((), (3,)) or np.any(fill < 0) or np.any(fill > 255):
         raise ValueError(f"fill must be a scalar or an RGB triple in 0..255, got {fill.tolist()}")
-    out = np.empty_like(rgb)
+    out = np.empty(rgb.shape, np.uint8)  # C order whatever ``rgb``'s strides (cv2 needs it)
     out[...] = fill.astype(np.uint8)
-    cv2.copyTo(rgb, np.ascontiguousarray(mask).view(np.uint8), out)
+    cv2.copyTo(np.ascontiguousarray(rgb), np.ascontiguousarray(mask).view(np.uint8), out)
     return out
 
 

@@ -371,8 +371,8 @@ def test_summarize():
     assert (s["n_images"], s["n_classified"], s["n_errors"]) == (10, 9, 1)
     assert list(s["main_classes"]) == list(MAIN_CLASSES)
     # largest remainder; exact binomial limits of 4 and 0 in 9
-    assert s["main_classes"]["neutrophil"] == {"count": 4, "percent": 44.5, "ci95": [13.7, 78.8]}
-    assert s["main_classes"]["eosinophil"] == {"count": 0, "percent": 0.0, "ci95": [0.0, 33.6]}
+    assert s["main_classes"]["neutrophil"] == {"count": 4, "percent": 44.5, "ci95": [13.6, 78.8]}
+    assert s["main_classes"]["eosinophil"] == {"count": 0, "percent": 0.0, "ci95": [0.0, 33.7]}
     assert s["subclasses"]["classes"]["SNE"]["ci95"] == [11.8, 88.2]  # 3 of the 6 routed
     assert round(sum(v["percent"] for v in s["main_classes"].values()), 6) == 100
     sub = s["subclasses"]
@@ -385,7 +385,7 @@ def test_summarize():
     for name in (*MAIN_CLASSES, *SUBCLASSES, "unspecified"):
         assert name in text
     assert "95% CI" in text
-    assert re.search(r"neutrophil\s+4\s+44\.5\s+13\.7-78\.8", text)
+    assert re.search(r"neutrophil\s+4\s+44\.5\s+13\.6-78\.8", text)
     json.dumps(s)
 
 
@@ -393,8 +393,15 @@ def test_counting_interval_gives_rumkes_limits():
     # Rumke's table (CLSI H20) for a 100-cell differential, to the percent
     for count, (low, high) in {0: (0, 4), 1: (0, 5), 10: (5, 18), 50: (40, 60),
                                100: (96, 100)}.items():
-        got = counting_interval(count, 100)
-        assert (round(got[0]), round(got[1])) == (low, high), (count, got)
+        got = counting_interval(count, 100)  # the table's percent, our outward 0.1 %
+        assert abs(got[0] - low) < 0.6 and abs(got[1] - high) < 0.6, (count, got)
+    from scipy.special import betaincinv  # never narrower than the exact limits
+
+    for count, total in ((1, 100), (3, 7), (37, 211), (500, 1000)):
+        low, high = counting_interval(count, total)
+        exact = (100 * betaincinv(count, total - count + 1, 0.025),
+                 100 * betaincinv(count + 1, total - count, 0.975))
+        assert exact[0] - 0.1 <= low <= exact[0] and exact[1] <= high <= exact[1] + 0.1
     # more cells, a narrower interval around the same share; it holds the share
     for n in (50, 200, 1000):
         low, high = counting_interval(n // 5, n)
@@ -594,3 +601,11 @@ def test_resume_classifies_again_the_rows_of_another_model(good_dir, tmp_path):
     res = classify_folder(good_dir, model=other, out=out, resume=True, progress=False)
     assert (res.n_stale, res.n_resumed) == (7, 0) and sum(other.calls) == 7
     assert {r["model"] for r in read_csv(out)[1] if r["status"] == "ok"} == {other.info["tag"]}
+
+
+def test_percentages_refuse_counts_that_are_not_counts():
+    for counts in ({"a": -1, "b": 3}, {"a": 1.5, "b": 2}, {"a": True, "b": 2}):
+        with pytest.raises((ValueError, TypeError)):
+            percentages(counts)
+    with pytest.raises(TypeError):
+        percentages({"a": 1}, decimals=1.5)

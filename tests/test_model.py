@@ -504,3 +504,40 @@ def test_a_model_aligned_to_another_lab_keeps_its_in_lab_stage1_for_in_lab_cells
                                  base=HierarchicalClassifier(_FixedStage("eosinophil")),
                                  gate=_Gate(np.array([False, False, True, True])))
     assert list(adapted.predict(X)) == ["lymphocyte", "lymphocyte", "monocyte", "monocyte"]
+
+
+def test_pickling_says_to_use_a_bundle_instead_of_failing_later(tiny_model, tiny_data):
+    import pickle
+
+    with pytest.raises(TypeError, match="save_bundle"):
+        pickle.dumps(tiny_model)
+    assert copy.copy(tiny_model).hierarchy is tiny_model.hierarchy  # copies still work
+    X = tiny_model.features([np.full((40, 40, 3), 128, np.uint8)])
+    hierarchy = pickle.loads(pickle.dumps(tiny_model.hierarchy))
+    with pytest.raises(AttributeError, match="copied by pickle.*hiercell.load"):
+        hierarchy.predict_proba(X)
+
+
+def test_predict_labels_are_classes_or_the_main_class_of_an_uncertain_cell(tiny_model):
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (40, 40, 3), dtype=np.uint8) for _ in range(30)]
+    labels = tiny_model.predict(images)
+    records = tiny_model.predict_records(images)
+    assert list(labels) == [r.label for r in records]
+    classes = {str(c) for c in tiny_model.classes_}
+    for label, rec in zip(labels, records):
+        assert label in classes or (rec.uncertain and label == rec.main_class
+                                    and label in ("neutrophil", "ig"))
+
+
+def test_hierarchy_refuses_features_that_are_not_finite_trunk_maps(tiny_model):
+    X = tiny_model.features([np.full((40, 40, 3), 128, np.uint8)] * 2)
+    h = tiny_model.hierarchy
+    bad = X.copy()
+    bad[0, 0, 0, 0] = np.nan
+    for method in (h.predict, h.predict_proba, h.predict_records, lambda X: h.predict_stage(1, X)):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            method(bad)
+        with pytest.raises(ValueError, match=r"shape \(n, h, w, c\)"):
+            method(X[0])
+    assert len(h.predict(X)) == 2

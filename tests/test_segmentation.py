@@ -340,3 +340,28 @@ def test_segment_command_keeps_same_named_files_from_two_folders_apart(tmp_path)
                                   "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert (out / "a.cell.png").is_file() and (out / "a-2.cell.png").is_file()
+
+
+def test_any_memory_layout_gives_the_same_masks_and_overlays():
+    rgb, _, _ = scene(size=96)
+    res = segment(rgb)
+    for view in (np.asfortranarray(rgb), rgb.transpose(1, 0, 2).transpose(1, 0, 2).copy(order="F")):
+        again = segment(view)
+        assert np.array_equal(again.cell_mask, res.cell_mask)
+        assert np.array_equal(apply_mask(view, res.cell_mask), apply_mask(rgb, res.cell_mask))
+        assert np.array_equal(draw_overlay(view, res.cell_mask, res.nucleus_mask),
+                              draw_overlay(rgb, res.cell_mask, res.nucleus_mask))
+    flipped = rgb.transpose(1, 0, 2)  # a transposed view, not a copy
+    assert np.array_equal(apply_mask(flipped, res.cell_mask.T),
+                          apply_mask(np.ascontiguousarray(flipped), res.cell_mask.T))
+
+
+def test_draw_overlay_checks_its_image_and_masks_like_the_others():
+    rgb, _, _ = scene(size=96)
+    res = segment(rgb)
+    with pytest.raises(ValueError, match="uint8"):
+        draw_overlay(rgb / 255.0, res.cell_mask)
+    with pytest.raises(ValueError, match="cell has shape"):
+        draw_overlay(rgb, res.cell_mask[:10])
+    with pytest.raises(ValueError, match="nucleus has shape"):
+        draw_overlay(rgb, res.cell_mask, res.nucleus_mask[:, :10])

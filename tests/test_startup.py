@@ -125,3 +125,31 @@ def test_the_command_line_quiets_tensorflows_notes_unless_asked(monkeypatch, tmp
     assert result.exit_code != 0  # the command itself fails; the group ran first
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == expected
     assert logger.level == logging.ERROR
+
+
+def test_openvino_model_predicts_from_several_threads_at_once(tiny_bundle):
+    pytest.importorskip("openvino")
+    import threading
+
+    model = load(tiny_bundle, precision="float32", engine="openvino")
+    images = [np.asarray(np.random.default_rng(i).integers(0, 256, (48, 48, 3)), np.uint8)
+              for i in range(40)]
+    expected = model.predict_proba(images, batch_size=40)
+    results, errors = [None] * 4, []
+    start = threading.Barrier(4)
+
+    def run(i):
+        try:
+            start.wait()
+            results[i] = model.predict_proba(images, batch_size=40)
+        except Exception as exc:  # noqa: BLE001 - what the test looks for
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for got in results:
+        np.testing.assert_allclose(got, expected, atol=1e-6)
