@@ -367,6 +367,8 @@ class StageClassifier(ClassifierMixin, BaseEstimator):
         network, energy = _softmax_and_energy(self.network_logits_of_embeddings(emb))
         proba = svm_predict_proba(self.svm_, emb)
         w = float(self.network_weight or 0.0)
+        if not 0.0 <= w <= 1.0:  # also NaN
+            raise ValueError(f"network_weight must be between 0 and 1, got {self.network_weight!r}")
         if w:
             proba = (1.0 - w) * proba + w * network
         return StageOutputs(proba, network, energy)

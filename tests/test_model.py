@@ -541,3 +541,12 @@ def test_hierarchy_refuses_features_that_are_not_finite_trunk_maps(tiny_model):
         with pytest.raises(ValueError, match=r"shape \(n, h, w, c\)"):
             method(X[0])
     assert len(h.predict(X)) == 2
+
+
+def test_a_network_weight_outside_0_1_is_refused_at_prediction(tiny_model):
+    X = tiny_model.features([np.full((40, 40, 3), 128, np.uint8)])
+    for bad in (float("nan"), -0.1, 1.5):
+        stage = copy.copy(tiny_model.hierarchy.stage1).set_params(network_weight=bad)
+        for method in (stage.predict_proba, stage.predict):
+            with pytest.raises(ValueError, match="network_weight must be between 0 and 1"):
+                method(X)
