@@ -204,7 +204,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
     def predict_stage(self, number, X):
         """Most probable class of stage ``number`` per row (the stage alone, as trained:
         stage 2 on every row given)."""
-        X = check_features(X)
+        X = check_features(X, getattr(self.stage1, "feature_shape_", None))
         stage = self.stage1 if number == 1 else self.stage2
         return stage.classes_[self.stage_proba(number, X).argmax(1)]
 
@@ -237,7 +237,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X):
         """End-to-end probabilities over :attr:`classes_`, ``(n, 11)`` (``(n, 8)`` without
         stage 2); rows sum to 1."""
-        X = check_features(X)
+        X = check_features(X, getattr(self.stage1, "feature_shape_", None))
         own = self.adapted_rows(X)
         p1, p2, _ = self._stage_probas(X, own)
         return combine_probabilities(p1, p2, self._stage2_classes(), self._crossing(own))
@@ -259,7 +259,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         end-to-end one for a class stage 2 does not see, and for an ``uncertain``
         neutrophil or ig no column of :meth:`predict_proba` at all (:meth:`predict`).
         """
-        X = check_features(X)
+        X = check_features(X, getattr(self.stage1, "feature_shape_", None))
         own = self.adapted_rows(X)  # the gate decides once for both stages and the review
         p1, p2, n1 = self._stage_probas(X, own)
         s2 = self._stage2_classes()
@@ -288,7 +288,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
     def decide(self, X):
         """``(p1, decisions)``: stage-1 probabilities over :data:`MAIN_CLASSES` and one
         routed :class:`Decision` per row of ``X``."""
-        X = check_features(X)
+        X = check_features(X, getattr(self.stage1, "feature_shape_", None))
         own = self.adapted_rows(X)
         p1, p2, n1 = self._stage_probas(X, own)
         return p1, route(p1, p2, self._stage2_classes(), n1, self._crossing(own))
@@ -312,13 +312,16 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         return score, self.reviewer.flag(score), novelty
 
 
-def check_features(X) -> np.ndarray:
-    """``X`` as trunk features ``(n, h, w, c)`` with finite values, else ``ValueError``
-    saying what is wrong (NaN features would still get an answer)."""
+def check_features(X, shape=None) -> np.ndarray:
+    """``X`` as a batch of trunk features, ``(n,) + shape`` (``shape``: one row's, e.g.
+    ``(h, w, c)``; any when ``None``), numeric and finite, else ``ValueError`` saying what
+    is wrong (NaN features would still get an answer)."""
     X = np.asarray(X)
-    if X.ndim != 4 or not np.issubdtype(X.dtype, np.number):
-        raise ValueError(f"expected trunk features of shape (n, h, w, c), got shape {X.shape} "
-                         f"and dtype {X.dtype} (model.features(images) gives them)")
+    want = "(n, ...)" if shape is None else f"(n, {', '.join(map(str, shape))})"
+    if X.ndim < 2 or not np.issubdtype(X.dtype, np.number) or (
+            shape is not None and X.shape[1:] != tuple(shape)):
+        raise ValueError(f"expected trunk features of shape {want}, got shape {X.shape} and "
+                         f"dtype {X.dtype} (model.features(images) gives them)")
     if not np.isfinite(X).all():
         raise ValueError(f"trunk features hold {int((~np.isfinite(X)).sum())} NaN or infinite "
                          "value(s)")

@@ -243,7 +243,7 @@ def test_domain_gate_separates_labs_and_round_trips():
 def test_adapt_on_unreadable_images_says_so(tiny_bundle, tmp_path):
     rows = ["path,label"]
     for i in range(8):
-        (tmp_path / f"c{i}.png").write_text("not an image")
+        (tmp_path / f"c{i}.png").write_text(f"not an image ({i})")  # no two alike
         rows.append(f"c{i}.png,LY")
     (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
     result = CliRunner().invoke(main, ["adapt", str(tmp_path / "manifest.csv"), "--out",
