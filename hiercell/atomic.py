@@ -48,12 +48,18 @@ def output_target(path) -> Path:
     if real.exists() and not real.is_file():
         raise OSError(errno.EINVAL, "not a regular file (a device or a pipe): give a file path",
                       str(text))
-    parent = real.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = _nearest_existing(real.parent)
     if not parent.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder", str(parent))
     return real
+
+
+def _nearest_existing(folder: Path) -> Path:
+    """``folder`` or the nearest of its parents that exists (what a write would create
+    folders in)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
 
 
 def check_writable(path) -> Path:
@@ -61,9 +67,7 @@ def check_writable(path) -> Path:
     its folder (or the nearest one that exists) cannot be written: checked before a
     long job rather than after it."""
     real = output_target(path)
-    parent = real.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = _nearest_existing(real.parent)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise PermissionError(errno.EACCES, f"cannot write in {parent}", os.fspath(path))
     return real

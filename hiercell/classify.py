@@ -62,8 +62,8 @@ def check_output_paths(outputs: dict, inputs) -> None:
     input_keys = {image_key(p) for p in inputs}
     for name, path in outputs.items():
         if path is not None and image_key(path) in input_keys:
-            raise OutputPathError(f"{name} {display(path)} is one of the input images or "
-                                  "folders; refusing to overwrite it")
+            raise OutputPathError(f"{name} {display(path)} is one of the inputs; refusing "
+                                  "to overwrite it")
 
 
 def writable_output(name: str, path) -> Path | None:

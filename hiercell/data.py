@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import zlib
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .fileutil import display
-from .io import list_images
+from .io import image_key, list_images
 from .taxonomy import fine_label, map_label, pbc_label_from_filename, Label
 
 log = logging.getLogger(__name__)
@@ -110,7 +109,7 @@ def read_manifest(csv_path, root=None, source: str = "auto") -> list[Sample]:
     against ``root``, or against the CSV's folder when ``root`` is None. Splits
     must be train/val/test (``validation``, ``valid``, ``dev`` -> val) or empty.
     Files are not checked for existence. A row that repeats an earlier one (the same
-    path, label, split and group) is dropped, with a warning: a repeated cell would
+    image, :func:`hiercell.io.image_key`, label, split and group) is dropped, with a warning: a repeated cell would
     count twice in a figure and sit on both sides of a cross-validation. Raises
     ``ValueError`` with the line number on a malformed row, on a path listed again
     with another label, split or group, and on a file that is not UTF-8 text.
@@ -144,7 +143,7 @@ def _read_manifest_rows(csv_path: Path, base: Path, source: str) -> list[Sample]
             path = Path(rel)
             group = (row.get(fields["group"]) or "").strip() or None if "group" in fields else None
             path = path if path.is_absolute() else base / path
-            key = os.path.normpath(os.path.abspath(path))
+            key = image_key(path)
             if key in first:
                 line0, row0 = first[key]
                 if row0 != (label, split, group):

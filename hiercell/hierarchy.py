@@ -204,9 +204,13 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
     def predict_stage(self, number, X):
         """Most probable class of stage ``number`` per row (the stage alone, as trained:
         stage 2 on every row given)."""
-        X = check_features(X, getattr(self.stage1, "feature_shape_", None))
+        X = self._checked(X)
         stage = self.stage1 if number == 1 else self.stage2
         return stage.classes_[self.stage_proba(number, X).argmax(1)]
+
+    def _checked(self, X):
+        """:func:`check_features` with stage 1's row shape, where it knows one."""
+        return check_features(X, getattr(self.stage1, "feature_shape_", None))
 
     def _stage_probas(self, X, own=None):
         """``(p1, p2, n1)``: stage-1 probabilities over :data:`MAIN_CLASSES`, stage 2's
@@ -237,7 +241,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X):
         """End-to-end probabilities over :attr:`classes_`, ``(n, 11)`` (``(n, 8)`` without
         stage 2); rows sum to 1."""
-        X = check_features(X, getattr(self.stage1, "feature_shape_", None))
+        X = self._checked(X)
         own = self.adapted_rows(X)
         p1, p2, _ = self._stage_probas(X, own)
         return combine_probabilities(p1, p2, self._stage2_classes(), self._crossing(own))
@@ -259,7 +263,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         end-to-end one for a class stage 2 does not see, and for an ``uncertain``
         neutrophil or ig no column of :meth:`predict_proba` at all (:meth:`predict`).
         """
-        X = check_features(X, getattr(self.stage1, "feature_shape_", None))
+        X = self._checked(X)
         own = self.adapted_rows(X)  # the gate decides once for both stages and the review
         p1, p2, n1 = self._stage_probas(X, own)
         s2 = self._stage2_classes()
@@ -288,7 +292,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
     def decide(self, X):
         """``(p1, decisions)``: stage-1 probabilities over :data:`MAIN_CLASSES` and one
         routed :class:`Decision` per row of ``X``."""
-        X = check_features(X, getattr(self.stage1, "feature_shape_", None))
+        X = self._checked(X)
         own = self.adapted_rows(X)
         p1, p2, n1 = self._stage_probas(X, own)
         return p1, route(p1, p2, self._stage2_classes(), n1, self._crossing(own))

@@ -30,7 +30,7 @@ import math
 import os
 from pathlib import Path
 
-from .atomic import (atomic_write_text, clean_stale_temps, file_mode, fsync_file, named_error,
+from .atomic import (atomic_write_text, clean_stale_temps, fsync_file, named_error,
                      output_target, temp_file_next_to)
 from .fileutil import csv_cell, from_csv_cell, json_text, to_jsonable
 from .io import image_key
@@ -105,7 +105,6 @@ class ResultsSink:
         """All done: put the complete file at ``out`` (the partial file goes)."""
         try:
             self._close()
-            os.chmod(self.part, file_mode(self.out))  # an existing file keeps its permissions
             os.replace(self.part, self.out)
         except OSError as exc:
             raise named_error(exc, self.part) from None

@@ -633,10 +633,12 @@ def test_classify_refuses_bad_output_targets_before_any_work(cli, good_dir, tmp_
     assert cli.loaded == [] and stat_is_fifo(fifo)
     target = tmp_path / "real.csv"
     target.write_text("old")
+    os.chmod(target, 0o640)
     (tmp_path / "link.csv").symlink_to(target)
     r = cli(good_dir, "--out", "link.csv")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "link.csv").is_symlink() and len(read_results(target)) == 7
+    assert os.stat(target).st_mode & 0o777 == 0o640  # the results file keeps its permissions
 
 
 def test_resume_classifies_again_a_row_whose_columns_disagree(good_dir, tmp_path):

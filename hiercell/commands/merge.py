@@ -58,27 +58,18 @@ def merge(shard_results, out, summary_path, allow_missing, model_path):
 
 def _check_outputs(inputs, out, summary_path):
     """Refuse, before reading anything, outputs that are a share's file, each other,
-    or not a file that can be written (:func:`hiercell.atomic.check_writable`)."""
-    import os
+    or not a file that can be written: classify's checks
+    (:func:`hiercell.classify.writable_output`, :func:`~hiercell.classify.check_output_paths`)."""
+    from ..classify import OutputPathError, check_output_paths, writable_output
+    from ..results import partial_path
 
-    from ..atomic import check_writable
-    from ..fileutil import display
-
-    seen = {os.path.realpath(p): f"the share {display(p)}" for p in inputs}
-    for flag, path in (("--out", out), ("--summary", summary_path)):
-        if path is None:
-            continue
-        try:
-            real = str(check_writable(path))
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint=flag) from None
-        except OSError as exc:
-            raise click.BadParameter(f"{display(exc.filename or path)}: {exc.strerror or exc}",
-                                     param_hint=flag) from None
-        if real in seen:
-            raise click.BadParameter(f"{display(path)} is {seen[real]}; refusing to overwrite it",
-                                     param_hint=flag)
-        seen[real] = f"the {flag} file"
+    try:
+        out = writable_output("--out", out)
+        summary_path = writable_output("--summary", summary_path)
+        check_output_paths({"--out": out, "the partial file of --out": partial_path(out),
+                            "--summary": summary_path}, inputs)
+    except OutputPathError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def _class_rates(model_path):
