@@ -176,13 +176,16 @@ def read_dataset(path, split_csv=None, source: str | None = None) -> list[Sample
       Splits then come from ``split_csv`` (a CSV with ``path`` and ``split``
       columns, paths relative to ``path``) or, if not given, from
       ``path/splits.csv`` when it exists. Images the CSV does not list get
-      ``split=None``.
+      ``split=None``. A manifest with ``split_csv`` is refused (it has a split column).
 
     Raises ``FileNotFoundError`` if ``path`` does not exist and ``ValueError``
     if it holds no images. Unmapped labels are logged (see :func:`summarize`).
     """
     path = Path(path)
     if path.is_file():
+        if split_csv is not None:
+            raise ValueError(f"{path}: a manifest gives its splits in its own 'split' column; "
+                             f"a split file ({split_csv}) applies to a folder of images")
         samples = read_manifest(path, source=source or "auto")
     elif path.is_dir():
         if source is None:

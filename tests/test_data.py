@@ -228,3 +228,16 @@ def test_split_csv_that_matches_no_image_is_an_error(tmp_path):
     csv_path.write_text("path,split\nelsewhere/BA_1.jpg,train\nelsewhere/EO_2.jpg,test\n")
     with pytest.raises(ValueError, match="none of its paths"):
         read_dataset(tmp_path / "data", split_csv=csv_path)
+
+
+def test_a_split_file_beside_a_manifest_is_refused_not_ignored(tmp_path):
+    # evaluate --split-csv F on a manifest had read the manifest's splits and said nothing
+    root = touch(tmp_path / "img", "LY_1.jpg", "LY_2.jpg")
+    images = sorted(root.iterdir())
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,split\n" + "".join(f"{p},LY,test\n" for p in images))
+    split_csv = tmp_path / "splits.csv"
+    split_csv.write_text("path,split\n" + "".join(f"{p.name},train\n" for p in images))
+    assert {s.split for s in read_dataset(manifest)} == {"test"}
+    with pytest.raises(ValueError, match="own 'split' column"):
+        read_dataset(manifest, split_csv=split_csv)

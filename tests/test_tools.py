@@ -447,3 +447,98 @@ def test_torch_recipe_networks_split_vgg16_where_fine_tuning_starts():
         assert len(recipe.keras_order(head)) == 2 * n_convs + 6
     np.testing.assert_allclose(outputs[4], outputs[5], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(outputs[3], outputs[5], rtol=1e-4, atol=1e-5)
+
+
+def _vgg16_like_weights(rng):
+    """Random weights in the packed job's VGG16 layout (float16, He-scaled)."""
+    weights, n_in = {}, 3
+    for block, n_convs in enumerate((2, 2, 3, 3, 3), 1):
+        n_out = (64, 128, 256, 512, 512)[block - 1]
+        for k in range(1, n_convs + 1):
+            weights[f"block{block}_conv{k}/kernel"] = rng.normal(
+                0, (2 / (9 * n_in)) ** 0.5, (3, 3, n_in, n_out)).astype(np.float16)
+            weights[f"block{block}_conv{k}/bias"] = np.zeros(n_out, np.float16)
+            n_in = n_out
+    return weights
+
+
+def test_torch_recipe_loads_a_heads_keras_order_weights_back():
+    """``score`` reads bundle heads (Keras order): loading keras_order's list into a fresh
+    head gives the same network; a list of the wrong length or shape is refused."""
+    torch = pytest.importorskip("torch", reason="the GPU step's networks need PyTorch")
+    recipe = _torch_recipe()
+    weights = _vgg16_like_weights(np.random.default_rng(0))
+    x = torch.from_numpy(np.random.default_rng(1).normal(0, 50, (2, 3, 32, 32)).astype(np.float32))
+    torch.manual_seed(0)
+    trunk, head = recipe._networks(weights, 8, 0.0)
+    torch.manual_seed(1)  # another dense initialisation
+    _, other = recipe._networks(weights, 8, 0.0)
+    with torch.no_grad():
+        maps = trunk(x)
+        assert not np.allclose(head.eval()(maps).numpy(), other.eval()(maps).numpy())
+        recipe.load_keras_order(other, recipe.keras_order(head))
+        np.testing.assert_allclose(other(maps).numpy(), head(maps).numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="weight arrays"):
+        recipe.load_keras_order(other, recipe.keras_order(head)[:-2])
+    swapped = recipe.keras_order(head)
+    swapped[-2] = swapped[-2][:, :4]  # a 4-class top layer for an 8-class head
+    with pytest.raises(ValueError, match="kernel of shape"):
+        recipe.load_keras_order(other, swapped)
+
+
+def test_torch_recipe_style_perturbations_keep_each_cells_normalised_maps():
+    """DSU and MixStyle change each cell's channel means and spreads, nothing else: the maps
+    standardised per cell and channel are the same before and after."""
+    torch = pytest.importorskip("torch", reason="the GPU step's networks need PyTorch")
+    recipe = _torch_recipe()
+    maps = torch.from_numpy(np.random.default_rng(0).gamma(2.0, 1.0, (16, 8, 5, 5)).astype(np.float32))
+
+    def standardised(m):
+        return (m - m.mean((2, 3), keepdim=True)) / m.std((2, 3), keepdim=True)
+
+    for kind in ("dsu", "mixstyle"):
+        out = recipe.perturb_statistics(maps, kind, torch.Generator().manual_seed(0))
+        assert out.shape == maps.shape
+        assert not torch.allclose(out.mean((2, 3)), maps.mean((2, 3)), atol=1e-3)
+        np.testing.assert_allclose(standardised(out).numpy(), standardised(maps).numpy(),
+                                   atol=2e-3)
+    with pytest.raises(ValueError, match="unknown"):
+        recipe.perturb_statistics(maps, "adain", torch.Generator())
+
+
+def test_torch_recipe_random_convolutions_are_linear_and_drawn_per_image():
+    """RandConv: a linear map of each image (no bias: black stays black; twice the image,
+    twice the output), with a filter and share of its own for every image of the batch."""
+    torch = pytest.importorskip("torch", reason="the GPU step's networks need PyTorch")
+    recipe = _torch_recipe()
+    image = torch.from_numpy(np.random.default_rng(0).normal(0, 50, (1, 3, 16, 16)).astype(np.float32))
+    batch = image.repeat(4, 1, 1, 1)
+    for seed in range(4):  # several filter sizes
+        out = recipe.random_convolutions(batch, torch.Generator().manual_seed(seed))
+        twice = recipe.random_convolutions(2 * batch, torch.Generator().manual_seed(seed))
+        assert out.shape == batch.shape
+        np.testing.assert_allclose(twice.numpy(), 2 * out.numpy(), rtol=1e-4, atol=1e-3)
+        assert not torch.allclose(out[0], out[1])  # the same image, another filter
+        black = recipe.random_convolutions(torch.zeros_like(batch), torch.Generator().manual_seed(seed))
+        assert float(black.abs().max()) == 0.0
+
+
+def test_torch_recipe_alignment_undoes_a_labs_shift_at_its_class_mix():
+    """align_maps, hiercell.alignment's rule: a lab whose maps are the training lab's plus a
+    constant per channel, at another class mix, is shifted back exactly when the mix is
+    estimated right; with the overall mean alone it would not be."""
+    torch = pytest.importorskip("torch", reason="the GPU step's networks need PyTorch")
+    recipe = _torch_recipe()
+    rng = np.random.default_rng(0)
+    class_means = torch.tensor([[5.0, 1.0, 3.0], [1.0, 6.0, 3.0]])
+    labels = np.r_[np.zeros(30, int), np.ones(10, int)]  # the lab: 3 of 4 cells class 0
+    maps = class_means[labels].view(40, 3, 1, 1) + torch.from_numpy(
+        rng.normal(0, 0.1, (40, 3, 2, 2)).astype(np.float32))
+    maps = maps - maps.mean((0, 2, 3)).view(1, 3, 1, 1) + (class_means[labels].mean(0)).view(1, 3, 1, 1)
+    shift = torch.tensor([2.0, -0.5, 1.0]).view(1, 3, 1, 1)
+    one_hot = torch.eye(2)[labels]
+    aligned = recipe.align_maps(maps + shift, class_means.mean(0), class_means, lambda m: one_hot)
+    np.testing.assert_allclose(aligned.numpy(), maps.clamp(min=0).numpy(), atol=1e-5)
+    overall = recipe.align_maps(maps + shift, class_means.mean(0), class_means,
+                                lambda m: torch.full((40, 2), 0.5))
+    assert not np.allclose(overall.numpy(), maps.numpy(), atol=0.1)

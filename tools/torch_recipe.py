@@ -23,6 +23,13 @@ never trained on, on which ``train`` scores each stage-1 network's own softmax;
 ``train --first-trained 4`` fine-tunes from block4 on (its head is scored and its
 history kept; it does not fit the bundle's shared trunk, so ``bundle`` refuses it: its
 block4 weights are written apart, to ``s{stage}-{size}-deeper.npz``, for experiments).
+Each stage-1 network is scored on the external sets as it is and aligned to each set
+(:func:`align_maps`, the lab alignment's rule on the network's own softmax); ``score JOB
+HEAD...`` scores heads trained earlier (``train``'s files or a bundle's
+``stage1/head.npz``) the same way. ``train --randconv P`` convolves a share P of the
+training batches with random filters (:func:`random_convolutions`, RandConv), ``train
+--statistics dsu|mixstyle`` perturbs the trunk maps' per-cell channel statistics
+(:func:`perturb_statistics`); docs/model.md has what each did.
 
 Views: every training image is stored once in its canonical frame
 (:func:`hiercell.framing.canonical_view` at 224 px, white-balanced), so the
@@ -199,6 +206,52 @@ class EpochBatches:
             yield [(int(i), int(keys[i])) for i in order[k:k + self.batch_size]]
 
 
+def perturb_statistics(maps, kind, generator):
+    """Training-time style augmentation of trunk maps ``(n, c, h, w)`` (float): each cell's
+    channel means and standard deviations are replaced, by draws around them with the
+    batch's spread of each statistic (``"dsu"``, Li et al. 2022) or by a mix with another
+    cell's of the batch (``"mixstyle"``, Beta(0.1, 0.1) weights, Zhou et al. 2021). The
+    lab alignment shifts the same maps' channel means at prediction."""
+    import torch
+
+    eps = 1e-6
+    maps = maps.float()
+    mu = maps.mean((2, 3), keepdim=True)
+    sigma = (maps.var((2, 3), keepdim=True) + eps).sqrt()
+    normed = (maps - mu) / sigma
+    if kind == "dsu":
+        noise = lambda t: torch.randn(t.shape, generator=generator).to(t.device)  # noqa: E731
+        new_mu = mu + noise(mu) * (mu.var(0, keepdim=True) + eps).sqrt()
+        new_sigma = sigma + noise(sigma) * (sigma.var(0, keepdim=True) + eps).sqrt()
+    elif kind == "mixstyle":
+        n = len(maps)
+        lam = torch.from_numpy(np.random.default_rng(
+            int(torch.randint(2**31, (1,), generator=generator))).beta(0.1, 0.1, (n, 1, 1, 1))
+        ).float().to(maps.device)
+        other = torch.randperm(n, generator=generator).to(maps.device)
+        new_mu = lam * mu + (1 - lam) * mu[other]
+        new_sigma = lam * sigma + (1 - lam) * sigma[other]
+    else:
+        raise ValueError(f"unknown statistics perturbation {kind!r}")
+    return normed * new_sigma.clamp(min=eps) + new_mu
+
+
+def random_convolutions(x, generator):
+    """Images ``(n, 3, h, w)`` (float, VGG16's input scale), each convolved with a random
+    filter of its own (size 1, 3, 5 or 7, He-normal weights) and mixed with itself at a
+    random share (RandConv, Xu et al. 2021): random colour mixing at size 1, random
+    texture beyond."""
+    import torch
+    import torch.nn.functional as F
+
+    n = len(x)
+    k = (1, 3, 5, 7)[int(torch.randint(4, (1,), generator=generator))]
+    w = (torch.randn((3 * n, 3, k, k), generator=generator) / np.sqrt(3 * k * k)).to(x.device)
+    out = F.conv2d(x.reshape(1, 3 * n, *x.shape[2:]), w, padding=k // 2, groups=n)
+    alpha = torch.rand((n, 1, 1, 1), generator=generator).to(x.device)
+    return alpha * x + (1 - alpha) * out.reshape(x.shape)
+
+
 def _networks(weights, n_classes, dropout, first_trained=5):
     """(frozen trunk, trainable head) as torch modules, from the Keras-layout weights: the
     trunk is VGG16's blocks before ``first_trained`` (ImageNet's weights, frozen), the head
@@ -246,6 +299,23 @@ def keras_order(head) -> list:
             out += [m.weight.detach().float().cpu().numpy().T, m.bias]
     return [np.ascontiguousarray(w if isinstance(w, np.ndarray) else
                                  w.detach().float().cpu().numpy()) for w in out]
+
+
+def load_keras_order(head, weights) -> None:
+    """Set the head's weights from :func:`keras_order`'s list (the inverse)."""
+    import torch
+    from torch import nn
+
+    layers = [m for m in head if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if len(weights) != 2 * len(layers):
+        raise ValueError(f"{len(weights)} weight arrays for a head of {len(layers)} layers")
+    for m, kernel, bias in zip(layers, weights[::2], weights[1::2]):
+        kernel = np.asarray(kernel, np.float32)
+        kernel = kernel.transpose(3, 2, 0, 1) if kernel.ndim == 4 else kernel.T
+        if tuple(m.weight.shape) != kernel.shape:
+            raise ValueError(f"a kernel of shape {kernel.shape} for a layer of {tuple(m.weight.shape)}")
+        m.weight.data = torch.from_numpy(np.ascontiguousarray(kernel))
+        m.bias.data = torch.from_numpy(np.asarray(bias, np.float32))
 
 
 def deeper_split(weights, first_trained):
@@ -298,10 +368,21 @@ def train_one(job, stage, size, budget_s, out, args, log):
         samplers[split].epoch = epoch
         return loaders[split]
 
-    def inputs(x):
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+
+    def inputs(x, train=False):
+        """Frames (uint8 NHWC) -> frozen-trunk maps; in training with --randconv's and
+        --statistics' augmentations (each on a batch with its probability)."""
         x = x.to(dev, non_blocking=True).permute(0, 3, 1, 2).float().flip(1) - mean
+        if train and args.randconv and torch.rand(1, generator=generator) < args.randconv:
+            x = random_convolutions(x, generator)
         with torch.no_grad(), torch.autocast(**amp):
-            return trunk(x.contiguous(memory_format=torch.channels_last))
+            maps = trunk(x.contiguous(memory_format=torch.channels_last))
+        if (train and args.statistics != "none"
+                and torch.rand(1, generator=generator) < args.statistics_p):
+            maps = perturb_statistics(maps, args.statistics, generator)
+        return maps
 
     val_batches = [(inputs(x), y.to(dev)) for x, y in loader("val", 0)]  # fixed: trunk once
     del loaders["val"]
@@ -334,7 +415,7 @@ def train_one(job, stage, size, budget_s, out, args, log):
             tot = correct = n = 0
             for x, y in loader("train", epoch):
                 y = y.to(dev, non_blocking=True)
-                f = inputs(x)
+                f = inputs(x, train=True)
                 with torch.autocast(**amp):
                     logits = head(f).float()
                 loss = (F.cross_entropy(logits, y, reduction="none") * class_w[y]).mean()
@@ -363,15 +444,8 @@ def train_one(job, stage, size, budget_s, out, args, log):
                     for group in opt.param_groups:
                         group["lr"] *= args.plateau_factor
     head.load_state_dict(best_state)
-    externals = {}
-    for name in sorted({r["split"] for r in rows if r["split"].startswith("external:")}):
-        rs = [r for r in rows if r["split"] == name and r["stage1"] in index]
-        ds = FrameViews([job["blobs"][r["file"]] for r in rs],
-                        np.array([index[r["stage1"]] for r in rs]),
-                        np.array([r["has_cell"] == "1" for r in rs]), size, False, 1.0)
-        externals[name] = score_network(head, ds, inputs, amp, classes, args)
-        log(f"s{stage}-{size} {name}: accuracy {externals[name]['accuracy']:.3f} (n "
-            f"{externals[name]['n']}; per class {externals[name]['per_class']})")
+    externals = score_externals(head, job, rows, size, inputs, amp, classes, args, val_batches,
+                                log, f"s{stage}-{size}")
     # a head trained deeper than block5 does not fit the bundle's shared trunk (bundle
     # refuses it): its block5 + dense weights go to the usual file, the deeper blocks'
     # (block4, and block3 with --first-trained 3) to s{stage}-{size}-deeper.npz, for
@@ -388,22 +462,55 @@ def train_one(job, stage, size, budget_s, out, args, log):
     log(f"s{stage}-{size}: best val_loss {best:.4f} -> {path} ({time.time() - t_start:.0f} s)")
 
 
-def score_network(head, dataset, inputs, amp, classes, args) -> dict:
-    """The network's own (softmax) stage-1 accuracy on a labelled set of frames, overall
-    and per class (recall), with the confusions of each class."""
+def frame_set(job, rows, size, index):
+    """The frames of ``rows`` (unaugmented) labelled by their stage-1 class index."""
+    return FrameViews([job["blobs"][r["file"]] for r in rows],
+                      np.array([index[r["stage1"]] for r in rows]),
+                      np.array([r["has_cell"] == "1" for r in rows]), size, False, 1.0)
+
+
+def trunk_maps(dataset, inputs, args):
+    """``(maps, labels)``: a frame set's frozen-trunk maps ``(n, c, h, w)`` on the device and
+    its labels (numpy), in order."""
     import torch
     from torch.utils.data import DataLoader
 
+    maps, labels = [], []
+    for x, y in DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
+                           worker_init_fn=_quiet_worker,
+                           sampler=[(i, 0) for i in range(len(dataset))]):
+        maps.append(inputs(x))
+        labels.append(y.numpy())
+    return torch.cat(maps), np.concatenate(labels)
+
+
+def network_proba(head, maps, amp, batch=256):
+    """The head's softmax ``(n, k)`` (float32, on the device) on trunk maps."""
+    import torch
+
     head.eval()
-    predicted, truth = [], []
-    with torch.no_grad():
-        for x, y in DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
-                               worker_init_fn=_quiet_worker,
-                               sampler=[(i, 0) for i in range(len(dataset))]):
-            with torch.autocast(**amp):
-                predicted.append(head(inputs(x)).float().argmax(1).cpu().numpy())
-            truth.append(y.numpy())
-    predicted, truth = np.concatenate(predicted), np.concatenate(truth)
+    out = []
+    with torch.no_grad(), torch.autocast(**amp):
+        for k in range(0, len(maps), batch):
+            out.append(torch.softmax(head(maps[k:k + batch]).float(), 1))
+    return torch.cat(out)
+
+
+def align_maps(maps, reference, class_means, proba, rounds=3):
+    """``maps`` shifted (clipped at 0) so that their channel means are the training lab's
+    at the class mix ``proba`` (shifted maps -> probabilities) estimates, in ``rounds``
+    rounds from ``reference``, the overall mean: :class:`hiercell.alignment.LabAlignment`'s
+    rule, the mix estimated by the network's softmax instead of the SVM's."""
+    lab = maps.float().mean((0, 2, 3))
+    target = reference
+    for _ in range(rounds + 1):
+        shifted = (maps.float() + (target - lab).view(1, -1, 1, 1)).clamp(min=0)
+        target = proba(shifted).mean(0) @ class_means
+    return shifted
+
+
+def summarise(predicted, truth, classes) -> dict:
+    """Accuracy, recall per class and the confusions of each class (numpy class indices)."""
     per_class = {classes[c]: round(float((predicted[truth == c] == c).mean()), 3)
                  for c in np.unique(truth)}
     confusions = {classes[c]: {classes[d]: int(((truth == c) & (predicted == d)).sum())
@@ -413,16 +520,79 @@ def score_network(head, dataset, inputs, amp, classes, args) -> dict:
             "per_class": per_class, "confusions": confusions}
 
 
+def score_externals(head, job, rows, size, inputs, amp, classes, args, val_batches, log,
+                    tag) -> dict:
+    """The network's own (softmax) stage-1 figures on each packed external set, as it is
+    and aligned to the set (:func:`align_maps`, the training lab's class means taken on
+    the packed validation frames): ``{name: {..., "aligned": {...}}}``, logged."""
+    import torch
+
+    index = {c: k for k, c in enumerate(classes)}
+    val_maps = torch.cat([f for f, _ in val_batches]).float()
+    val_y = torch.cat([y for _, y in val_batches])
+    reference = val_maps.mean((0, 2, 3))
+    class_means = torch.stack([val_maps[val_y == k].mean((0, 2, 3)) for k in range(len(classes))])
+    out = {}
+    for name in sorted({r["split"] for r in rows if r["split"].startswith("external:")}):
+        rs = [r for r in rows if r["split"] == name and r["stage1"] in index]
+        maps, truth = trunk_maps(frame_set(job, rs, size, index), inputs, args)
+        plain = network_proba(head, maps, amp).argmax(1).cpu().numpy()
+        shifted = align_maps(maps, reference, class_means,
+                             lambda m: network_proba(head, m, amp))
+        aligned = network_proba(head, shifted, amp).argmax(1).cpu().numpy()
+        out[name] = {**summarise(plain, truth, classes),
+                     "aligned": summarise(aligned, truth, classes)}
+        log(f"{tag} {name}: accuracy {out[name]['accuracy']:.3f}, aligned "
+            f"{out[name]['aligned']['accuracy']:.3f} (n {out[name]['n']}; per class "
+            f"{out[name]['per_class']}; aligned {out[name]['aligned']['per_class']})")
+    head.train()
+    return out
+
+
+def score(args):
+    """Score stage-1 heads trained elsewhere (``train``'s ``s1-SIZE.npz``, or a bundle's
+    ``stage1/head.npz`` with ``--classes``) on the job's external sets, as ``train`` does."""
+    import torch
+
+    job, log = _open_job(args)
+    rows = [r for r in job["rows"] if r["stage1"]]
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    mean = torch.tensor(MEAN_BGR, device=dev).view(1, 3, 1, 1)
+    for path in args.heads:
+        z = np.load(path)
+        classes = ([str(c) for c in z["classes"]] if "classes" in z.files
+                   else sorted(args.classes.split(",")))
+        index = {c: k for k, c in enumerate(classes)}
+        trunk, head = _networks(job["weights"], len(classes), args.dropout)
+        load_keras_order(head, [z[k] for k in sorted(z.files) if k[0] == "w"])
+        trunk, head = trunk.to(dev, memory_format=torch.channels_last), head.to(dev).eval()
+
+        def inputs(x):
+            x = x.to(dev, non_blocking=True).permute(0, 3, 1, 2).float().flip(1) - mean
+            with torch.no_grad(), torch.autocast(**amp):
+                return trunk(x.contiguous(memory_format=torch.channels_last))
+
+        val = [r for r in rows if r["split"] == "val" and r["stage1"] in index]
+        val_maps, val_y = trunk_maps(frame_set(job, val, args.size, index), inputs, args)
+        val_batches = [(val_maps, torch.from_numpy(val_y).to(dev))]
+        predicted = network_proba(head, val_maps, amp).argmax(1).cpu().numpy()
+        log(f"{path}: val accuracy {(predicted == val_y).mean():.4f} (n {len(val_y)})")
+        score_externals(head, job, rows, args.size, inputs, amp, classes, args, val_batches,
+                        log, path)
+
+
 def _quiet_worker(_):
     import cv2
 
     cv2.setNumThreads(1)
 
 
-def train(args):
+def _open_job(args):
+    """``(job, log)``: a packed job (rows, VGG16 weights, frame blobs) and a function that
+    prints a timed line and appends it to ``OUT/log.txt``."""
     import torch
 
-    torch.backends.cudnn.benchmark = True
     t0 = time.time()
     job = Path(args.job)
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -440,7 +610,17 @@ def train(args):
         logfile.write(line + "\n")
         logfile.flush()
 
-    log(f"{len(rows)} frames; device {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}")
+    log(f"{len(rows)} frames; device "
+        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}")
+    return data, log
+
+
+def train(args):
+    import torch
+
+    torch.backends.cudnn.benchmark = True
+    t0 = time.time()
+    data, log = _open_job(args)
     runs = [(int(s), int(z)) for z in args.sizes.split(",") for s in args.stages.split(",")]
     shares = [args.share[s - 1] * (1.0 if z == max(int(v) for v in args.sizes.split(",")) else 0.6)
               for s, z in runs]
@@ -542,6 +722,25 @@ def main(argv=None):
                    help="the first VGG16 block fine-tuned (5: the recipe; 4 or 3: deeper, an "
                         "experiment whose weights the bundle step cannot use; the deeper "
                         "blocks' weights go to s{stage}-{size}-deeper.npz)")
+    t.add_argument("--statistics", default="none", choices=("none", "dsu", "mixstyle"),
+                   help="perturb each cell's channel statistics of the trunk maps in training "
+                        "(an experiment; see perturb_statistics)")
+    t.add_argument("--statistics-p", type=float, default=0.5,
+                   help="share of training batches whose statistics are perturbed")
+    t.add_argument("--randconv", type=float, default=0.0,
+                   help="share of training batches convolved with random filters (an "
+                        "experiment; see random_convolutions)")
+    c = sub.add_parser("score", help="score stage-1 heads on the job's external sets")
+    c.add_argument("job")
+    c.add_argument("heads", nargs="+")
+    c.add_argument("--out", required=True)
+    c.add_argument("--size", type=int, default=160)
+    c.add_argument("--classes", default="basophil,eosinophil,erythroblast,ig,lymphocyte,"
+                                        "monocyte,neutrophil,platelet",
+                   help="a bundle head's classes (sorted), when its file names none")
+    c.add_argument("--batch-size", type=int, default=64)
+    c.add_argument("--dropout", type=float, default=0.2)
+    c.add_argument("--workers", type=int, default=15)
     b = sub.add_parser("bundle")
     b.add_argument("data")
     b.add_argument("heads", nargs="+")
@@ -560,6 +759,8 @@ def main(argv=None):
              args.others_per_class, [_name_and_path(v) for v in args.external])
     elif args.cmd == "train":
         train(args)
+    elif args.cmd == "score":
+        score(args)
     else:
         bundle(args)
 
