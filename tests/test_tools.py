@@ -425,14 +425,7 @@ def test_torch_recipe_networks_split_vgg16_where_fine_tuning_starts():
     torch = pytest.importorskip("torch", reason="the GPU step's networks need PyTorch")
     recipe = _torch_recipe()
     rng = np.random.default_rng(0)
-    weights, n_in = {}, 3
-    for block, n_convs in enumerate(recipe.BLOCKS, 1):
-        n_out = (64, 128, 256, 512, 512)[block - 1]
-        for k in range(1, n_convs + 1):
-            weights[f"block{block}_conv{k}/kernel"] = rng.normal(
-                0, (2 / (9 * n_in)) ** 0.5, (3, 3, n_in, n_out)).astype(np.float16)
-            weights[f"block{block}_conv{k}/bias"] = np.zeros(n_out, np.float16)
-            n_in = n_out
+    weights = _vgg16_like_weights(rng)
     x = torch.from_numpy(rng.normal(0, 50, (2, 3, 32, 32)).astype(np.float32))
     outputs = {}
     for first in (5, 4, 3):
