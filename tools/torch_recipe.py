@@ -24,7 +24,8 @@ never trained on, on which ``train`` scores each stage-1 network's own softmax;
 history kept; it does not fit the bundle's shared trunk, so ``bundle`` refuses it: its
 block4 weights are written apart, to ``s{stage}-{size}-deeper.npz``, for experiments).
 Each stage-1 network is scored on the external sets as it is and aligned to each set
-(:func:`align_maps`, the lab alignment's rule on the network's own softmax); ``score JOB
+(:class:`hiercell.alignment.LabAlignment`, the class mix estimated by the network's own
+softmax); ``score JOB
 HEAD...`` scores heads trained earlier (``train``'s files or a bundle's
 ``stage1/head.npz``) the same way. ``train --randconv P`` convolves a share P of the
 training batches with random filters (:func:`random_convolutions`, RandConv), ``train
@@ -301,6 +302,23 @@ def keras_order(head) -> list:
                                  w.detach().float().cpu().numpy()) for w in out]
 
 
+def trunk_pass(trunk, dev, amp):
+    """Frames (uint8 NHWC, RGB) -> the frozen trunk's maps ``(n, c, h, w)`` on ``dev``
+    (VGG16's input: BGR minus the ImageNet mean)."""
+    import torch
+
+    mean = torch.tensor(MEAN_BGR, device=dev).view(1, 3, 1, 1)
+
+    def run(x, transform=None):
+        x = x.to(dev, non_blocking=True).permute(0, 3, 1, 2).float().flip(1) - mean
+        if transform is not None:
+            x = transform(x)
+        with torch.no_grad(), torch.autocast(**amp):
+            return trunk(x.contiguous(memory_format=torch.channels_last))
+
+    return run
+
+
 def load_keras_order(head, weights) -> None:
     """Set the head's weights from :func:`keras_order`'s list (the inverse)."""
     import torch
@@ -353,8 +371,8 @@ def train_one(job, stage, size, budget_s, out, args, log):
     trunk, head = _networks(job["weights"], len(classes), args.dropout, args.first_trained)
     n_conv_tensors = 2 * sum(BLOCKS[args.first_trained - 1:])
     trunk, head = trunk.to(dev, memory_format=torch.channels_last), head.to(dev)
-    mean = torch.tensor(MEAN_BGR, device=dev).view(1, 3, 1, 1)
     amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    frames_to_maps = trunk_pass(trunk, dev, amp)
 
     samplers = {split: EpochBatches(len(ds), args.batch_size, args.seed, split == "train")
                 for split, ds in sets.items()}
@@ -374,11 +392,10 @@ def train_one(job, stage, size, budget_s, out, args, log):
     def inputs(x, train=False):
         """Frames (uint8 NHWC) -> frozen-trunk maps; in training with --randconv's and
         --statistics' augmentations (each on a batch with its probability)."""
-        x = x.to(dev, non_blocking=True).permute(0, 3, 1, 2).float().flip(1) - mean
-        if train and args.randconv and torch.rand(1, generator=generator) < args.randconv:
-            x = random_convolutions(x, generator)
-        with torch.no_grad(), torch.autocast(**amp):
-            maps = trunk(x.contiguous(memory_format=torch.channels_last))
+        convolve = (train and args.randconv
+                    and torch.rand(1, generator=generator) < args.randconv)
+        maps = frames_to_maps(x, (lambda im: random_convolutions(im, generator))
+                              if convolve else None)
         if (train and args.statistics != "none"
                 and torch.rand(1, generator=generator) < args.statistics_p):
             maps = perturb_statistics(maps, args.statistics, generator)
@@ -496,19 +513,6 @@ def network_proba(head, maps, amp, batch=256):
     return torch.cat(out)
 
 
-def align_maps(maps, reference, class_means, proba, rounds=3):
-    """``maps`` shifted (clipped at 0) so that their channel means are the training lab's
-    at the class mix ``proba`` (shifted maps -> probabilities) estimates, in ``rounds``
-    rounds from ``reference``, the overall mean: :class:`hiercell.alignment.LabAlignment`'s
-    rule, the mix estimated by the network's softmax instead of the SVM's."""
-    lab = maps.float().mean((0, 2, 3))
-    target = reference
-    for _ in range(rounds + 1):
-        shifted = (maps.float() + (target - lab).view(1, -1, 1, 1)).clamp(min=0)
-        target = proba(shifted).mean(0) @ class_means
-    return shifted
-
-
 def summarise(predicted, truth, classes) -> dict:
     """Accuracy, recall per class and the confusions of each class (numpy class indices)."""
     per_class = {classes[c]: round(float((predicted[truth == c] == c).mean()), 3)
@@ -523,29 +527,41 @@ def summarise(predicted, truth, classes) -> dict:
 def score_externals(head, job, rows, size, inputs, amp, classes, args, val_batches, log,
                     tag) -> dict:
     """The network's own (softmax) stage-1 figures on each packed external set, as it is
-    and aligned to the set (:func:`align_maps`, the training lab's class means taken on
-    the packed validation frames): ``{name: {..., "aligned": {...}}}``, logged."""
+    and aligned to the set (:class:`hiercell.alignment.LabAlignment`, the training lab's
+    means taken on the packed validation frames, the class mix estimated by the network's
+    softmax instead of the SVM's): ``{name: {..., "aligned": {...}}}``, logged."""
     import torch
 
+    from hiercell.alignment import LabAlignment
+
+    def nhwc(maps):
+        return maps.float().permute(0, 2, 3, 1).cpu().numpy()
+
+    def proba(maps_nhwc):
+        maps = torch.from_numpy(np.ascontiguousarray(maps_nhwc.transpose(0, 3, 1, 2)))
+        return network_proba(head, maps.to(device), amp)
+
+    val_maps = torch.cat([f for f, _ in val_batches])
+    device = val_maps.device
+    val_y = torch.cat([y for _, y in val_batches]).cpu().numpy()
+    reference = LabAlignment.from_training(nhwc(val_maps), np.arange(len(val_y)),
+                                           np.array(classes)[val_y])
+    order = [classes.index(c) for c in reference.classes]
     index = {c: k for k, c in enumerate(classes)}
-    val_maps = torch.cat([f for f, _ in val_batches]).float()
-    val_y = torch.cat([y for _, y in val_batches])
-    reference = val_maps.mean((0, 2, 3))
-    class_means = torch.stack([val_maps[val_y == k].mean((0, 2, 3)) for k in range(len(classes))])
     out = {}
     for name in sorted({r["split"] for r in rows if r["split"].startswith("external:")}):
         rs = [r for r in rows if r["split"] == name and r["stage1"] in index]
         maps, truth = trunk_maps(frame_set(job, rs, size, index), inputs, args)
-        plain = network_proba(head, maps, amp).argmax(1).cpu().numpy()
-        shifted = align_maps(maps, reference, class_means,
-                             lambda m: network_proba(head, m, amp))
-        aligned = network_proba(head, shifted, amp).argmax(1).cpu().numpy()
+        maps = nhwc(maps)
+        plain = proba(maps).argmax(1).cpu().numpy()
+        shifted = reference.unfitted().fit(
+            maps, lambda m: proba(m)[:, order].cpu().numpy()).transform(maps)
+        aligned = proba(shifted).argmax(1).cpu().numpy()
         out[name] = {**summarise(plain, truth, classes),
                      "aligned": summarise(aligned, truth, classes)}
         log(f"{tag} {name}: accuracy {out[name]['accuracy']:.3f}, aligned "
             f"{out[name]['aligned']['accuracy']:.3f} (n {out[name]['n']}; per class "
             f"{out[name]['per_class']}; aligned {out[name]['aligned']['per_class']})")
-    head.train()
     return out
 
 
@@ -558,21 +574,19 @@ def score(args):
     rows = [r for r in job["rows"] if r["stage1"]]
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
-    mean = torch.tensor(MEAN_BGR, device=dev).view(1, 3, 1, 1)
     for path in args.heads:
-        z = np.load(path)
-        classes = ([str(c) for c in z["classes"]] if "classes" in z.files
-                   else sorted(args.classes.split(",")))
+        try:
+            z = np.load(path)
+            classes = ([str(c) for c in z["classes"]] if "classes" in z.files
+                       else sorted(args.classes.split(",")))
+            trunk, head = _networks(job["weights"], len(classes), args.dropout)
+            load_keras_order(head, [z[k] for k in sorted(z.files) if k[0] == "w"])
+        except (OSError, ValueError, KeyError) as exc:
+            sys.exit(f"error: {path}: not a stage-1 head in Keras order (a file of 'train' or "
+                     f"a bundle's stage1/head.npz) ({type(exc).__name__}: {exc})")
         index = {c: k for k, c in enumerate(classes)}
-        trunk, head = _networks(job["weights"], len(classes), args.dropout)
-        load_keras_order(head, [z[k] for k in sorted(z.files) if k[0] == "w"])
         trunk, head = trunk.to(dev, memory_format=torch.channels_last), head.to(dev).eval()
-
-        def inputs(x):
-            x = x.to(dev, non_blocking=True).permute(0, 3, 1, 2).float().flip(1) - mean
-            with torch.no_grad(), torch.autocast(**amp):
-                return trunk(x.contiguous(memory_format=torch.channels_last))
-
+        inputs = trunk_pass(trunk, dev, amp)
         val = [r for r in rows if r["split"] == "val" and r["stage1"] in index]
         val_maps, val_y = trunk_maps(frame_set(job, val, args.size, index), inputs, args)
         val_batches = [(val_maps, torch.from_numpy(val_y).to(dev))]
