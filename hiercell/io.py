@@ -4,7 +4,16 @@ Decoding is done by OpenCV (``cv2.imdecode`` on the file's bytes, so non-ASCII
 paths work everywhere). Before decoding, the file header is read to identify
 the format, reject images with too many pixels (decompression bombs) and
 detect truncated JPEG/PNG/BMP/WebP files, which some decoders would otherwise
-return half grey. Conversions:
+return half grey: a JPEG needs its end-of-image marker (``FF D9``) after the
+start of scan (bytes after it, such as padding, are ignored, as libjpeg does),
+a PNG its ``IEND`` chunk, a BMP/WebP the data size its header gives; a cut TIFF
+makes libtiff fail. **Not detected**: bytes corrupted *inside* a JPEG's
+compressed data (the file keeps its length and markers) -- libjpeg only prints
+a "Corrupt JPEG data" warning on stderr, which OpenCV's API does not report
+(checked with OpenCV 5.0), so such an image decodes with damaged blocks. (A
+PNG's chunk checksums make libpng fail on such damage.) A **multi-page TIFF**
+is refused with its page count, since OpenCV would decode only the first page
+(reduced-resolution preview pages after the image are ignored). Conversions:
 
 * grayscale and palette images -> three identical/looked-up channels;
 * 16-bit images -> 8-bit by rounding ``v * 255 / 65535`` (full range kept,
@@ -418,8 +427,7 @@ def _probe(data: bytes, path) -> _Info:
         if head.startswith(b"\x89PNG\r\n\x1a\n"):
             return _probe_png(data, path)
         if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-            size, _ = _read_tiff(data, 0, want_size=True)
-            return _Info("TIFF", size)  # OpenCV's TIFF decoder applies orientation
+            return _probe_tiff(data, path)
         if head.startswith(b"BM"):
             return _probe_bmp(data, path)
         if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
@@ -535,31 +543,92 @@ def _probe_webp(data: bytes, path) -> _Info:
 
 
 _TIFF_TYPES = {3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}  # SHORT, LONG, LONG8
+#: A TIFF's page chain is followed this far (enough to say "holds N pages").
+_MAX_TIFF_PAGES = 1000
 
 
 def _read_tiff(data: bytes, base: int, want_size: bool):
     """((width, height) or None, orientation or None) from a TIFF's first IFD."""
+    order, ifd, layout = _tiff_header(data, base)
+    tags, _ = _tiff_ifd(data, base, ifd, order, layout, (256, 257, 274))
+    size = (tags[256], tags[257]) if want_size and 256 in tags and 257 in tags else None
+    return size, tags.get(274)
+
+
+def _tiff_header(data: bytes, base: int):
+    """``(byte order, offset of the first IFD, layout)`` of the TIFF structure at ``base``;
+    ``layout`` is ``(count format, entry size, value size, next-offset format)``."""
     order = {b"II": "<", b"MM": ">"}.get(bytes(data[base:base + 2]))
     if order is None:
         raise ValueError("not a TIFF structure")
     (magic,) = struct.unpack_from(order + "H", data, base + 2)
     if magic == 42:
         (ifd,) = struct.unpack_from(order + "I", data, base + 4)
-        count_fmt, entry_size, value_size = "H", 12, 4
-    elif magic == 43:  # BigTIFF
+        return order, ifd, ("H", 12, 4, "I")
+    if magic == 43:  # BigTIFF
         (ifd,) = struct.unpack_from(order + "Q", data, base + 8)
-        count_fmt, entry_size, value_size = "Q", 20, 8
-    else:
-        raise ValueError("bad TIFF magic number")
+        return order, ifd, ("Q", 20, 8, "Q")
+    raise ValueError("bad TIFF magic number")
+
+
+def _tiff_ifd(data: bytes, base: int, ifd: int, order: str, layout, wanted, want_next=False):
+    """``({tag: value}, next IFD offset or None)`` for the single-valued SHORT/LONG tags in
+    ``wanted`` of the IFD at ``base + ifd``; the next offset is read if ``want_next``."""
+    count_fmt, entry_size, value_size, next_fmt = layout
     (count,) = struct.unpack_from(order + count_fmt, data, base + ifd)
     first = base + ifd + struct.calcsize(count_fmt)
     tags = {}
     for i in range(min(count, 4096)):
         entry = first + i * entry_size
         tag, typ = struct.unpack_from(order + "HH", data, entry)
-        if tag in (256, 257, 274) and typ in _TIFF_TYPES:
+        if tag in wanted and typ in _TIFF_TYPES:
             fmt = _TIFF_TYPES[typ][0]
             value_at = entry + 4 + value_size  # after tag, type and count
             (tags[tag],) = struct.unpack_from(order + fmt, data, value_at)
-    size = (tags[256], tags[257]) if want_size and 256 in tags and 257 in tags else None
-    return size, tags.get(274)
+    if not want_next:
+        return tags, None
+    (nxt,) = struct.unpack_from(order + next_fmt, data, first + count * entry_size)
+    return tags, nxt
+
+
+def _probe_tiff(data: bytes, path) -> _Info:
+    """Size of the first page; a file of several pages is refused, since OpenCV would
+    silently decode only the first. Reduced-resolution pages (``NewSubfileType`` bit 0,
+    or old-style ``SubfileType`` 2: previews, pyramid levels) are not counted, provided
+    the full-resolution image is the first page. A chain that loops back to a page already
+    seen ends there (as in libtiff); one that points past the end of the file is refused."""
+    order, ifd, layout = _tiff_header(data, 0)
+    size, full, previews, seen, more = None, [], 0, set(), ""
+    for _ in range(_MAX_TIFF_PAGES):
+        seen.add(ifd)
+        page = len(seen)
+        try:
+            tags, nxt = _tiff_ifd(data, 0, ifd, order, layout, (254, 255, 256, 257),
+                                  want_next=True)
+        except (struct.error, IndexError):
+            if page == 1:
+                raise
+            raise ImageLoadError(path, f"truncated or corrupt TIFF file (page {page}'s"
+                                       " directory lies past the end of the file)") from None
+        if page == 1 and 256 in tags and 257 in tags:
+            size = (tags[256], tags[257])
+        if tags.get(254, 0) & 1 or tags.get(255) == 2:
+            previews += 1
+        else:
+            full.append(page)
+        if not nxt or nxt in seen:
+            break
+        ifd = nxt
+    else:
+        more = "at least "  # the chain goes on: not followed further
+    if len(full) > 1:
+        extra = (f" (and {previews} reduced-resolution preview{'s' * (previews > 1)})"
+                 if previews else "")
+        raise ImageLoadError(path, f"multi-page TIFF: holds {more}{len(full):,} pages{extra};"
+                                   " hiercell reads one cell image per file (save each page"
+                                   " as its own file)")
+    if full and full[0] != 1:
+        raise ImageLoadError(path, f"multi-page TIFF: page 1 is a reduced-resolution preview"
+                                   f" and the image is page {full[0]}; hiercell reads only"
+                                   " page 1 (save the image as its own file)")
+    return _Info("TIFF", size)  # OpenCV's TIFF decoder applies orientation

@@ -185,7 +185,7 @@ def test_no_images_and_missing_path(tmp_path):
 
 
 def make_bad_folder(tmp_path):
-    """Good images, odd-but-valid images and three broken files."""
+    """Good images, odd-but-valid images and four broken files."""
     d = tmp_path / "mixed"
     d.mkdir()
     write_png(d / "good_a.png", colour(1))
@@ -200,7 +200,9 @@ def make_bad_folder(tmp_path):
     assert cv2.imwrite(str(d / "rgba.tiff"), rgba)
     assert cv2.imwrite(str(d / "deep16.png"), np.full((16, 16, 3), 30000, np.uint16))
     assert cv2.imwrite(str(d / "gray.png"), np.full((16, 16), 200, np.uint8))
-    bad = {"corrupt.jpg", "empty.jpg", "text.jpg"}
+    page = np.full((16, 16, 3), colour(2)[::-1], np.uint8)
+    assert cv2.imwritemulti(str(d / "pages.tiff"), [page, page, page])  # OpenCV reads page 1 only
+    bad = {"corrupt.jpg", "empty.jpg", "text.jpg", "pages.tiff"}
     good = {"good_a.png", "good_b.jpg", "rgba.tiff", "deep16.png", "gray.png"}
     return d, good, bad
 
@@ -220,6 +222,8 @@ def test_bad_files_get_a_reason_and_the_batch_goes_on(tmp_path):
         assert by_name[name]["status"] == "error" and by_name[name]["label"] == "", name
         assert len(by_name[name]["error"]) > 5, name
     assert "empty" in by_name["empty.jpg"]["error"]
+    assert "truncated JPEG" in by_name["corrupt.jpg"]["error"]
+    assert "holds 3 pages" in by_name["pages.tiff"]["error"]
     assert by_name["rgba.tiff"]["label"] == "lymphocyte"
     assert sum(model.calls) == len(good)  # broken files never reach the model
 

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from hiercell.io import IMAGE_EXTENSIONS, ImageLoadError, decode_image, list_images, load_image
+from hiercell.io import (IMAGE_EXTENSIONS, ImageLoadError, decode_image, list_images, load_image,
+                         try_load_image)
 
 DATA = Path(__file__).parent / "data" / "pbc"
 #: The pixel-conversion tests use tiny images, which the loader refuses by default.
@@ -52,6 +53,39 @@ def gray_tiff(img: np.ndarray, orientation: int) -> bytes:
         packed = struct.pack("<HH", val, 0) if typ == 3 else struct.pack("<I", val)
         out += struct.pack("<HHI", tag, typ, 1) + packed
     return out + struct.pack("<I", 0) + img.astype(img.dtype.newbyteorder("<")).tobytes()
+
+
+def tiff_pages(pages, big=False, last_next=None) -> bytes:
+    """An uncompressed little-endian 8-bit grayscale TIFF (BigTIFF if ``big``) of several
+    pages, written by hand: ``pages`` holds ``(image, NewSubfileType or None)``;
+    ``last_next`` replaces the last page's next-page offset (0)."""
+    cfmt, nfmt, vfmt = ("Q", "Q", "<HHQ") if big else ("H", "I", "<HHI")
+    head = b"II+\x00" + struct.pack("<HHQ", 8, 0, 16) if big else b"II*\x00\x08\x00\x00\x00"
+    entries = []
+    for img, subfile in pages:
+        h, w = img.shape
+        e = [(256, 4, w), (257, 4, h), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, None),
+             (277, 3, 1), (278, 4, h), (279, 4, img.nbytes)]
+        entries.append(([(254, 4, subfile)] if subfile is not None else []) + e)
+    entry_size = struct.calcsize(vfmt) + (8 if big else 4)
+    ifd_at, pos = [], len(head)
+    for e in entries:
+        ifd_at.append(pos)
+        pos += struct.calcsize("<" + cfmt) + entry_size * len(e) + struct.calcsize("<" + nfmt)
+    data_at = []
+    for img, _ in pages:
+        data_at.append(pos)
+        pos += img.nbytes
+    out = head
+    for k, e in enumerate(entries):
+        out += struct.pack("<" + cfmt, len(e))
+        for tag, typ, val in e:
+            val = data_at[k] if tag == 273 else val
+            value = struct.pack("<H" if typ == 3 else "<I", val).ljust(8 if big else 4, b"\x00")
+            out += struct.pack(vfmt, tag, typ, 1) + value
+        nxt = ifd_at[k + 1] if k + 1 < len(pages) else (last_next or 0)
+        out += struct.pack("<" + nfmt, nxt)
+    return out + b"".join(img.tobytes() for img, _ in pages)
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -276,6 +310,67 @@ def test_truncated_png_and_bmp(tmp_path):
         data = good.read_bytes()
         (tmp_path / f"t{ext}").write_bytes(data[: len(data) // 2])
         raises(tmp_path / f"t{ext}", f"truncated {ext[1:].upper()}")
+
+
+@pytest.mark.parametrize("tail", [b"\x00" * 200, b"\xff" * 16, b"camera trailer \xff\xd9 x"])
+def test_jpeg_bytes_after_end_marker_are_ignored(tmp_path, tail):
+    # Padding or a maker trailer after a complete image (libjpeg ignores it) is not damage.
+    good = next(DATA.glob("monocyte/*.jpg"))
+    data = good.read_bytes()
+    assert data.endswith(b"\xff\xd9")
+    (tmp_path / "t.jpg").write_bytes(data + tail)
+    np.testing.assert_array_equal(load_image(tmp_path / "t.jpg"), load_image(good))
+
+
+def test_truncated_progressive_jpeg(tmp_path):
+    ok, buf = cv2.imencode(".jpg", rgb_pattern(64, 64), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    data = buf.tobytes()
+    (tmp_path / "t.jpg").write_bytes(data[: len(data) * 6 // 10])
+    raises(tmp_path / "t.jpg", "truncated JPEG")
+    assert try_load_image(tmp_path / "t.jpg") == (
+        None, "truncated JPEG file (no end-of-image marker)")
+
+
+def test_multi_page_tiff_is_refused_with_its_page_count(tmp_path):
+    # OpenCV decodes the first page only: the other pages would be silently lost.
+    pages = [rgb_pattern(), rgb_pattern()[::-1], rgb_pattern()[:, ::-1]]
+    assert cv2.imwritemulti(str(tmp_path / "m.tif"), [p[:, :, ::-1].copy() for p in pages])
+    err = raises(tmp_path / "m.tif", "holds 3 pages; hiercell reads one cell image per file")
+    assert try_load_image(tmp_path / "m.tif") == (None, err.reason)
+    assert cv2.imwritemulti(str(tmp_path / "one.tif"), [pages[0][:, :, ::-1].copy()])
+    np.testing.assert_array_equal(load_image(tmp_path / "one.tif"), pages[0])
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["tiff", "bigtiff"])
+def test_multi_page_tiff_by_hand(tmp_path, big):
+    a, b = gray_pattern(32, 48), np.full((32, 48), 200, np.uint8)
+    (tmp_path / "one.tif").write_bytes(tiff_pages([(a, None)], big))
+    np.testing.assert_array_equal(load_image(tmp_path / "one.tif")[:, :, 0], a)
+    (tmp_path / "two.tif").write_bytes(tiff_pages([(a, None), (b, 0)], big))
+    raises(tmp_path / "two.tif", "multi-page TIFF: holds 2 pages;")
+
+
+def test_tiff_preview_pages(tmp_path):
+    a, b = gray_pattern(32, 48), np.full((32, 48), 200, np.uint8)
+    thumb = np.full((16, 24), 90, np.uint8)
+    # the image, then a reduced-resolution preview (NewSubfileType bit 0): the image is read
+    (tmp_path / "p.tif").write_bytes(tiff_pages([(a, 0), (thumb, 1)]))
+    np.testing.assert_array_equal(load_image(tmp_path / "p.tif")[:, :, 0], a)
+    # the preview first: OpenCV would return the 16x24 preview instead of the image
+    (tmp_path / "q.tif").write_bytes(tiff_pages([(thumb, 1), (a, 0)]))
+    raises(tmp_path / "q.tif", "page 1 is a reduced-resolution preview and the image is page 2")
+    (tmp_path / "r.tif").write_bytes(tiff_pages([(a, 0), (thumb, 1), (b, 2)]))
+    raises(tmp_path / "r.tif", r"holds 2 pages \(and 1 reduced-resolution preview\)")
+
+
+def test_tiff_page_chain_past_the_end_or_looping(tmp_path):
+    a = gray_pattern(32, 48)
+    # a next page that is not in the file: a multi-page TIFF cut short
+    (tmp_path / "cut.tif").write_bytes(tiff_pages([(a, None)], last_next=10**6))
+    raises(tmp_path / "cut.tif", r"truncated or corrupt TIFF file \(page 2's directory")
+    # a chain that points back to the first page: one page (libtiff reads it so too)
+    (tmp_path / "loop.tif").write_bytes(tiff_pages([(a, None)], last_next=8))
+    np.testing.assert_array_equal(load_image(tmp_path / "loop.tif")[:, :, 0], a)
 
 
 def test_corrupt_png_data(tmp_path):
