@@ -316,6 +316,17 @@ def test_torch_recipe_splits_a_deeper_heads_weights_before_block5():
     assert deeper == [] and len(rest) == 12
 
 
+@pytest.mark.parametrize("option", ["--randconv", "--statistics-p"])
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "nan"])
+def test_torch_recipe_refuses_a_share_outside_0_1(option, value, capsys):
+    recipe = _torch_recipe()
+    with pytest.raises(SystemExit) as stop:  # before any job is read or torch imported
+        recipe.main(["train", "no-such-job", "--out", "heads", option, value])
+    assert stop.value.code == 2
+    assert f"must be between 0 and 1, got {value}" in capsys.readouterr().err
+    assert recipe.share("0.25") == 0.25 and recipe.share("1") == 1.0
+
+
 def test_torch_recipe_batches_cover_every_image_once_per_epoch_in_a_new_order():
     batches = _torch_recipe().EpochBatches(10, 4, seed=0, shuffle=True)
     first = [k for batch in batches for k in batch]

@@ -694,6 +694,14 @@ def _name_and_path(value):
     return name, path
 
 
+def share(text: str) -> float:
+    """An argparse type: a number in [0, 1] (a share of training batches)."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # also NaN
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -739,9 +747,9 @@ def main(argv=None):
     t.add_argument("--statistics", default="none", choices=("none", "dsu", "mixstyle"),
                    help="perturb each cell's channel statistics of the trunk maps in training "
                         "(an experiment; see perturb_statistics)")
-    t.add_argument("--statistics-p", type=float, default=0.5,
+    t.add_argument("--statistics-p", type=share, default=0.5,
                    help="share of training batches whose statistics are perturbed")
-    t.add_argument("--randconv", type=float, default=0.0,
+    t.add_argument("--randconv", type=share, default=0.0,
                    help="share of training batches convolved with random filters (an "
                         "experiment; see random_convolutions)")
     c = sub.add_parser("score", help="score stage-1 heads on the job's external sets")
