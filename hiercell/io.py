@@ -13,7 +13,10 @@ a "Corrupt JPEG data" warning on stderr, which OpenCV's API does not report
 (checked with OpenCV 5.0), so such an image decodes with damaged blocks. (A
 PNG's chunk checksums make libpng fail on such damage.) A **multi-page TIFF**
 is refused with its page count, since OpenCV would decode only the first page
-(reduced-resolution preview pages after the image are ignored). Conversions:
+(reduced-resolution preview pages after the image are ignored). Likewise an
+**animated** PNG (APNG), WebP or GIF of more than one frame is refused with its
+frame count, since OpenCV would decode only one frame; a GIF is read to its
+trailer, so a cut one is reported as truncated. Conversions:
 
 * grayscale and palette images -> three identical/looked-up channels;
 * 16-bit images -> 8-bit by rounding ``v * 255 / 65535`` (full range kept,
@@ -54,7 +57,7 @@ import cv2
 import numpy as np
 
 #: File name extensions treated as images by :func:`list_images` (lower case).
-#: Files with other extensions (e.g. ``.gif``) still get a row, with the loader's reason
+#: Files with other extensions (e.g. ``.heic``) still get a row, with the loader's reason
 #: when OpenCV cannot decode them.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib",
                     ".tif", ".tiff", ".webp", ".gif", ".jp2", ".j2k", ".avif",
@@ -433,9 +436,7 @@ def _probe(data: bytes, path) -> _Info:
         if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
             return _probe_webp(data, path)
         if head[:6] in (b"GIF87a", b"GIF89a"):
-            if len(data) < 10:
-                raise ImageLoadError(path, "truncated GIF file (incomplete header)")
-            return _Info("GIF", struct.unpack_from("<HH", data, 6))
+            return _probe_gif(data, path)
     except (struct.error, IndexError):
         raise ImageLoadError(path, "truncated or corrupt image header") from None
     return _Info()
@@ -480,9 +481,18 @@ def _probe_jpeg(data: bytes, path) -> _Info:
         pos += length
 
 
+#: How the animated formats are refused (after "holds N frames").
+_ONE_IMAGE = "hiercell reads one cell image per file (save each frame as its own file)"
+
+
 def _probe_png(data: bytes, path) -> _Info:
+    """Size and EXIF orientation; the file must end with ``IEND``. An animated PNG (an
+    ``acTL`` chunk before the first ``IDAT``) of more than one frame is refused, and so
+    is one whose frame is stored apart (``fdAT``) from the default image, since OpenCV
+    decodes only the default image."""
     n, pos = len(data), 8
-    size = orientation = None
+    size = orientation = frames = None
+    idat = fdat = False
     while True:
         if pos + 8 > n:
             raise ImageLoadError(path, "truncated PNG file (no IEND chunk)")
@@ -498,9 +508,21 @@ def _probe_png(data: bytes, path) -> _Info:
                 _, orientation = _read_tiff(data[pos + 8:pos + 8 + length], 0, want_size=False)
             except (struct.error, IndexError, ValueError):
                 orientation = None
+        elif ctype == b"acTL" and not idat and pos + 12 <= n:
+            (frames,) = struct.unpack_from(">I", data, pos + 8)
+        elif ctype == b"IDAT":
+            idat = True
+        elif ctype == b"fdAT":
+            fdat = True
         elif ctype == b"IEND":
-            return _Info("PNG", size, orientation)
+            break
         pos += 12 + length
+    if frames is not None and frames > 1:
+        raise ImageLoadError(path, f"animated PNG: holds {frames:,} frames; {_ONE_IMAGE}")
+    if frames is not None and fdat:
+        raise ImageLoadError(path, "animated PNG: its frame is stored apart from the default"
+                                   f" image, which OpenCV would read instead; {_ONE_IMAGE}")
+    return _Info("PNG", size, orientation)
 
 
 def _probe_bmp(data: bytes, path) -> _Info:
@@ -524,11 +546,17 @@ def _probe_bmp(data: bytes, path) -> _Info:
 
 
 def _probe_webp(data: bytes, path) -> _Info:
+    """Size from the first chunk; the file must hold the RIFF size. An animated WebP (the
+    ``VP8X`` animation flag, or ``ANIM``/``ANMF`` chunks) of more than one frame is refused
+    with its count of ``ANMF`` chunks, since OpenCV decodes only the first frame."""
     (riff_size,) = struct.unpack_from("<I", data, 4)
     if riff_size + 8 > len(data):
         raise ImageLoadError(path, "truncated WebP file")
     chunk = bytes(data[12:16])
     size = None
+    if chunk in (b"VP8X", b"ANIM", b"ANMF"):  # an extended file: may be animated
+        flagged = chunk == b"VP8X" and len(data) > 20 and bool(data[20] & 0x02)
+        _check_webp_frames(data, riff_size + 8, path, flagged)
     if chunk == b"VP8X":
         w = int.from_bytes(data[24:27], "little") + 1
         h = int.from_bytes(data[27:30], "little") + 1
@@ -540,6 +568,67 @@ def _probe_webp(data: bytes, path) -> _Info:
         w, h = struct.unpack_from("<HH", data, 26)
         size = (w & 0x3FFF, h & 0x3FFF)
     return _Info("WebP", size)
+
+
+def _check_webp_frames(data: bytes, end: int, path, flagged: bool) -> None:
+    """Walk the chunks of an extended WebP (up to byte ``end``); if it is animated (the
+    animation flag, ``flagged``, or ``ANIM``/``ANMF`` chunks), refuse it unless it holds
+    exactly one frame (``ANMF`` chunk)."""
+    pos, frames, animated, cut = 12, 0, flagged, False
+    while pos + 8 <= end:
+        ctype, length = struct.unpack_from("<4sI", data, pos)
+        if pos + 8 + length > end:
+            cut = True
+            break
+        animated = animated or ctype in (b"ANIM", b"ANMF")
+        if ctype == b"ANMF":
+            frames += 1
+        pos += 8 + length + (length & 1)  # chunks are padded to an even size
+    if not animated or frames == 1 and not cut:
+        return
+    if frames > 1:
+        more = "at least " if cut else ""
+        raise ImageLoadError(path, f"animated WebP: holds {more}{frames:,} frames; {_ONE_IMAGE}")
+    if cut:
+        raise ImageLoadError(path, "truncated or corrupt animated WebP file (a chunk runs past"
+                                   " the end of the file)")
+    raise ImageLoadError(path, "animated WebP" + (" (animation flag set)" if flagged else "")
+                               + f" without any frame; {_ONE_IMAGE}")
+
+
+def _probe_gif(data: bytes, path) -> _Info:
+    """Size from the logical screen descriptor; the blocks are walked to the trailer
+    (extensions and image data skipped by their sub-blocks), counting the images. A GIF
+    of several images (an animation) is refused, since OpenCV decodes only the first."""
+    n = len(data)
+    if n < 13:
+        raise ImageLoadError(path, "truncated GIF file (incomplete header)")
+    width, height, flags = struct.unpack_from("<HHB", data, 6)
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # after the global colour table
+    images = 0
+    while True:
+        if pos >= n:
+            raise ImageLoadError(path, "truncated GIF file (no trailer)")
+        block = data[pos]
+        if block == 0x3B:  # trailer
+            break
+        if block == 0x21:  # extension: introducer, label, sub-blocks
+            pos += 2
+        elif block == 0x2C:  # image descriptor, local colour table, LZW code size, sub-blocks
+            images += 1
+            if pos + 10 > n:
+                raise ImageLoadError(path, "truncated GIF file (incomplete image descriptor)")
+            flags = data[pos + 9]
+            pos += 10 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0) + 1
+        else:
+            raise ImageLoadError(path, f"corrupt GIF file (unknown block 0x{block:02X} at"
+                                       f" byte {pos})")
+        while pos < n and data[pos]:  # sub-blocks, up to the empty one
+            pos += 1 + data[pos]
+        pos += 1
+    if images > 1:
+        raise ImageLoadError(path, f"animated GIF: holds {images:,} frames; {_ONE_IMAGE}")
+    return _Info("GIF", (width, height))
 
 
 _TIFF_TYPES = {3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}  # SHORT, LONG, LONG8

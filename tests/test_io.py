@@ -110,6 +110,50 @@ def palette_png(indices: np.ndarray, palette: np.ndarray, alpha=None) -> bytes:
     return out + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
 
+def riff_chunk(kind: bytes, data: bytes) -> bytes:
+    return kind + struct.pack("<I", len(data)) + data + b"\x00" * (len(data) & 1)
+
+
+def animated_webp(frames, flag=True) -> bytes:
+    """An animated WebP written by hand: ``VP8X`` (animation flag if ``flag``), ``ANIM`` and
+    one ``ANMF`` chunk per BGR frame (lossless, at the top left of a canvas of its size)."""
+    u24 = lambda v: v.to_bytes(3, "little")  # noqa: E731
+    h, w = frames[0].shape[:2]
+    body = riff_chunk(b"VP8X", bytes([0x02 if flag else 0, 0, 0, 0]) + u24(w - 1) + u24(h - 1))
+    body += riff_chunk(b"ANIM", b"\xff\xff\xff\xff\x00\x00")
+    for f in frames:
+        ok, buf = cv2.imencode(".webp", f, [cv2.IMWRITE_WEBP_QUALITY, 101])
+        assert ok
+        header = u24(0) + u24(0) + u24(f.shape[1] - 1) + u24(f.shape[0] - 1) + u24(100) + b"\x00"
+        body += riff_chunk(b"ANMF", header + buf.tobytes()[12:])  # the frame's VP8L chunk
+    return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
+
+
+def gif_frames(frames) -> bytes:
+    """A GIF89a written by hand: a 2-colour global palette (black, white) and one
+    uncompressed image (LZW clear codes every few pixels) per 0/1 frame, each after a
+    graphic control extension and with a comment extension in front."""
+    h, w = frames[0].shape
+    out = b"GIF89a" + struct.pack("<HHBBB", w, h, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
+    out += b"\x21\xfe" + b"\x05hello" + b"\x00"                     # comment extension
+    for f in frames:
+        # min code size 2: codes are 3 bits; a clear code (4) before every 2 pixels keeps
+        # the code width at 3 bits; 5 = end of information.
+        codes = []
+        for i, v in enumerate(f.ravel()):
+            if i % 2 == 0:
+                codes.append(4)
+            codes.append(int(v))
+        codes.append(5)
+        bits = sum(c << (3 * i) for i, c in enumerate(codes))
+        lzw = bits.to_bytes((3 * len(codes) + 7) // 8, "little")
+        subs = b"".join(bytes([len(lzw[i:i + 255])]) + lzw[i:i + 255]
+                        for i in range(0, len(lzw), 255))
+        out += b"\x21\xf9\x04\x00\x0a\x00\x00\x00"                # graphic control
+        out += b"\x2c" + struct.pack("<HHHHB", 0, 0, w, h, 0) + b"\x02" + subs + b"\x00"
+    return out + b"\x3b"
+
+
 ORIENT = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1],
           4: lambda a: a[::-1], 5: lambda a: a.swapaxes(0, 1),
           6: lambda a: np.rot90(a, -1), 7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
@@ -371,6 +415,124 @@ def test_tiff_page_chain_past_the_end_or_looping(tmp_path):
     # a chain that points back to the first page: one page (libtiff reads it so too)
     (tmp_path / "loop.tif").write_bytes(tiff_pages([(a, None)], last_next=8))
     np.testing.assert_array_equal(load_image(tmp_path / "loop.tif")[:, :, 0], a)
+
+
+def apng(png: bytes, num_frames: int, *, default_is_frame=True, extra_frame=None) -> bytes:
+    """``png`` made an APNG: an ``acTL`` chunk of ``num_frames`` after IHDR, an ``fcTL``
+    before IDAT if the default image is a frame, and ``extra_frame`` (the IDAT data of a
+    PNG of the same size) as an ``fcTL`` + ``fdAT`` frame after it."""
+    w, h = struct.unpack_from(">II", png, 16)
+
+    def fctl(seq):
+        return png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", seq, w, h, 0, 0, 1, 10, 0, 0))
+
+    at, end = 8 + 25, png.index(b"IEND") - 4
+    out = png[:at] + png_chunk(b"acTL", struct.pack(">II", num_frames, 0))
+    out += (fctl(0) if default_is_frame else b"") + png[at:end]
+    if extra_frame is not None:
+        out += fctl(1) + png_chunk(b"fdAT", struct.pack(">I", 2) + extra_frame)
+    return out + png[end:]
+
+
+def idat_data(png: bytes) -> bytes:
+    at = png.index(b"IDAT")
+    (length,) = struct.unpack_from(">I", png, at - 4)
+    return png[at + 4:at + 4 + length]
+
+
+def test_animated_png_is_refused_with_its_frame_count(tmp_path):
+    # OpenCV decodes only the default image: the other frames would be silently lost.
+    rgb, other = rgb_pattern(), rgb_pattern()[::-1]
+    png = write(tmp_path / "still.png", ".png", rgb[:, :, ::-1]).read_bytes()
+    second = idat_data(write(tmp_path / "b.png", ".png", other[:, :, ::-1].copy()).read_bytes())
+    (tmp_path / "a.png").write_bytes(apng(png, 2, extra_frame=second))
+    err = raises(tmp_path / "a.png", r"animated PNG: holds 2 frames; hiercell reads one cell"
+                                     " image per file")
+    assert try_load_image(tmp_path / "a.png") == (None, err.reason)
+    # the default image not being a frame changes nothing: still 2 frames
+    (tmp_path / "h.png").write_bytes(apng(png, 2, default_is_frame=False, extra_frame=second))
+    raises(tmp_path / "h.png", "animated PNG: holds 2 frames;")
+    # only the acTL chunk says so (frames cut out): refused by its count all the same
+    (tmp_path / "c.png").write_bytes(apng(png, 5))
+    raises(tmp_path / "c.png", "animated PNG: holds 5 frames;")
+
+
+def test_png_with_one_frame_animation_is_read(tmp_path):
+    rgb = rgb_pattern()
+    png = write(tmp_path / "still.png", ".png", rgb[:, :, ::-1]).read_bytes()
+    # the default image as the one frame; or acTL alone (no frame stored apart)
+    for name, data in [("one.png", apng(png, 1)),
+                       ("bare.png", apng(png, 1, default_is_frame=False))]:
+        (tmp_path / name).write_bytes(data)
+        np.testing.assert_array_equal(load_image(tmp_path / name), rgb)
+    # an acTL chunk after the image data does not make an APNG (the format ignores it)
+    end = png.index(b"IEND") - 4
+    (tmp_path / "late.png").write_bytes(png[:end] + png_chunk(b"acTL", struct.pack(">II", 3, 0))
+                                        + png[end:])
+    np.testing.assert_array_equal(load_image(tmp_path / "late.png"), rgb)
+
+
+def test_png_whose_one_frame_is_not_the_default_image_is_refused(tmp_path):
+    # The default image is a placeholder and the one frame lives in fdAT: OpenCV would
+    # return the placeholder.
+    png = write(tmp_path / "still.png", ".png", rgb_pattern()[:, :, ::-1]).read_bytes()
+    frame = idat_data(write(tmp_path / "b.png", ".png", rgb_pattern()[::-1, :, ::-1].copy())
+                      .read_bytes())
+    (tmp_path / "h.png").write_bytes(apng(png, 1, default_is_frame=False, extra_frame=frame))
+    raises(tmp_path / "h.png", "animated PNG: its frame is stored apart from the default image")
+
+
+def test_animated_webp_is_refused_with_its_frame_count(tmp_path):
+    frames = [rgb_pattern()[:, :, ::-1].copy(), rgb_pattern()[::-1, :, ::-1].copy(),
+              rgb_pattern()[:, ::-1, ::-1].copy()]
+    (tmp_path / "a.webp").write_bytes(animated_webp(frames))
+    err = raises(tmp_path / "a.webp", "animated WebP: holds 3 frames; hiercell reads one cell"
+                                      " image per file")
+    assert try_load_image(tmp_path / "a.webp") == (None, err.reason)
+    # ANMF chunks without the VP8X animation flag: counted all the same
+    (tmp_path / "b.webp").write_bytes(animated_webp(frames[:2], flag=False))
+    raises(tmp_path / "b.webp", "animated WebP: holds 2 frames;")
+    # the animation flag set and no frame
+    data = animated_webp(frames[:1])
+    data = data[:data.index(b"ANMF")]
+    (tmp_path / "c.webp").write_bytes(b"RIFF" + struct.pack("<I", len(data) - 8) + data[8:])
+    raises(tmp_path / "c.webp", r"animated WebP \(animation flag set\) without any frame")
+
+
+@pytest.mark.skipif(not hasattr(cv2, "imencodeanimation"), reason="OpenCV without animation API")
+@pytest.mark.parametrize("ext, what", [(".png", "PNG"), (".webp", "WebP"), (".gif", "GIF")])
+def test_animations_written_by_opencv_are_refused(tmp_path, ext, what):
+    anim = cv2.Animation()
+    anim.frames = [rgb_pattern()[:, :, ::-1].copy(), rgb_pattern()[::-1, :, ::-1].copy()]
+    anim.durations = [100, 100]
+    ok, buf = cv2.imencodeanimation(ext, anim)
+    assert ok
+    (tmp_path / f"a{ext}").write_bytes(buf.tobytes())
+    raises(tmp_path / f"a{ext}", f"animated {what}: holds 2 frames;")
+
+
+def test_still_and_one_frame_webp_are_read(tmp_path):
+    rgb = rgb_pattern()
+    path = write(tmp_path / "s.webp", ".webp", rgb[:, :, ::-1], (cv2.IMWRITE_WEBP_QUALITY, 101))
+    np.testing.assert_array_equal(load_image(path), rgb)
+    (tmp_path / "one.webp").write_bytes(animated_webp([rgb[:, :, ::-1].copy()]))
+    np.testing.assert_array_equal(load_image(tmp_path / "one.webp"), rgb)
+
+
+def test_gif_one_image_is_read_several_are_refused(tmp_path):
+    a = (gray_pattern(20, 24) % 2).astype(np.uint8)
+    b = 1 - a
+    (tmp_path / "one.gif").write_bytes(gif_frames([a]))
+    np.testing.assert_array_equal(load_image(tmp_path / "one.gif")[:, :, 0], a * 255)
+    (tmp_path / "two.gif").write_bytes(gif_frames([a, b, a]))
+    err = raises(tmp_path / "two.gif", "animated GIF: holds 3 frames; hiercell reads one cell"
+                                       " image per file")
+    assert try_load_image(tmp_path / "two.gif") == (None, err.reason)
+    # cut anywhere after the header: reported as truncated (OpenCV fails on these too)
+    data = gif_frames([a])
+    for cut in (20, len(data) // 2, len(data) - 1):
+        (tmp_path / "cut.gif").write_bytes(data[:cut])
+        raises(tmp_path / "cut.gif", "truncated GIF file")
 
 
 def test_corrupt_png_data(tmp_path):
