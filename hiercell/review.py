@@ -647,11 +647,18 @@ def domain_shift(novelty, classes=None, class_rates=None, novel_above=0.95,
             "n": n, "message": message}
 
 
+def reference_draw(n, max_reference=4000, seed=0) -> np.ndarray:
+    """Sorted indices of the at most ``max_reference`` of ``n`` training cells that
+    :func:`fit_reviewer` draws as its reference (so that only those need trunk maps)."""
+    return np.sort(np.random.default_rng(seed).permutation(int(n))[:max_reference])
+
+
 def fit_reviewer(hierarchy, X, reference_rows, val_rows, max_reference=4000, seed=0,
                  labels=None, shifted=()) -> ReviewScorer:
     """A :class:`ReviewScorer` for ``hierarchy`` from trunk maps ``X``: at most
-    ``max_reference`` of the training cells ``reference_rows`` (drawn at random) are the
-    reference, the validation cells ``val_rows`` calibrate percentiles and threshold.
+    ``max_reference`` of the training cells ``reference_rows`` (drawn at random:
+    :func:`reference_draw`) are the reference, the validation cells ``val_rows``
+    calibrate percentiles and threshold.
 
     With ``labels`` (main class per row of ``X``) the learned combination is fit on the
     validation cells and on ``shifted``: trunk maps of shifted views of the validation
@@ -659,10 +666,9 @@ def fit_reviewer(hierarchy, X, reference_rows, val_rows, max_reference=4000, see
     with fewer than :data:`MIN_ANSWERS` wrong (or right) answers among them, the legacy
     rule.
     """
-    rng = np.random.default_rng(seed)
     reference_rows = np.asarray(reference_rows)
     val_rows = np.asarray(val_rows)
-    pick = np.sort(rng.permutation(len(reference_rows))[:max_reference])
+    pick = reference_draw(len(reference_rows), max_reference, seed)
     reference = trunk_descriptor(X[reference_rows[pick]])
     X_val = X[val_rows]
     p1 = hierarchy.stage_proba(1, X_val)

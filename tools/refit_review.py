@@ -4,7 +4,8 @@ the SVMs are untouched.
     python tools/refit_review.py --pbc ../shared/data/pbc --cache .cache/features \\
         [--model models/pbc-robust-vgg16-svm] [--views 3]
 
-The reference is 4,000 random training cells (seed 0); the learned combination
+The reference is 4,000 random training cells (seed 0; only their trunk maps are read,
+:func:`hiercell.review.reference_draw`); the learned combination
 (:func:`hiercell.review.fit_reviewer`) is fit on the validation cells and on
 ``--views`` augmented views of them (:func:`hiercell.preprocess.augment_view`).
 Other labs' images are never read. Trunk features are cached (``--cache``).
@@ -24,7 +25,8 @@ import hiercell
 from hiercell.bundle import default_bundle_path, replace_reviewer
 from hiercell.data import read_dataset
 from hiercell.features import FeatureCache, extract_trunk_features
-from hiercell.review import fit_reviewer, knn_distance, review_inputs, trunk_descriptor
+from hiercell.review import (fit_reviewer, knn_distance, reference_draw, review_inputs,
+                             trunk_descriptor)
 
 
 def main():
@@ -39,7 +41,11 @@ def main():
     a = ap.parse_args()
     a.model = a.model or str(default_bundle_path())
     model = hiercell.load(a.model, precision="auto")
-    samples = [s for s in read_dataset(a.pbc) if s.main is not None and s.split in ("train", "val")]
+    everything = [s for s in read_dataset(a.pbc) if s.main is not None]
+    train_samples = [s for s in everything if s.split == "train"]
+    # the reference cells fit_reviewer draws: the same draw from these few as from all
+    samples = ([train_samples[i] for i in reference_draw(len(train_samples), seed=a.seed)]
+               + [s for s in everything if s.split == "val"])
     base = model.trunk_config()
 
     def maps(subset, view=0):
