@@ -47,7 +47,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 import hiercell
-from hiercell.alignment import auto_align, auto_sample, folder_check
+from hiercell.alignment import auto_align_set, folder_check
 from hiercell.data import read_dataset
 from hiercell.features import FeatureCache, extract_trunk_features
 from hiercell.review import records_novelty
@@ -206,9 +206,7 @@ def main():
         samples = [s for s in read_dataset(ext) if s.main is not None]
         X, samples = features(model, samples, a.cache)
         describe(ext, model, X, samples)
-        row = {str(smp.path): i for i, smp in enumerate(samples)}
-        aligned, record = auto_align(model, X[[row[p] for p in auto_sample(list(row))]]
-                                     .astype(np.float32))
+        aligned, record = auto_align_set(model, X, [smp.path for smp in samples])
         if record["applied"]:
             describe(f"{ext}, aligned to its own images as classify does", aligned, X, samples)
     if a.skip_held_out:

@@ -217,6 +217,17 @@ def auto_sample(paths, n=None) -> list:
     return [keys[i] for i in pick]
 
 
+def auto_align_set(model, maps, paths):
+    """:func:`auto_align` on the rows of trunk maps ``maps`` (one per path of ``paths``)
+    that :func:`auto_sample` draws from ``paths``: how ``hiercell classify`` aligns a
+    folder, for a set whose maps are already computed (``hiercell evaluate``, benches)."""
+    row = {str(p): i for i, p in enumerate(paths)}
+    if len(row) != len(maps):
+        raise ValueError(f"{len(maps)} rows of maps for {len(row)} distinct paths")
+    drawn = [row[p] for p in auto_sample(list(row))]
+    return auto_align(model, np.asarray(maps)[drawn].astype(np.float32))
+
+
 def folder_novelty(model, maps):
     """``(novelty percentiles, answered main classes)`` of trunk maps ``maps``: what the
     folder domain check (:func:`hiercell.review.domain_shift`) reads."""

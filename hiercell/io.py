@@ -92,7 +92,7 @@ def load_image(path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                max_aspect: float | None = MAX_ASPECT) -> np.ndarray:
     """Read ``path`` as an RGB ``uint8`` array of shape ``(H, W, 3)``.
 
-    Supports JPEG, PNG, BMP, TIFF and WebP (and whatever else the installed
+    Supports JPEG, PNG, BMP, TIFF, WebP and GIF (and whatever else the installed
     OpenCV decodes). Files over ``max_bytes`` are refused before they are
     read, images with more than ``max_pixels`` pixels before they are decoded;
     images with a side over ``max_side`` are scaled down to it; images with a

@@ -295,6 +295,25 @@ def test_auto_align_only_when_the_domain_check_warns(tiny_model, lab_maps, monke
     assert again is aligned and not record["applied"]
 
 
+def test_auto_align_set_aligns_on_the_rows_classify_would_draw(tiny_model, lab_maps,
+                                                                monkeypatch):
+    import hiercell.review
+
+    monkeypatch.setattr(hiercell.review, "domain_shift", _warns(True))
+    monkeypatch.setattr(auto, "AUTO_SAMPLE", 25)  # fewer drawn than given
+    paths = [f"/lab/cell{i:03d}.png" for i in range(len(lab_maps))]
+    drawn = [paths.index(p) for p in auto.auto_sample(paths)]
+    assert len(drawn) == 25 < len(paths)
+    want, want_record = auto.auto_align(tiny_model, lab_maps[drawn])
+    order = np.random.default_rng(1).permutation(len(paths))  # any order of the set
+    got, record = auto.auto_align_set(tiny_model, lab_maps[order], [paths[i] for i in order])
+    assert record == want_record and record["n_cells"] == 25
+    np.testing.assert_allclose(got.hierarchy.aligned(lab_maps), want.hierarchy.aligned(lab_maps),
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="distinct paths"):
+        auto.auto_align_set(tiny_model, lab_maps, paths[:-1] + paths[:1])
+
+
 def test_auto_sample_is_a_fixed_draw_whatever_the_order():
     paths = [f"/lab/cell{i:03d}.png" for i in range(300)]
     drawn = auto.auto_sample(paths)

@@ -20,7 +20,7 @@ import dataclasses
 import numpy as np
 
 import hiercell
-from hiercell.alignment import auto_align, auto_sample
+from hiercell.alignment import auto_align_set
 from hiercell.data import read_dataset
 from hiercell.backbone import run_trunk
 from hiercell.features import FeatureCache, extract_trunk_features, load_prepared
@@ -72,9 +72,7 @@ def main():
         truth = [s.main for s in samples]
         external_paths[ext] = [s.path for s in samples]
         sets.append((ext, model, X, truth))
-        row = {str(smp.path): i for i, smp in enumerate(samples)}
-        aligned, record = auto_align(model, X[[row[p] for p in auto_sample(list(row))]]
-                                     .astype(np.float32))
+        aligned, record = auto_align_set(model, X, [smp.path for smp in samples])
         if record["applied"]:
             sets.append((f"{ext}, aligned", aligned, X, truth))
     print("| set | as is | 4 flips / rotations of 180 | all 8 symmetries |")

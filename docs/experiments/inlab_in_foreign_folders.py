@@ -15,7 +15,7 @@ import argparse
 import numpy as np
 
 from hiercell import load
-from hiercell.alignment import auto_align, auto_sample
+from hiercell.alignment import auto_align_set
 from hiercell.data import load_samples
 from hiercell.features import FeatureCache, extract_trunk_features
 from hiercell.review import trunk_descriptor
@@ -47,8 +47,7 @@ def main():
                                      FeatureCache(args.cache, config) if args.cache else None)
         samples = [s for s, ok in zip(samples, res.ok) if ok]
         X, y = res.features.astype(np.float32), np.array([s.main for s in samples])
-        row = {str(s.path): i for i, s in enumerate(samples)}
-        aligned, record = auto_align(model, X[[row[p] for p in auto_sample(list(row))]])
+        aligned, record = auto_align_set(model, X, [s.path for s in samples])
         h = aligned.hierarchy
         novelty = h.reviewer.novelty_percentile(trunk_descriptor(X))
         print(f"{data}: {len(y)} cells, {'aligned' if record['applied'] else 'not aligned'}")

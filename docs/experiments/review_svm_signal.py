@@ -28,7 +28,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 import hiercell
-from hiercell.alignment import auto_align, auto_sample
+from hiercell.alignment import auto_align_set
 from hiercell.data import read_dataset
 from hiercell.features import FeatureCache, extract_trunk_features
 from hiercell.review import fit_reviewer, reference_draw, review_inputs, trunk_descriptor
@@ -110,9 +110,7 @@ def main():
         X_ext, ext_samples = maps(model, ext_samples, a.cache)
         truth = [s.main for s in ext_samples]
         evaluate.append((ext, model, X_ext, truth))
-        row = {str(smp.path): i for i, smp in enumerate(ext_samples)}
-        aligned, record = auto_align(model, X_ext[[row[p] for p in auto_sample(list(row))]]
-                                     .astype(np.float32))
+        aligned, record = auto_align_set(model, X_ext, [smp.path for smp in ext_samples])
         if record["applied"]:
             evaluate.append((f"{ext}, aligned", aligned, X_ext, truth))
     print("\nAUROC of the learned wrongness, wrong vs right stage-1 answers:")

@@ -6,7 +6,6 @@ import json
 import sys
 
 import click
-import numpy as np
 
 from .options import (OutputPath, cache_dir, cache_option, echo_err, load_model,
                       model_option, others_option, precision_option, seed_option)
@@ -67,11 +66,9 @@ def evaluate(data, model_path, split_csv, subset, out, others_per_class, seed, c
                                    "read (above); nothing to evaluate")
     alignment = None
     if auto_align:  # the same fixed draw as classify's, from the images read
-        from ..alignment import auto_align as align_to, auto_sample
+        from ..alignment import auto_align_set
 
-        row = {str(s.path): i for i, s in enumerate(samples)}
-        drawn = [row[p] for p in auto_sample(list(row))]
-        model, alignment = align_to(model, res.features[drawn].astype(np.float32))
+        model, alignment = auto_align_set(model, res.features, [s.path for s in samples])
         if alignment["applied"]:
             echo_err(alignment["message"])
     metrics = evaluate_hierarchy(model, res.features, samples, others_per_class, seed)
