@@ -13,7 +13,9 @@ a "Corrupt JPEG data" warning on stderr, which OpenCV's API does not report
 (checked with OpenCV 5.0), so such an image decodes with damaged blocks. (A
 PNG's chunk checksums make libpng fail on such damage.) A **multi-page TIFF**
 is refused with its page count, since OpenCV would decode only the first page
-(reduced-resolution preview pages after the image are ignored). Likewise an
+(not counted: reduced-resolution previews after the image, flagged so or at most
+half its size, as Exif thumbnails are; directories that hold no image; and a
+broken link after page 1, which libtiff ignores too). Likewise an
 **animated** PNG (APNG), WebP or GIF of more than one frame is refused with its
 frame count, since OpenCV would decode only one frame; a GIF is read to its
 trailer, so a cut one is reported as truncated. Conversions:
@@ -437,7 +439,7 @@ def _probe(data: bytes, path) -> _Info:
             return _probe_webp(data, path)
         if head[:6] in (b"GIF87a", b"GIF89a"):
             return _probe_gif(data, path)
-    except (struct.error, IndexError):
+    except (struct.error, IndexError, OverflowError):  # overflow: an offset of 2**63 or more
         raise ImageLoadError(path, "truncated or corrupt image header") from None
     return _Info()
 
@@ -468,7 +470,7 @@ def _probe_jpeg(data: bytes, path) -> _Info:
         if code == 0xE1 and orientation is None and data[seg:seg + 6] == b"Exif\x00\x00":
             try:
                 _, orientation = _read_tiff(data[seg + 6:pos + length], 0, want_size=False)
-            except (struct.error, IndexError, ValueError):
+            except (struct.error, IndexError, OverflowError, ValueError):
                 orientation = None  # a broken EXIF block does not break the image
         elif code in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7,
                       0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF) and size is None:
@@ -506,9 +508,9 @@ def _probe_png(data: bytes, path) -> _Info:
         elif ctype == b"eXIf" and pos + 8 + length <= n:
             try:
                 _, orientation = _read_tiff(data[pos + 8:pos + 8 + length], 0, want_size=False)
-            except (struct.error, IndexError, ValueError):
+            except (struct.error, IndexError, OverflowError, ValueError):
                 orientation = None
-        elif ctype == b"acTL" and not idat and pos + 12 <= n:
+        elif ctype == b"acTL" and not idat and length >= 8 and pos + 12 <= n:
             (frames,) = struct.unpack_from(">I", data, pos + 8)
         elif ctype == b"IDAT":
             idat = True
@@ -632,8 +634,13 @@ def _probe_gif(data: bytes, path) -> _Info:
 
 
 _TIFF_TYPES = {3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}  # SHORT, LONG, LONG8
-#: A TIFF's page chain is followed this far (enough to say "holds N pages").
+#: A TIFF's page chain is followed this far (enough to say "holds N pages"), reading at
+#: most this many directory entries in all (a crafted chain of large directories stays
+#: cheap).
 _MAX_TIFF_PAGES = 1000
+_MAX_TIFF_ENTRIES = 20000
+#: NewSubfileType, SubfileType, width, height, StripOffsets, TileOffsets.
+_TIFF_PAGE_TAGS = (254, 255, 256, 257, 273, 324)
 
 
 def _read_tiff(data: bytes, base: int, want_size: bool):
@@ -681,35 +688,35 @@ def _tiff_ifd(data: bytes, base: int, ifd: int, order: str, layout, wanted, want
 
 
 def _probe_tiff(data: bytes, path) -> _Info:
-    """Size of the first page; a file of several pages is refused, since OpenCV would
-    silently decode only the first. Reduced-resolution pages (``NewSubfileType`` bit 0,
-    or old-style ``SubfileType`` 2: previews, pyramid levels) are not counted, provided
-    the full-resolution image is the first page. A chain that loops back to a page already
-    seen ends there (as in libtiff); one that points past the end of the file is refused."""
+    """Size of the first page; a file of several full-resolution pages is refused, since
+    OpenCV would silently decode only the first. A later directory counts as a page when
+    it describes an image (width, height, strip or tile offsets) that is not a
+    reduced-resolution one: ``NewSubfileType`` bit 0, old-style ``SubfileType`` 2, or at
+    most half of page 1's width and height (an Exif-style thumbnail). The chain after page
+    1 is followed while it can be read, as libtiff reads page 1 whatever follows: a
+    directory out of the file, a loop or the entry budget ends it."""
     order, ifd, layout = _tiff_header(data, 0)
-    size, full, previews, seen, more = None, [], 0, set(), ""
-    for _ in range(_MAX_TIFF_PAGES):
-        seen.add(ifd)
-        page = len(seen)
+    first, nxt = _tiff_ifd(data, 0, ifd, order, layout, _TIFF_PAGE_TAGS, want_next=True)
+    size = (first[256], first[257]) if 256 in first and 257 in first else None
+    full, previews, seen, more = [1] if not _tiff_reduced(first, None) else [], 0, {ifd}, ""
+    budget = _MAX_TIFF_ENTRIES
+    while nxt and nxt not in seen:
+        if len(seen) >= _MAX_TIFF_PAGES or budget <= 0:
+            more = "at least "  # the chain goes on: not followed further
+            break
+        seen.add(nxt)
         try:
-            tags, nxt = _tiff_ifd(data, 0, ifd, order, layout, (254, 255, 256, 257),
-                                  want_next=True)
-        except (struct.error, IndexError):
-            if page == 1:
-                raise
-            raise ImageLoadError(path, f"truncated or corrupt TIFF file (page {page}'s"
-                                       " directory lies past the end of the file)") from None
-        if page == 1 and 256 in tags and 257 in tags:
-            size = (tags[256], tags[257])
-        if tags.get(254, 0) & 1 or tags.get(255) == 2:
+            (count,) = struct.unpack_from(order + layout[0], data, nxt)
+            tags, nxt = _tiff_ifd(data, 0, nxt, order, layout, _TIFF_PAGE_TAGS, want_next=True)
+        except (struct.error, IndexError, OverflowError):
+            break  # a link to nowhere: page 1 is still what is read
+        budget -= min(count, 4096)
+        if not (256 in tags and 257 in tags and (273 in tags or 324 in tags)):
+            continue  # not an image (e.g. a directory of other data)
+        if _tiff_reduced(tags, size):
             previews += 1
         else:
-            full.append(page)
-        if not nxt or nxt in seen:
-            break
-        ifd = nxt
-    else:
-        more = "at least "  # the chain goes on: not followed further
+            full.append(len(seen))
     if len(full) > 1:
         extra = (f" (and {previews} reduced-resolution preview{'s' * (previews > 1)})"
                  if previews else "")
@@ -721,3 +728,12 @@ def _probe_tiff(data: bytes, path) -> _Info:
                                    f" and the image is page {full[0]}; hiercell reads only"
                                    " page 1 (save the image as its own file)")
     return _Info("TIFF", size)  # OpenCV's TIFF decoder applies orientation
+
+
+def _tiff_reduced(tags: dict, first_size) -> bool:
+    """Whether a TIFF directory's image is a reduced-resolution one: flagged so, or (a
+    later page) at most half of page 1's size ``first_size`` both ways."""
+    if tags.get(254, 0) & 1 or tags.get(255) == 2:
+        return True
+    return (first_size is not None and 256 in tags and 257 in tags
+            and 2 * tags[256] <= first_size[0] and 2 * tags[257] <= first_size[1])

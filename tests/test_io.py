@@ -407,14 +407,59 @@ def test_tiff_preview_pages(tmp_path):
     raises(tmp_path / "r.tif", r"holds 2 pages \(and 1 reduced-resolution preview\)")
 
 
-def test_tiff_page_chain_past_the_end_or_looping(tmp_path):
+def test_a_broken_link_after_page_1_does_not_refuse_the_image(tmp_path):
+    # OpenCV (libtiff) reads page 1 whatever the chain after it holds: a next page past the
+    # end of the file, inside the pixel data, beyond 2**63, or back to page 1
     a = gray_pattern(32, 48)
-    # a next page that is not in the file: a multi-page TIFF cut short
-    (tmp_path / "cut.tif").write_bytes(tiff_pages([(a, None)], last_next=10**6))
-    raises(tmp_path / "cut.tif", r"truncated or corrupt TIFF file \(page 2's directory")
-    # a chain that points back to the first page: one page (libtiff reads it so too)
-    (tmp_path / "loop.tif").write_bytes(tiff_pages([(a, None)], last_next=8))
-    np.testing.assert_array_equal(load_image(tmp_path / "loop.tif")[:, :, 0], a)
+    for name, big, nxt in [("past.tif", False, 10**6), ("pixels.tif", False, 200),
+                           ("loop.tif", False, 8), ("huge.tif", True, 2**63 + 5)]:
+        (tmp_path / name).write_bytes(tiff_pages([(a, None)], big=big, last_next=nxt))
+        np.testing.assert_array_equal(load_image(tmp_path / name)[:, :, 0], a)
+
+
+def test_a_tiff_thumbnail_or_data_directory_is_no_second_page(tmp_path):
+    a, thumb = gray_pattern(32, 48), np.full((16, 24), 90, np.uint8)
+    # an Exif-style thumbnail in the second directory, not flagged reduced-resolution
+    (tmp_path / "thumb.tif").write_bytes(tiff_pages([(a, None), (thumb, None)]))
+    np.testing.assert_array_equal(load_image(tmp_path / "thumb.tif")[:, :, 0], a)
+    # a second directory that holds no image (no size, no strips): a 1-entry IFD
+    data = bytearray(tiff_pages([(a, None)]))
+    extra = len(data)
+    data += struct.pack("<HHHII", 1, 259, 3, 1, 6) + struct.pack("<I", 0)
+    next_at = 8 + 2 + 9 * 12  # after page 1's 9 entries
+    struct.pack_into("<I", data, next_at, extra)
+    (tmp_path / "data.tif").write_bytes(bytes(data))
+    np.testing.assert_array_equal(load_image(tmp_path / "data.tif")[:, :, 0], a)
+    # a second image larger than half of page 1 either way is a page
+    (tmp_path / "two.tif").write_bytes(tiff_pages([(a, None), (a[:20], None)]))
+    raises(tmp_path / "two.tif", "holds 2 pages")
+
+
+def test_a_long_tiff_chain_is_followed_within_an_entry_budget(tmp_path, monkeypatch):
+    import hiercell.io
+
+    a = gray_pattern(32, 48)
+    (tmp_path / "many.tif").write_bytes(tiff_pages([(a, 2)] * 4))
+    raises(tmp_path / "many.tif", r"holds 4 pages")
+    monkeypatch.setattr(hiercell.io, "_MAX_TIFF_ENTRIES", 10)  # 10 entries a page
+    raises(tmp_path / "many.tif", r"holds at least 2 pages")
+
+
+def test_an_exif_block_with_offsets_beyond_2_63_is_ignored(tmp_path):
+    rgb = rgb_pattern()
+    jpeg = write(tmp_path / "a.jpg", ".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 100])
+    payload = b"Exif\x00\x00" + b"II+\x00\x08\x00\x00\x00" + b"\xff" * 8  # BigTIFF, IFD at 2**64-1
+    data = jpeg.read_bytes()
+    (tmp_path / "b.jpg").write_bytes(data[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2)
+                                     + payload + data[2:])
+    np.testing.assert_array_equal(load_image(tmp_path / "b.jpg"), load_image(jpeg))
+    png = write(tmp_path / "a.png", ".png", rgb[:, :, ::-1]).read_bytes()
+    at = png.index(b"IDAT") - 4
+    (tmp_path / "b.png").write_bytes(png[:at] + png_chunk(b"eXIf", payload[6:]) + png[at:])
+    np.testing.assert_array_equal(load_image(tmp_path / "b.png"), rgb)
+    # a bare BigTIFF whose first directory lies beyond 2**63: a clean error, not OverflowError
+    (tmp_path / "c.tif").write_bytes(b"II+\x00\x08\x00\x00\x00" + b"\xff" * 8)
+    raises(tmp_path / "c.tif", "corrupt image header")
 
 
 def apng(png: bytes, num_frames: int, *, default_is_frame=True, extra_frame=None) -> bytes:
@@ -470,6 +515,11 @@ def test_png_with_one_frame_animation_is_read(tmp_path):
     (tmp_path / "late.png").write_bytes(png[:end] + png_chunk(b"acTL", struct.pack(">II", 3, 0))
                                         + png[end:])
     np.testing.assert_array_equal(load_image(tmp_path / "late.png"), rgb)
+    # an acTL chunk too short to hold a frame count is not read as one (its checksum was
+    # taken for a count of 1,240,641,512 frames); OpenCV's own decoder refuses the file
+    (tmp_path / "short.png").write_bytes(png[:33] + png_chunk(b"acTL", b"") + png[33:])
+    reason = try_load_image(tmp_path / "short.png")[1]
+    assert reason is None or "frames" not in reason
 
 
 def test_png_whose_one_frame_is_not_the_default_image_is_refused(tmp_path):
