@@ -698,8 +698,8 @@ def _probe_tiff(data: bytes, path) -> _Info:
     order, ifd, layout = _tiff_header(data, 0)
     first, nxt = _tiff_ifd(data, 0, ifd, order, layout, _TIFF_PAGE_TAGS, want_next=True)
     size = (first[256], first[257]) if 256 in first and 257 in first else None
-    full, previews, seen, more = [1] if not _tiff_reduced(first, None) else [], 0, {ifd}, ""
-    budget = _MAX_TIFF_ENTRIES
+    full = [] if _tiff_reduced(first, None) else [1]  # the full-resolution pages
+    previews, seen, more, budget = 0, {ifd}, "", _MAX_TIFF_ENTRIES
     while nxt and nxt not in seen:
         if len(seen) >= _MAX_TIFF_PAGES or budget <= 0:
             more = "at least "  # the chain goes on: not followed further
