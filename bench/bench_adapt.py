@@ -43,10 +43,10 @@ import hiercell
 from sklearn.metrics import roc_auc_score
 
 from hiercell.adapt import (BLOCK5_EPOCHS, FOLDS, NETWORK_WEIGHT, adapt_model, calibrate_review,
-                            cross_val_predict, trunk_views)
+                            cross_val_predict)
 from hiercell.alignment import folder_check
 from hiercell.data import read_dataset
-from hiercell.features import FeatureCache, extract_trunk_features
+from hiercell.features import model_features, trunk_views
 from hiercell.review import records_novelty
 from hiercell.taxonomy import MAIN_CLASSES
 
@@ -96,11 +96,9 @@ def main():
     X_pbc = y_pbc = None
     if a.pbc:
         test = [s for s in read_dataset(a.pbc) if s.split == "test" and s.main is not None]
-        config = model.trunk_config()
-        res = extract_trunk_features([s.path for s in test], model.trunk, config,
-                                     FeatureCache(a.cache, config) if a.cache else None)
+        res = model_features(model, [s.path for s in test], cache_dir=a.cache)
         X_pbc = res.features
-        y_pbc = np.array([s.main for s, ok in zip(test, res.ok) if ok])
+        y_pbc = np.array([s.main for s in res.kept(test)])
         base_pbc = np.mean(model.hierarchy.predict_stage(1, X_pbc) == y_pbc)
         print(f"PBC test stage-1 accuracy, base model: {base_pbc:.4f} (n={len(y_pbc)})")
     for ext in a.external:

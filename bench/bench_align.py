@@ -32,7 +32,7 @@ import argparse
 import numpy as np
 
 import hiercell
-from hiercell.adapt import trunk_views
+from hiercell.features import trunk_views
 from hiercell.alignment import align_model, folder_check
 from hiercell.data import read_dataset
 from hiercell.training import evaluate_hierarchy, headline

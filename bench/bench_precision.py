@@ -32,17 +32,15 @@ def evaluate(model_path, precision, samples, cache=None, others_per_class=150, s
              engine=None):
     """``(name, metrics, seconds, images/s of the trunk)`` of one precision."""
     import hiercell
-    from hiercell.features import FeatureCache, extract_trunk_features
+    from hiercell.features import model_features
     from hiercell.training import evaluate_hierarchy
 
     model = hiercell.load(model_path, precision=precision, engine=engine)
-    config = model.trunk_config()
     t0 = time.perf_counter()
-    res = extract_trunk_features([s.path for s in samples], model.trunk, config,
-                                 FeatureCache(cache, config) if cache else None, progress=True,
-                                 label=f"trunk ({model.info['precision']})")
+    res = model_features(model, [s.path for s in samples], cache_dir=cache, progress=True,
+                         label=f"trunk ({model.info['precision']})")
     seconds = time.perf_counter() - t0
-    kept = [s for s, ok in zip(samples, res.ok) if ok]
+    kept = res.kept(samples)
     metrics = evaluate_hierarchy(model, res.features, kept, others_per_class, seed)
     used = f"{model.info['precision']}@{model.info['engine']}"
     return used, metrics, seconds, len(kept) / seconds

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -49,16 +48,13 @@ from sklearn.metrics import roc_auc_score
 import hiercell
 from hiercell.alignment import auto_align_set, folder_check
 from hiercell.data import read_dataset
-from hiercell.features import FeatureCache, extract_trunk_features
+from hiercell.features import model_features
 from hiercell.review import records_novelty
-from hiercell.taxonomy import MAIN_CLASSES
 
 
 def features(model, samples, cache, view=0):
-    config = dataclasses.replace(model.trunk_config(), view=view)
-    res = extract_trunk_features([s.path for s in samples], model.trunk, config,
-                                 FeatureCache(cache, config) if cache else None, progress=True)
-    return res.features, [s for s, ok in zip(samples, res.ok) if ok]
+    res = model_features(model, [s.path for s in samples], view, cache, progress=True)
+    return res.features, res.kept(samples)
 
 
 def auroc(flag_positive, score):

@@ -26,7 +26,7 @@ import numpy as np
 import hiercell
 import hiercell.alignment as alignment
 from hiercell.data import load_samples
-from hiercell.features import FeatureCache, extract_trunk_features
+from hiercell.features import model_features
 from hiercell.review import trunk_descriptor
 
 
@@ -42,8 +42,6 @@ def main():
     ap.add_argument("--one-class", default="erythroblast,platelet")
     args = ap.parse_args()
     model = hiercell.load(args.model)
-    config = model.trunk_config()
-    cache = FeatureCache(args.cache, config) if args.cache else None
     sizes = [int(n) for n in args.sizes.split(",")]
     if min(sizes) < alignment.LabAlignment.MIN_CELLS:
         ap.error(f"--sizes: the alignment needs at least {alignment.LabAlignment.MIN_CELLS} cells")
@@ -58,9 +56,9 @@ def main():
     for path, split, only, draws in sets:
         samples = [s for s in load_samples(path) if s.main is not None
                    and (split is None or s.split == split) and (only is None or s.main == only)]
-        res = extract_trunk_features([s.path for s in samples], model.trunk, config, cache)
+        res = model_features(model, [s.path for s in samples], cache_dir=args.cache)
         X = res.features.astype(np.float32)
-        y = np.array([s.main for s, ok in zip(samples, res.ok) if ok])
+        y = np.array([s.main for s in res.kept(samples)])
         if split == "test" and only is None:
             novel = model.hierarchy.reviewer.novelty_percentile(trunk_descriptor(X)) > 0.95
             novel_share = {c: float(novel[y == c].mean()) for c in sorted(set(y))}

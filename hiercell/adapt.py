@@ -223,28 +223,6 @@ def _finetune_on_target(stage, maps, y_idx, epochs, lr, seed):
     stage.head_.set_weights([w.astype(np.float32) for w in head.get_weights()])
 
 
-def trunk_views(model, paths, views=4, progress=None, cache_dir=None,
-                label="adaptation images"):
-    """Trunk maps of ``paths`` as ``model`` sees them (view 0) and of ``views`` augmented
-    views: ``(maps (1 + views, n_ok, h, w, 512), ok mask, errors)``; cached in
-    ``cache_dir`` when given; ``label`` names view 0 in the progress bar."""
-    from .features import FeatureCache, TrunkConfig, extract_trunk_features
-
-    config = model.trunk_config()
-    out, ok, errors = [], None, {}
-    for view in range(views + 1):
-        cfg = TrunkConfig(config.input_size, config.masked, config.weights_id, config.layer,
-                          config.preprocess, view)
-        cache = FeatureCache(cache_dir, cfg) if cache_dir else None
-        res = extract_trunk_features(paths, model.trunk, cfg, cache, progress=progress,
-                                     label=label if view == 0 else
-                                     f"augmented view {view}/{views}")
-        if ok is None:
-            ok, errors = res.ok, res.errors
-        out.append(res.features)
-    return np.stack(out), ok, errors
-
-
 def check_adaptable(model) -> None:
     """``ValueError`` saying why ``model`` cannot be adapted: it is adapted already, or
     its stage 1 carries no training sample (bundles older than hiercell 0.2)."""

@@ -10,6 +10,7 @@ a file torn by a killed run is recomputed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -131,6 +132,10 @@ class ExtractionResult:
     ok: np.ndarray  # (n_paths,) bool: which paths have a row in ``features``
     errors: dict = field(default_factory=dict)  # path -> reason
 
+    def kept(self, items) -> list:
+        """The ``items`` (one per path, in order: samples, labels...) whose image was read."""
+        return [item for item, ok in zip(items, self.ok) if ok]
+
 
 def load_prepared(path, config: TrunkConfig, digest: str | None = None):
     """``(prepared uint8 image, None)`` or ``(None, reason)``: one bad file never stops a batch.
@@ -197,3 +202,26 @@ def extract_trunk_features(paths, trunk, config: TrunkConfig, cache: FeatureCach
                             cache.put(digests[i], f)
                 update(len(batch))
     return ExtractionResult(features=out[ok], ok=ok, errors=errors)
+
+
+def model_features(model, paths, view: int = 0, cache_dir=None, progress=None,
+                   label: str = "VGG16 trunk features") -> ExtractionResult:
+    """Trunk features of ``paths`` as ``model`` (an :class:`~hiercell.model.ImageClassifier`)
+    computes them: of the images themselves (``view`` 0) or of their ``view``-th augmented
+    training view; read from and written to the feature cache under ``cache_dir`` (none:
+    no cache)."""
+    config = dataclasses.replace(model.trunk_config(), view=view)
+    cache = FeatureCache(cache_dir, config) if cache_dir else None
+    return extract_trunk_features(paths, model.trunk, config, cache, progress=progress,
+                                  label=label)
+
+
+def trunk_views(model, paths, views=4, progress=None, cache_dir=None,
+                label="adaptation images"):
+    """Trunk maps of ``paths`` as ``model`` sees them (view 0) and of ``views`` augmented
+    views: ``(maps (1 + views, n_ok, h, w, 512), ok mask, errors)``; cached in
+    ``cache_dir`` when given; ``label`` names view 0 in the progress bar."""
+    results = [model_features(model, paths, view, cache_dir, progress,
+                              label if view == 0 else f"augmented view {view}/{views}")
+               for view in range(views + 1)]
+    return np.stack([r.features for r in results]), results[0].ok, results[0].errors

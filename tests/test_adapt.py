@@ -264,7 +264,8 @@ def test_adapt_on_unreadable_images_says_so(tiny_bundle, tmp_path):
 
 
 def test_adapt_with_align_fits_the_shift_on_the_lab_cells(tiny_model, new_lab):
-    from hiercell.adapt import adapt_model, trunk_views
+    from hiercell.adapt import adapt_model
+    from hiercell.features import trunk_views
 
     samples = read_dataset(new_lab)
     maps, ok, _ = trunk_views(tiny_model, [s.path for s in samples], views=0)
@@ -359,7 +360,8 @@ def test_adapting_a_model_with_an_inlab_stage_adapts_both_networks(tiny_model, n
     at most INLAB_BLOCK5_EPOCHS), the adapted stage 1 answering with the mean of the pair;
     the bundle keeps both (format 3) and loads them back."""
     import hiercell.adapt as adapt_module
-    from hiercell.adapt import INLAB_BLOCK5_EPOCHS, adapt_model, trunk_views
+    from hiercell.adapt import INLAB_BLOCK5_EPOCHS, adapt_model
+    from hiercell.features import trunk_views
     from hiercell.bundle import BundleError, save_bundle, verify_bundle
     from hiercell.ensemble import StageEnsemble
     from hiercell.stage import StageClassifier
@@ -452,12 +454,12 @@ def test_a_stage_ensemble_needs_members_with_the_same_classes(tiny_model):
 
 def test_adapt_refuses_a_bad_out_or_an_adapted_base_before_any_work(tiny_bundle, new_lab,
                                                                     tmp_path, monkeypatch):
-    import hiercell.adapt
+    import hiercell.features
 
     def no_trunk(*args, **kwargs):
         raise AssertionError("the trunk ran before the refusal")
 
-    monkeypatch.setattr(hiercell.adapt, "trunk_views", no_trunk)
+    monkeypatch.setattr(hiercell.features, "trunk_views", no_trunk)
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "notes.txt").write_text("keep me")

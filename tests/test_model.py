@@ -135,6 +135,24 @@ def test_multiview_batches_have_a_known_count():
     assert [len(y) for _, y in ds] == [8, 8, 3]
 
 
+def test_tensor_dataset_casts_in_numpy_and_reshuffles_every_epoch():
+    from hiercell.backbone import tensor_dataset
+
+    X = np.arange(10, dtype=np.float16)[:, None, None, None] * np.ones((1, 2, 2, 3), np.float16)
+    y = np.arange(10)
+    in_order = tensor_dataset(X, y, batch_size=4)
+    xs, ys = zip(*[(x.numpy(), t.numpy()) for x, t in in_order])
+    assert xs[0].dtype == np.float32 and [len(t) for t in ys] == [4, 4, 2]
+    assert np.concatenate(ys).tolist() == list(range(10))
+    np.testing.assert_array_equal(np.concatenate(xs)[:, 0, 0, 0], np.arange(10))
+    shuffled = tensor_dataset(X, y, batch_size=4, shuffle_seed=0)
+    epochs = [np.concatenate([t.numpy() for _, t in shuffled]) for _ in range(2)]
+    assert all(sorted(e.tolist()) == list(range(10)) for e in epochs)
+    assert epochs[0].tolist() != list(range(10)) and epochs[0].tolist() != epochs[1].tolist()
+    x, t = next(iter(shuffled))
+    np.testing.assert_array_equal(x.numpy()[:, 0, 0, 0], t.numpy())  # rows keep their labels
+
+
 def _p1(main, p=0.9):
     row = np.full(len(MAIN_CLASSES), (1 - p) / (len(MAIN_CLASSES) - 1))
     row[MAIN_CLASSES.index(main)] = p

@@ -1,11 +1,13 @@
 """The maintenance scripts in tools/ that write bundles."""
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -17,10 +19,27 @@ from conftest import FIXTURES, rehash_bundle, rgb_images
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 
-def _combine_stages(*args):
-    """``tools/combine_stages.py ARGS`` run as a user runs it; its completed process."""
-    return subprocess.run([sys.executable, str(TOOLS / "combine_stages.py"), *map(str, args)],
-                          capture_output=True, text=True)
+def _combine_stages(*args, own_process=False):
+    """``tools/combine_stages.py ARGS`` run as a user runs it; its completed process. In
+    this interpreter unless ``own_process`` (a process of its own imports TensorFlow and
+    loads the bundles again: seconds per run); the script's ``SystemExit`` gives the
+    return code and its message goes to stderr, as Python's own handler does."""
+    argv = [str(TOOLS / "combine_stages.py"), *map(str, args)]
+    if own_process:
+        return subprocess.run([sys.executable, *argv], capture_output=True, text=True)
+    import io
+    import runpy
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+            mock.patch.object(sys, "argv", argv):
+        try:
+            runpy.run_path(argv[0], run_name="__main__")
+        except SystemExit as exc:
+            if isinstance(exc.code, str):
+                print(exc.code, file=sys.stderr)
+            code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def _combine(first, second, out):
@@ -194,7 +213,8 @@ def test_combine_stages_refuses_bundles_that_cannot_share_a_trunk_pass(tiny_bund
     save_bundle(other, tmp_path / "plain")
     done = _combine(tiny_bundle, tmp_path / "plain", tmp_path / "both")
     assert done.returncode != 0 and "differ in preprocess" in done.stderr
-    done = _combine(tiny_bundle, tmp_path / "nothing", tmp_path / "both")  # one line, no traceback
+    done = _combine_stages("--stage1-from", tiny_bundle, "--stage2-from", tmp_path / "nothing",
+                           "--out", tmp_path / "both", own_process=True)  # one line, no traceback
     assert done.returncode != 0 and "not a model bundle" in done.stderr
     assert "Traceback" not in done.stderr
     seeded = tmp_path / "seeded"  # random weights of another seed: another trunk

@@ -11,7 +11,6 @@ trained before. Other labs' images are never read.
 """
 
 import argparse
-import dataclasses
 
 import numpy as np
 
@@ -19,7 +18,7 @@ import hiercell
 from hiercell.alignment import LabAlignment
 from hiercell.bundle import default_bundle_path, replace_arrays
 from hiercell.data import read_dataset
-from hiercell.features import FeatureCache, extract_trunk_features
+from hiercell.features import model_features
 
 
 def main():
@@ -34,10 +33,8 @@ def main():
     model = hiercell.load(a.model, precision="auto")
     train = [s for s in read_dataset(a.pbc) if s.main is not None and s.split == "train"]
     pick = np.random.default_rng(a.seed).permutation(len(train))[:a.cells]
-    cfg = dataclasses.replace(model.trunk_config(), view=0)
-    res = extract_trunk_features([train[i].path for i in np.sort(pick)], model.trunk, cfg,
-                                 FeatureCache(a.cache, cfg) if a.cache else None,
-                                 progress=True, label="training cells")
+    res = model_features(model, [train[i].path for i in np.sort(pick)], cache_dir=a.cache,
+                         progress=True, label="training cells")
     if not res.ok.all():
         raise SystemExit(f"{(~res.ok).sum()} images could not be read: {res.errors}")
     reference = LabAlignment.from_training(res.features, np.arange(len(pick)),

@@ -152,14 +152,12 @@ def combine():
           "--pbc PBC --cache CACHE")
     if a.pbc:
         from hiercell.data import read_dataset
-        from hiercell.features import FeatureCache, extract_trunk_features
+        from hiercell.features import model_features
         from hiercell.training import evaluate_hierarchy, headline, save_metrics
 
         test = [s for s in read_dataset(a.pbc) if s.split == "test"]
-        config = model.trunk_config()
-        res = extract_trunk_features([s.path for s in test], model.trunk, config,
-                                     FeatureCache(a.cache, config) if a.cache else None,
-                                     progress=True, label="PBC test split")
+        res = model_features(model, [s.path for s in test], cache_dir=a.cache, progress=True,
+                             label="PBC test split")
         if not res.ok.all():
             raise SystemExit(f"{(~res.ok).sum()} test images could not be read: {res.errors}")
         metrics = evaluate_hierarchy(model, res.features, test)

@@ -17,14 +17,13 @@ calibrated on, in the same order.
 """
 
 import argparse
-import dataclasses
 
 import numpy as np
 
 import hiercell
 from hiercell.bundle import default_bundle_path, replace_reviewer
 from hiercell.data import read_dataset
-from hiercell.features import FeatureCache, extract_trunk_features
+from hiercell.features import model_features
 from hiercell.review import (fit_reviewer, knn_distance, reference_draw, review_inputs,
                              trunk_descriptor)
 
@@ -46,13 +45,10 @@ def main():
     # the reference cells fit_reviewer draws: the same draw from these few as from all
     samples = ([train_samples[i] for i in reference_draw(len(train_samples), seed=a.seed)]
                + [s for s in everything if s.split == "val"])
-    base = model.trunk_config()
 
     def maps(subset, view=0):
-        cfg = dataclasses.replace(base, view=view)
-        res = extract_trunk_features([s.path for s in subset], model.trunk, cfg,
-                                     FeatureCache(a.cache, cfg) if a.cache else None,
-                                     progress=True, label=f"trunk features, view {view}")
+        res = model_features(model, [s.path for s in subset], view, a.cache, progress=True,
+                             label=f"trunk features, view {view}")
         if not res.ok.all():
             raise SystemExit(f"{(~res.ok).sum()} images could not be read: {res.errors}")
         return res.features

@@ -58,8 +58,9 @@ from pathlib import Path
 import numpy as np
 
 import hiercell
-from hiercell.adapt import adapt_model, trunk_views
+from hiercell.adapt import adapt_model
 from hiercell.data import read_dataset
+from hiercell.features import trunk_views
 from hiercell.hierarchy import _reorder
 from hiercell.taxonomy import MAIN_CLASSES
 

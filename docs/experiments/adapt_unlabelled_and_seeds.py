@@ -54,8 +54,9 @@ from pathlib import Path
 import numpy as np
 
 import hiercell
-from hiercell.adapt import adapt_model, trunk_views
+from hiercell.adapt import adapt_model
 from hiercell.data import read_dataset
+from hiercell.features import trunk_views
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from bench_adapt import draw  # noqa: E402  (the bench's draws)

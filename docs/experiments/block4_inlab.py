@@ -43,7 +43,7 @@ import hiercell
 from hiercell.backbone import (INFERENCE_POLICIES, build_head, build_vgg16, precision_policy,
                                resolve_weights, vgg_input, _keras)
 from hiercell.data import read_dataset
-from hiercell.features import FeatureCache, extract_trunk_features
+from hiercell.features import model_features
 from hiercell.io import try_load_image
 from hiercell.hierarchy import MAIN_CLASSES
 from hiercell.stage import StageClassifier
@@ -97,7 +97,6 @@ stage = StageClassifier()
 stage.fit_svm_embeddings(E_fit, np.array([s.main for s in fit]))
 print("SVM", stage.svm_best_params_, round(stage.svm_cv_score_, 4), f"({time.time() - t0:.0f} s)", flush=True)
 svm_classes = [str(c) for c in stage.svm_.classes_]
-config = base.trunk_config()
 for split in ("val", "test"):
     S = [s for s in data if s.split == split and s.main]
     E, P = run(S)
@@ -105,7 +104,7 @@ for split in ("val", "test"):
     order = [classes.index(c) for c in svm_classes]
     mix = 0.5 * ps + 0.5 * P[:, order]
     y = np.array([s.main for s in S])
-    res = extract_trunk_features([s.path for s in S], base.trunk, config, FeatureCache("runs/cache", config))
+    res = model_features(base, [s.path for s in S], cache_dir="runs/cache")
     X = res.features
     inl = H.inlab_rows(X)
     routed_now = np.array(MAIN_CLASSES)[H._stage_probas(X)[0].argmax(1)]

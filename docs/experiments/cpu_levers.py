@@ -26,16 +26,14 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 import hiercell
 from hiercell.data import read_dataset
-from hiercell.features import FeatureCache, extract_trunk_features
+from hiercell.features import model_features
 from hiercell.review import _percentile_of, review_inputs, trunk_descriptor
 
 
 def split_features(model, pbc, split, cache):
     samples = [s for s in read_dataset(pbc) if s.split == split and s.main is not None]
-    config = model.trunk_config()
-    res = extract_trunk_features([s.path for s in samples], model.trunk, config,
-                                 FeatureCache(cache, config) if cache else None)
-    samples = [s for s, ok in zip(samples, res.ok) if ok]
+    res = model_features(model, [s.path for s in samples], cache_dir=cache)
+    samples = res.kept(samples)
     return (res.features.astype(np.float32), np.array([s.main for s in samples]),
             np.array([s.sub or "" for s in samples]), samples)
 

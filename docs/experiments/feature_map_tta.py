@@ -15,7 +15,6 @@ classify`` aligns a folder by itself.
 """
 
 import argparse
-import dataclasses
 
 import numpy as np
 
@@ -23,7 +22,7 @@ import hiercell
 from hiercell.alignment import auto_align_set
 from hiercell.data import read_dataset
 from hiercell.backbone import run_trunk
-from hiercell.features import FeatureCache, extract_trunk_features, load_prepared
+from hiercell.features import load_prepared, model_features
 from hiercell.taxonomy import MAIN_CLASSES
 
 TRANSFORMS = {
@@ -39,10 +38,8 @@ TRANSFORMS = {
 
 
 def maps(model, samples, cache):
-    cfg = dataclasses.replace(model.trunk_config(), view=0)
-    res = extract_trunk_features([s.path for s in samples], model.trunk, cfg,
-                                 FeatureCache(cache, cfg) if cache else None, progress=True)
-    return res.features, [s for s, ok in zip(samples, res.ok) if ok]
+    res = model_features(model, [s.path for s in samples], cache_dir=cache, progress=True)
+    return res.features, res.kept(samples)
 
 
 def accuracies(model, X, truth):

@@ -44,7 +44,7 @@ import tensorflow as tf  # noqa: E402
 import hiercell  # noqa: E402
 from hiercell.alignment import align_model  # noqa: E402
 from hiercell.data import read_dataset  # noqa: E402
-from hiercell.adapt import trunk_views  # noqa: E402
+from hiercell.features import trunk_views  # noqa: E402
 
 
 def load(model, samples, cache):

@@ -17,7 +17,7 @@ import numpy as np
 from hiercell import load
 from hiercell.alignment import auto_align_set
 from hiercell.data import load_samples
-from hiercell.features import FeatureCache, extract_trunk_features
+from hiercell.features import model_features
 from hiercell.review import trunk_descriptor
 
 
@@ -37,15 +37,13 @@ def main():
     if model.hierarchy.inlab is None or model.hierarchy.reviewer is None:
         ap.error(f"{args.model or 'the bundled model'} has no in-lab stage 1 (and review "
                  "scorer) to compare")
-    config = model.trunk_config()
     for data in args.data:
         samples = load_samples(data)
         if any(s.split == "test" for s in samples) and not data.endswith(".csv"):
             samples = [s for s in samples if s.split == "test"]
         samples = [s for s in samples if s.main is not None]
-        res = extract_trunk_features([s.path for s in samples], model.trunk, config,
-                                     FeatureCache(args.cache, config) if args.cache else None)
-        samples = [s for s, ok in zip(samples, res.ok) if ok]
+        res = model_features(model, [s.path for s in samples], cache_dir=args.cache)
+        samples = res.kept(samples)
         X, y = res.features.astype(np.float32), np.array([s.main for s in samples])
         aligned, record = auto_align_set(model, X, [s.path for s in samples])
         h = aligned.hierarchy

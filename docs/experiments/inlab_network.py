@@ -19,7 +19,7 @@ import numpy as np
 
 import hiercell
 from hiercell.data import read_dataset
-from hiercell.features import FeatureCache, extract_trunk_features
+from hiercell.features import model_features
 from hiercell.hierarchy import _reorder
 from hiercell.taxonomy import MAIN_CLASSES
 
@@ -45,10 +45,8 @@ def main():
     cells = [s for s in read_dataset(a.pbc) if s.main is not None]
     for split in ("val", "test"):
         subset = [s for s in cells if s.split == split]
-        config = model.trunk_config()
-        res = extract_trunk_features([s.path for s in subset], model.trunk, config,
-                                     FeatureCache(a.cache, config) if a.cache else None)
-        X, truth = res.features, np.array([s.main for s, ok in zip(subset, res.ok) if ok])
+        res = model_features(model, [s.path for s in subset], cache_dir=a.cache)
+        X, truth = res.features, np.array([s.main for s in res.kept(subset)])
         gated = hier.inlab_rows(X)
         probas = {}
         for name, stage in stages.items():

@@ -62,7 +62,7 @@ def main():
     a = ap.parse_args()
 
     import hiercell
-    from hiercell.adapt import trunk_views
+    from hiercell.features import trunk_views
     from hiercell.alignment import align_model
     from hiercell.data import read_dataset
     from hiercell.hierarchy import MAIN_CLASSES

@@ -48,7 +48,7 @@ import copy
 import numpy as np
 
 import hiercell
-from hiercell.adapt import trunk_views
+from hiercell.features import trunk_views
 from hiercell.alignment import align_model
 from hiercell.data import read_dataset
 

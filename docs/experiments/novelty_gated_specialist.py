@@ -16,12 +16,11 @@ import numpy as np
 
 import hiercell
 from hiercell.data import read_dataset
-from hiercell.features import FeatureCache, extract_trunk_features
+from hiercell.features import model_features
 
 
 def features(model, paths, cache):
-    config = model.trunk_config()
-    res = extract_trunk_features(paths, model.trunk, config, FeatureCache(cache, config))
+    res = model_features(model, paths, cache_dir=cache)
     return res.features, res.ok
 
 

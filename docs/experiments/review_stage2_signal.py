@@ -8,23 +8,21 @@ validation cells and 3 shifted views as tools/refit_review.py does, and prints P
 AUROC wrong vs right and the flagged share / accuracy of the unflagged at thresholds
 flagging 5, 7.5 and 10 % of val (lifting as the scorer does).
 """
-import dataclasses, sys
+import sys
 import numpy as np
 import hiercell
 from hiercell.data import read_dataset
-from hiercell.features import FeatureCache, extract_trunk_features
+from hiercell.features import model_features
 from hiercell.review import fit_reviewer, trunk_descriptor, review_inputs, _percentile_of
-from hiercell.taxonomy import SUB_TO_MAIN, MAIN_CLASSES
+from hiercell.taxonomy import SUB_TO_MAIN
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 CACHE = sys.argv[2]
 model = hiercell.load(sys.argv[3] if len(sys.argv) > 3 else None, precision="auto")
 samples = [s for s in read_dataset(sys.argv[1]) if s.main is not None]
-base = model.trunk_config()
 def maps(subset, view=0):
-    cfg = dataclasses.replace(base, view=view)
-    res = extract_trunk_features([s.path for s in subset], model.trunk, cfg, FeatureCache(CACHE, cfg))
+    res = model_features(model, [s.path for s in subset], view, CACHE)
     assert res.ok.all()
     return res.features
 tv = [s for s in samples if s.split in ("train", "val")]

@@ -21,7 +21,6 @@ external set, unaligned and aligned as ``hiercell classify`` aligns a folder by 
 """
 
 import argparse
-import dataclasses
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -30,17 +29,15 @@ from sklearn.metrics import roc_auc_score
 import hiercell
 from hiercell.alignment import auto_align_set
 from hiercell.data import read_dataset
-from hiercell.features import FeatureCache, extract_trunk_features
+from hiercell.features import model_features
 from hiercell.review import fit_reviewer, reference_draw, review_inputs, trunk_descriptor
 from hiercell.taxonomy import MAIN_CLASSES
 
 
 def maps(model, samples, cache, view=0):
-    cfg = dataclasses.replace(model.trunk_config(), view=view)
-    res = extract_trunk_features([s.path for s in samples], model.trunk, cfg,
-                                 FeatureCache(cache, cfg) if cache else None, progress=True,
-                                 label=f"trunk features, view {view}")
-    return res.features, [s for s, ok in zip(samples, res.ok) if ok]
+    res = model_features(model, [s.path for s in samples], view, cache, progress=True,
+                         label=f"trunk features, view {view}")
+    return res.features, res.kept(samples)
 
 
 def svm_columns(hier, X, answers):

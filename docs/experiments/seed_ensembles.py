@@ -74,7 +74,7 @@ def main():
     import hiercell
     from hiercell.data import read_dataset
     from hiercell.ensemble import StageEnsemble
-    from hiercell.features import FeatureCache, extract_trunk_features
+    from hiercell.features import model_features
     from hiercell.training import evaluate_hierarchy
 
     base = hiercell.load(None, precision="auto")
@@ -99,11 +99,9 @@ def main():
         variants[f"in-lab from {path}"] = variant(inlab=member)
         variants[f"in-lab bundled + {k} more"] = variant(inlab=StageEnsemble(s1[:k + 1]))
     data = read_dataset(a.pbc)
-    config = base.trunk_config()
     for split in ("val", "test"):
         samples = [s for s in data if s.split == split]
-        res = extract_trunk_features([s.path for s in samples], base.trunk, config,
-                                     FeatureCache(a.cache, config) if a.cache else None)
+        res = model_features(base, [s.path for s in samples], cache_dir=a.cache)
         if not res.ok.all():
             raise SystemExit(f"{(~res.ok).sum()} {split} images could not be read")
         for name, model in variants.items():

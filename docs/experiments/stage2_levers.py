@@ -42,7 +42,7 @@ import numpy as np
 from sklearn.metrics import f1_score
 
 import hiercell
-from hiercell.adapt import trunk_views
+from hiercell.features import trunk_views
 from hiercell.data import read_dataset
 from hiercell.training import evaluate_hierarchy, stage_targets
 

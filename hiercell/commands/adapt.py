@@ -50,10 +50,11 @@ def adapt(data, out, model_path, views, folds, block5_epochs, ensemble, seed, pr
     """
     from ..adapt import (adaptation_record, adapt_model, calibrate_review, check_adaptable,
                          cross_val_predict, cv_summary, data_digest, distinct_images,
-                         label_check, label_check_csv, model_card, trunk_views)
+                         label_check, label_check_csv, model_card)
     from ..bundle import BundleError, check_bundle_target, default_bundle_path, save_bundle
     from ..data import read_dataset
     from ..ensemble import StageEnsemble
+    from ..features import trunk_views
     from ..fileutil import display
 
     t0 = time.time()

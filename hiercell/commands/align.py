@@ -31,9 +31,9 @@ def align(paths, out, model_path, recursive, precision):
     the domain check still see the unshifted features. --out must be a new folder
     (or an earlier bundle), not the base model nor inside an input.
     """
-    from ..adapt import trunk_views
     from ..alignment import LabAlignment, align_model, folder_check
     from ..bundle import BundleError, save_bundle
+    from ..features import trunk_views
     from ..io import list_images
 
     t0 = time.time()

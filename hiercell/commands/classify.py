@@ -77,7 +77,7 @@ def classify(paths, out, fmt, model_path, masked, top_k, recursive, batch_size, 
     from ..differential import format_summary
     from ..fileutil import display
     from ..model import MaskingError
-    from ..results import ResumeError, partial_path
+    from ..results import ResumeError
     from ..shard import ShardError, parse_shard
 
     try:

@@ -40,7 +40,7 @@ def evaluate(data, model_path, split_csv, subset, out, others_per_class, seed, c
     subclass labels.
     """
     from ..data import assign_splits, read_dataset
-    from ..features import FeatureCache, extract_trunk_features
+    from ..features import model_features
     from ..training import evaluate_hierarchy, headline, save_metrics
 
     model = load_model(model_path, precision)
@@ -55,12 +55,11 @@ def evaluate(data, model_path, split_csv, subset, out, others_per_class, seed, c
         samples = [s for s in assign_splits(samples, seed=seed) if s.split == subset]
     if not samples:
         raise click.UsageError(f"no labelled images in subset {subset!r} of {data}")
-    config = model.trunk_config()
-    res = extract_trunk_features([s.path for s in samples], model.trunk, config,
-                                 FeatureCache(cache_dir(cache), config), progress=True)
+    res = model_features(model, [s.path for s in samples], cache_dir=cache_dir(cache),
+                         progress=True)
     for path, reason in res.errors.items():
         echo_err(f"skipped {path}: {reason}")
-    samples = [s for s, ok in zip(samples, res.ok) if ok]
+    samples = res.kept(samples)
     if not samples:
         raise click.ClickException(f"none of the {len(res.ok)} image(s) of {data} could be "
                                    "read (above); nothing to evaluate")
