@@ -3,11 +3,6 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# TensorFlow's oneDNN kernels, on by default only on CPUs with AVX-512 VNNI / BF16 or AMX:
-# the tests' tiny networks train about twice as fast with them on others (AVX2-only
-# EPYC: the adapt CLI test 148 s -> 87 s); hiercell itself leaves TensorFlow's default
-# (on the 160 px adaptation they changed nothing measurable: docs/speed.md)
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from pathlib import Path  # noqa: E402
 
