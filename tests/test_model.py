@@ -135,7 +135,7 @@ def test_multiview_batches_have_a_known_count():
     assert [len(y) for _, y in ds] == [8, 8, 3]
 
 
-def test_tensor_dataset_casts_in_numpy_and_reshuffles_every_epoch():
+def test_tensor_dataset_gives_float32_batches_in_order_or_reshuffled_every_epoch():
     from hiercell.backbone import tensor_dataset
 
     X = np.arange(10, dtype=np.float16)[:, None, None, None] * np.ones((1, 2, 2, 3), np.float16)

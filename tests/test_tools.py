@@ -1,8 +1,10 @@
 """The maintenance scripts in tools/ that write bundles."""
 
 import contextlib
+import io
 import json
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -27,9 +29,6 @@ def _combine_stages(*args, own_process=False):
     argv = [str(TOOLS / "combine_stages.py"), *map(str, args)]
     if own_process:
         return subprocess.run([sys.executable, *argv], capture_output=True, text=True)
-    import io
-    import runpy
-
     out, err, code = io.StringIO(), io.StringIO(), 0
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
             mock.patch.object(sys, "argv", argv):
