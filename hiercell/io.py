@@ -330,7 +330,7 @@ def check_rgb_image(rgb, what: str = "image") -> None:
     usable size (:func:`check_shape`). Raises ``TypeError``/``ValueError`` saying what is
     wrong (float images, NaN, 0x0, wrong channels...)."""
     if not isinstance(rgb, np.ndarray):
-        raise TypeError(f"{what} must be an RGB uint8 numpy array (H, W, 3) or an image path, "
+        raise TypeError(f"{what} must be an RGB uint8 numpy array (H, W, 3), "
                         f"got {type(rgb).__name__}")
     if rgb.dtype != np.uint8:
         hint = (" (float images are not accepted: scale to 0-255 and convert with "

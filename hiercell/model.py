@@ -273,7 +273,10 @@ def _as_items(X):
         if isinstance(item, (bytes, bytearray, memoryview)):
             raise TypeError(f"image {i} is bytes: pass a path (str or pathlib.Path), or decode "
                             "file contents first with hiercell.io.decode_image")
-        if not isinstance(item, (str, os.PathLike)):
+        if not isinstance(item, (str, os.PathLike, np.ndarray)):
+            raise TypeError(f"image {i} must be an image path or an RGB uint8 numpy array "
+                            f"(H, W, 3), got {type(item).__name__}")
+        if isinstance(item, np.ndarray):
             check_rgb_image(item, f"image {i}")
     return items
 

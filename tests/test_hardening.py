@@ -524,7 +524,12 @@ def test_api_misuse_gets_hiercell_errors(tiny_model):
              (lambda: tiny_model.predict([b"bytes"]), TypeError, "bytes"),
              (lambda: tiny_model.predict(b"bytes"), TypeError, "bytes"),
              (lambda: tiny_model.predict(np.zeros((0, 0, 3), np.uint8)), ValueError, "too small"),
-             (lambda: tiny_model.predict(42), TypeError, "int")]
+             (lambda: tiny_model.predict(42), TypeError, "int"),
+             (lambda: tiny_model.predict([img, 42]), TypeError,
+              r"image 1 must be an image path or an RGB uint8 numpy array \(H, W, 3\), got int"),
+             # features takes arrays only, and says so (no "or an image path")
+             (lambda: tiny_model.features([42]), TypeError,
+              r"image 0 must be an RGB uint8 numpy array \(H, W, 3\), got int")]
     for call, kind, message in cases:
         with pytest.raises(kind, match=message):
             call()
