@@ -83,7 +83,8 @@ def test_replace_reviewer_rewrites_only_review_npz(tiny_bundle, tmp_path):
 def test_adapt_writes_a_loadable_bundle_with_its_record(tiny_bundle, new_lab, tmp_path):
     out = tmp_path / "adapted"
     result = CliRunner().invoke(main, ["adapt", str(new_lab), "--out", str(out), "--model",
-                                       str(tiny_bundle), "--views", "1", "--folds", "3"])
+                                       str(tiny_bundle), "--views", "1", "--folds", "3",
+                                       "--block5-epochs", "1"])
     assert result.exit_code == 0, result.output
     figures = json.loads(result.stdout[result.stdout.index("{"):])
     assert figures["fold_kind"] == "group" and figures["folds"] == 3
@@ -249,18 +250,27 @@ def test_domain_gate_separates_labs_and_round_trips():
         DomainGate().fit(source, target[:0])
 
 
-def test_adapt_on_unreadable_images_says_so(tiny_bundle, tmp_path):
+def test_adapt_on_unreadable_images_says_so(tiny_bundle, tmp_path, monkeypatch):
+    import hiercell.backbone as backbone
+
     rows = ["path,label"]
     for i in range(8):
         (tmp_path / f"c{i}.png").write_text(f"not an image ({i})")  # no two alike
         rows.append(f"c{i}.png,LY")
     (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
-    result = CliRunner().invoke(main, ["adapt", str(tmp_path / "manifest.csv"), "--out",
-                                       str(tmp_path / "out"), "--model", str(tiny_bundle),
-                                       "--views", "0", "--folds", "3"])
-    assert result.exit_code == 2
-    assert "0 readable labelled image(s)" in result.output and "c0.png" in result.output
-    assert not (tmp_path / "out").exists()
+    args = ["adapt", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "out"),
+            "--model", str(tiny_bundle), "--views", "0", "--folds", "3"]
+    # where block5 would train in float32 (no GPU, no native bfloat16), a note says it is
+    # slow and how to skip it; not with bfloat16, nor with --block5-epochs 0
+    for precision, extra, noted in (("float32", [], True), ("mixed_bfloat16", [], False),
+                                    ("float32", ["--block5-epochs", "0"], False)):
+        monkeypatch.setattr(backbone, "training_precision", lambda p="auto": precision)
+        result = CliRunner().invoke(main, args + extra)
+        assert result.exit_code == 2
+        assert "0 readable labelled image(s)" in result.output and "c0.png" in result.output
+        assert not (tmp_path / "out").exists()
+        assert ("trains in float32, about 5 times slower" in result.output) is noted
+        assert ("--block5-epochs 0 skips" in result.output) is noted
 
 
 def test_adapt_with_align_fits_the_shift_on_the_lab_cells(tiny_model, new_lab):
@@ -360,7 +370,7 @@ def test_adapting_a_model_with_an_inlab_stage_adapts_both_networks(tiny_model, n
     at most INLAB_BLOCK5_EPOCHS), the adapted stage 1 answering with the mean of the pair;
     the bundle keeps both (format 3) and loads them back."""
     import hiercell.adapt as adapt_module
-    from hiercell.adapt import INLAB_BLOCK5_EPOCHS, adapt_model
+    from hiercell.adapt import adapt_model
     from hiercell.features import trunk_views
     from hiercell.bundle import BundleError, save_bundle, verify_bundle
     from hiercell.ensemble import StageEnsemble
@@ -378,8 +388,9 @@ def test_adapting_a_model_with_an_inlab_stage_adapts_both_networks(tiny_model, n
         return real_finetune(stage, maps, y_idx, epochs, lr, seed)
 
     monkeypatch.setattr(adapt_module, "_finetune_on_target", finetune)
-    adapted = adapt_model(base, maps, samples, block5_epochs=INLAB_BLOCK5_EPOCHS + 1)
-    assert finetuned == [INLAB_BLOCK5_EPOCHS + 1, INLAB_BLOCK5_EPOCHS]  # main, then in-lab
+    monkeypatch.setattr(adapt_module, "INLAB_BLOCK5_EPOCHS", 1)  # fewer epochs, same rule
+    adapted = adapt_model(base, maps, samples, block5_epochs=2)
+    assert finetuned == [2, 1]  # main, then in-lab (at most INLAB_BLOCK5_EPOCHS)
     pair = adapted.hierarchy.stage1
     assert isinstance(pair, StageEnsemble) and len(pair.members) == 2
     assert all(isinstance(m, StageClassifier) and m.network_weight == NETWORK_WEIGHT
